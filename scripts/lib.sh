@@ -1,0 +1,58 @@
+# Shared install steps for scripts/serve and scripts/test. Sourced, not run.
+
+find_python313() {
+    if [ -n "${ORCH_PYTHON:-}" ]; then echo "$ORCH_PYTHON"; return; fi
+    local root="${PYENV_ROOT:-$HOME/.pyenv}" candidate
+    for candidate in "$root"/versions/3.13*/bin/python3 "$(command -v python3.13 || true)"; do
+        if [ -x "$candidate" ]; then echo "$candidate"; return; fi
+    done
+    echo "error: Python 3.13 not found: install it with pyenv (pyenv install 3.13) or set ORCH_PYTHON" >&2
+    return 1
+}
+
+# ensure_venv EXTRAS: .venv with the project installed editable; reinstalls only when pyproject.toml changes.
+ensure_venv() {
+    local extras="$1" python stamp want
+    python=$(find_python313)
+    if [ ! -x .venv/bin/python ]; then
+        echo "==> creating .venv with $python"
+        "$python" -m venv .venv
+    fi
+    stamp=.venv/.orch-installed
+    want="$(sha256sum pyproject.toml | cut -d' ' -f1) $extras"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        echo "==> installing the project and its dependencies into .venv"
+        # pip's output goes to a log, shown only when the install fails.
+        if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]" >.venv/pip-install.log 2>&1; then
+            grep -v '^WARNING: Location' .venv/pip-install.log >&2
+            return 1
+        fi
+        echo "$want" > "$stamp"
+    fi
+}
+
+apt_install() {
+    echo "==> apt-get install $*"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q >/dev/null
+    apt-get install -y -q "$@" >/dev/null
+}
+
+# ensure_rabbitmq: the Debian broker, installed and running on 127.0.0.1:5672.
+ensure_rabbitmq() {
+    command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+    if ! rabbitmqctl -q status >/dev/null 2>&1; then
+        echo "==> starting rabbitmq-server"
+        rabbitmq-server -detached
+        local waited=0
+        # -detached returns before the node registers with epmd, so poll until it answers.
+        until rabbitmqctl -q status >/dev/null 2>&1; do
+            waited=$((waited + 2))
+            if [ "$waited" -ge 180 ]; then
+                echo "error: rabbitmq-server did not start within 180 s; see /var/log/rabbitmq/" >&2
+                return 1
+            fi
+            sleep 2
+        done
+    fi
+}
