@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from orchestrator import __version__
+from orchestrator import __version__, server
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,6 +14,24 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(handler=lambda args: print(f"orch {__version__}") or 0)
+
+    serve = commands.add_parser("serve", help="run the service (embedded defaults; see README for settings)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(handler=lambda args: server.serve(args.host, args.port))
+
+    worker = commands.add_parser("worker", help="run a worker consuming operations from ORCH_AMQP_URL")
+    worker.set_defaults(handler=lambda args: server.worker())
+
+    token = commands.add_parser("token", help="mint tokens with the service's signing key")
+    token_commands = token.add_subparsers(dest="token_command", metavar="create")
+    token_commands.required = True
+    create = token_commands.add_parser("create", help="print a token as the last line")
+    who = create.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="a user token for NAME")
+    who.add_argument("--instance", help="an agent token for instance NAME (admin, for debugging an agent)")
+    create.add_argument("--admin", action="store_true", help="with --user: an admin token")
+    create.set_defaults(handler=lambda args: server.create_token(args.user, args.admin, args.instance))
     return parser
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -34,7 +34,7 @@ class Settings:
     operation_lease_s: int = 120
     agent_report_interval_s: int = 30
     agent_first_report_timeout_s: int = 600
-    extra: dict = field(default_factory=dict)
+    redispatch_after_s: int = 30
 
     @property
     def pulumi_bin(self) -> str:
@@ -112,4 +112,5 @@ def load_settings(env: dict | None = None) -> Settings:
         operation_lease_s=_int_setting(env, "ORCH_OPERATION_LEASE_S", 120, minimum=5),
         agent_report_interval_s=_int_setting(env, "ORCH_AGENT_INTERVAL_S", 30),
         agent_first_report_timeout_s=_int_setting(env, "ORCH_AGENT_FIRST_REPORT_TIMEOUT_S", 600),
+        redispatch_after_s=_int_setting(env, "ORCH_REDISPATCH_AFTER_S", 30),
     )

@@ -1,0 +1,194 @@
+"""Agent report ingestion: token checks per request, storage in batches.
+
+A report is authenticated and validated on the request path, then buffered;
+a flusher thread writes the buffered samples with one insert_many and the
+latest report per instance with one bulk_write, so storage cost is paid per
+batch rather than per report.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+from pymongo import UpdateOne
+from pymongo.errors import PyMongoError
+
+from orchestrator.auth import TokenError, bearer_token, decode_agent_token, mint_agent_token, token_hash
+from orchestrator.models import Instance, MetricSample, utcnow
+from orchestrator.settings import Settings
+
+log = logging.getLogger("orch.ingest")
+
+TOKEN_CACHE_S = 5.0
+FLUSH_INTERVAL_S = 0.25
+MAX_BUFFER = 200_000
+MAX_REPORTS_PER_REQUEST = 500
+RENEW_WITHIN = dt.timedelta(days=7)
+
+
+class ReportRejected(Exception):
+    """A report (or its token) is refused; status_code and the message say why."""
+
+    def __init__(self, status_code: int, detail: str):
+        super().__init__(detail)
+        self.status_code = status_code
+        self.detail = detail
+
+
+@dataclass
+class _TokenState:
+    token_hash: str | None
+    status: str
+    fetched_at: float
+
+
+def _number(report: dict, key: str, *, minimum: float | None = None, maximum: float | None = None) -> None:
+    value = report.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ReportRejected(422, f"{key}: must be a number")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ReportRejected(422, f"{key}: {value} is out of range")
+
+
+def validate_report(report: object, instance: str) -> dict:
+    """Check a report's shape; returns it. Raises ReportRejected naming the field."""
+    if not isinstance(report, dict):
+        raise ReportRejected(422, "report: must be a JSON object")
+    if report.get("instance") != instance:
+        raise ReportRejected(
+            403, f"instance: this agent token is for {instance!r}, the report is for {report.get('instance')!r}"
+        )
+    _number(report, "ts", minimum=0)
+    _number(report, "uptime_s", minimum=0)
+    _number(report, "cpu_percent", minimum=0, maximum=100)
+    load = report.get("load")
+    if not isinstance(load, list) or not all(isinstance(v, (int, float)) for v in load):
+        raise ReportRejected(422, "load: must be a list of numbers")
+    memory = report.get("memory")
+    if not isinstance(memory, dict) or not all(isinstance(memory.get(k), int) for k in ("total", "used")):
+        raise ReportRejected(422, "memory: must be an object with integer total and used")
+    disk = report.get("disk")
+    if not isinstance(disk, dict):
+        raise ReportRejected(422, "disk: must be an object of mount -> {total, used}")
+    gpus = report.get("gpus")
+    if not isinstance(gpus, list) or not all(isinstance(g, dict) for g in gpus):
+        raise ReportRejected(422, "gpus: must be a list of objects")
+    if not isinstance(report.get("agent_version"), str):
+        raise ReportRejected(422, "agent_version: must be a string")
+    return report
+
+
+class AgentIngest:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._tokens: dict[str, _TokenState] = {}
+        self._buffer: list[tuple[str, dict, dt.datetime]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._flush_loop, name="ingest-flush", daemon=True)
+        self._thread.start()
+
+    # -- authentication ---------------------------------------------------
+
+    def authenticate(self, authorization: str | None) -> tuple[str, str]:
+        """Return (instance name, token) of a valid, unrevoked agent token."""
+        try:
+            token = bearer_token(authorization)
+            claims = decode_agent_token(self.settings.jwt_secret, token)
+        except TokenError as error:
+            raise ReportRejected(401, str(error)) from None
+        instance = claims["sub"]
+        state = self._token_state(instance)
+        if state.status == "missing":
+            raise ReportRejected(401, f"token revoked: instance {instance!r} does not exist")
+        if state.status == "deleted" or state.token_hash is None:
+            raise ReportRejected(401, f"token revoked: instance {instance!r} was deleted or its token withdrawn")
+        if state.token_hash != token_hash(token):
+            raise ReportRejected(401, f"token revoked: a newer token was issued for instance {instance!r}")
+        return instance, token
+
+    def _token_state(self, instance: str, refresh: bool = False) -> _TokenState:
+        now = time.monotonic()
+        state = self._tokens.get(instance)
+        if refresh or state is None or now - state.fetched_at > TOKEN_CACHE_S:
+            row = Instance.objects(name=instance).only("agent_token_hash", "status").first()
+            if row is None:
+                state = _TokenState(None, "missing", now)
+            else:
+                state = _TokenState(row.agent_token_hash, row.status, now)
+            self._tokens[instance] = state
+        return state
+
+    def renew(self, instance: str) -> tuple[str, dt.datetime]:
+        """A new token for an agent whose current token is valid; the old one stops working."""
+        token, expires = mint_agent_token(self.settings.jwt_secret, instance)
+        Instance.objects(name=instance).update_one(
+            set__agent_token_hash=token_hash(token), set__agent_token_expires_at=expires.replace(tzinfo=None)
+        )
+        self._token_state(instance, refresh=True)
+        return token, expires
+
+    # -- reports ----------------------------------------------------------
+
+    def accept(self, instance: str, body: object) -> int:
+        reports = body.get("reports") if isinstance(body, dict) and "reports" in body else [body]
+        if not isinstance(reports, list) or not reports:
+            raise ReportRejected(422, "reports: must be a non-empty list")
+        if len(reports) > MAX_REPORTS_PER_REQUEST:
+            raise ReportRejected(413, f"reports: at most {MAX_REPORTS_PER_REQUEST} per request")
+        checked = [validate_report(report, instance) for report in reports]
+        received = utcnow()
+        with self._lock:
+            if len(self._buffer) + len(checked) > MAX_BUFFER:
+                raise ReportRejected(503, "ingest buffer is full; retry later")
+            self._buffer.extend((instance, report, received) for report in checked)
+        return len(checked)
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(FLUSH_INTERVAL_S):
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            batch, self._buffer = self._buffer, []
+        if not batch:
+            return
+        samples = []
+        latest: dict[str, tuple[dict, dt.datetime]] = {}
+        for instance, report, received in batch:
+            ts = dt.datetime.fromtimestamp(report["ts"], dt.UTC).replace(tzinfo=None)
+            samples.append({"instance": instance, "ts": ts, "report": report, "received_at": received})
+            if instance not in latest or report["ts"] >= latest[instance][0]["ts"]:
+                latest[instance] = (report, received)
+        try:
+            MetricSample._get_collection().insert_many(samples, ordered=False)
+            Instance._get_collection().bulk_write(
+                [
+                    UpdateOne(
+                        {"name": name},
+                        {"$set": {"health.last_report_at": received, "health.last_report": report}},
+                    )
+                    for name, (report, received) in latest.items()
+                ],
+                ordered=False,
+            )
+        except PyMongoError as error:
+            log.error("could not store %d agent reports: %s", len(batch), error)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.flush()
+
+
+def health_state(last_report_at: dt.datetime | None, interval_s: int, now: dt.datetime | None = None) -> str:
+    """healthy, or unreachable after three missed intervals; unknown before the first report."""
+    if last_report_at is None:
+        return "unknown"
+    now = now or utcnow()
+    return "healthy" if (now - last_report_at).total_seconds() <= 3 * interval_s else "unreachable"

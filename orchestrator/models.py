@@ -1,0 +1,185 @@
+"""MongoDB documents (mongoengine): instances, snapshots, operations, metrics, locks."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import mongoengine as me
+
+
+def utcnow() -> dt.datetime:
+    # Naive UTC: BSON dates carry no zone, so what we store is what we read back.
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+class IllegalTransition(Exception):
+    """A status change that the state machine does not allow."""
+
+
+INSTANCE_TRANSITIONS: dict[str, set[str]] = {
+    "pending": {"provisioning", "failed", "deleting"},
+    "provisioning": {"configuring", "running", "failed", "pending"},
+    "configuring": {"running", "failed", "provisioning"},
+    "running": {"updating", "deleting", "running"},
+    "updating": {"running", "failed", "updating"},
+    "failed": {"updating", "deleting", "pending"},
+    "deleting": {"deleted", "failed", "deleting"},
+    "deleted": {"pending"},
+}
+
+SNAPSHOT_TRANSITIONS: dict[str, set[str]] = {
+    "pending": {"available", "failed", "pending"},
+    "available": {"deleting"},
+    "failed": {"deleting", "pending"},
+    "deleting": {"deleted", "failed", "deleting"},
+    "deleted": set(),
+}
+
+
+def _check(transitions: dict[str, set[str]], kind: str, name: str, current: str, new: str) -> None:
+    if new not in transitions.get(current, set()):
+        raise IllegalTransition(f"{kind} {name} cannot go from {current} to {new}")
+
+
+class Health(me.EmbeddedDocument):
+    # The state (healthy / unreachable) is derived from last_report_at when read.
+    last_report_at = me.DateTimeField()
+    last_report = me.DictField()
+
+
+class Instance(me.Document):
+    name = me.StringField(required=True, unique=True)
+    owner = me.StringField(required=True)
+    labels = me.DictField()
+    spec = me.DictField(required=True)
+    cloud = me.StringField(required=True)
+    region = me.StringField(required=True)
+    status = me.StringField(required=True, default="pending", choices=tuple(INSTANCE_TRANSITIONS))
+    status_reason = me.StringField()
+    outputs = me.DictField()
+    public_ip = me.StringField()
+    health = me.EmbeddedDocumentField(Health, default=Health)
+    generation = me.IntField(default=1)
+    operation_id = me.StringField()
+    # The service's SSH key for configuring this instance (Ansible), and the
+    # hash of the agent token it was given: the token itself is never stored.
+    admin_private_key = me.StringField()
+    admin_public_key = me.StringField()
+    agent_token_hash = me.StringField()
+    agent_token_expires_at = me.DateTimeField()
+    created_at = me.DateTimeField(default=utcnow)
+    updated_at = me.DateTimeField(default=utcnow)
+
+    meta = {
+        "collection": "instances",
+        "indexes": [
+            "owner",
+            ("owner", "-created_at"),
+            ("cloud", "status"),
+            "status",
+            "-created_at",
+        ],
+    }
+
+    @property
+    def stack_name(self) -> str:
+        return f"instance-{self.name}"
+
+    def document(self) -> dict:
+        """The instance document as the user wrote it (kind, name, labels, spec)."""
+        return {"kind": "Instance", "name": self.name, "labels": dict(self.labels or {}), "spec": dict(self.spec)}
+
+    def move_to(self, status: str, reason: str | None = None) -> None:
+        _check(INSTANCE_TRANSITIONS, "instance", self.name, self.status, status)
+        self.status = status
+        self.status_reason = reason
+        self.updated_at = utcnow()
+
+
+class Snapshot(me.Document):
+    name = me.StringField(required=True, unique=True)
+    instance = me.StringField(required=True)
+    owner = me.StringField(required=True)
+    status = me.StringField(required=True, default="pending", choices=tuple(SNAPSHOT_TRANSITIONS))
+    cloud = me.StringField(required=True)
+    region = me.StringField()
+    image_id = me.StringField()
+    source_instance_id = me.StringField()
+    source_outputs = me.DictField()
+    error = me.StringField()
+    operation_id = me.StringField()
+    created_at = me.DateTimeField(default=utcnow)
+    updated_at = me.DateTimeField(default=utcnow)
+
+    meta = {"collection": "snapshots", "indexes": ["owner", "instance", "status", "-created_at"]}
+
+    @property
+    def stack_name(self) -> str:
+        return f"snapshot-{self.name}"
+
+    def move_to(self, status: str, error: str | None = None) -> None:
+        _check(SNAPSHOT_TRANSITIONS, "snapshot", self.name, self.status, status)
+        self.status = status
+        self.error = error
+        self.updated_at = utcnow()
+
+
+class Step(me.EmbeddedDocument):
+    name = me.StringField(required=True)
+    status = me.StringField(default="running", choices=("running", "succeeded", "failed", "skipped"))
+    started_at = me.DateTimeField(default=utcnow)
+    finished_at = me.DateTimeField()
+
+
+OPERATION_KINDS = ("create", "update", "delete", "snapshot_create", "snapshot_delete")
+
+
+class Operation(me.Document):
+    kind = me.StringField(required=True, choices=OPERATION_KINDS)
+    # What the operation locks: the instance for instance and snapshot-create
+    # operations, the snapshot for snapshot deletes.
+    target = me.StringField(required=True)
+    lock_key = me.StringField(required=True)
+    owner = me.StringField(required=True)
+    status = me.StringField(default="queued", choices=("queued", "running", "succeeded", "failed"))
+    params = me.DictField()
+    steps = me.EmbeddedDocumentListField(Step)
+    logs = me.ListField(me.StringField())
+    error = me.StringField()
+    attempts = me.IntField(default=0)
+    worker = me.StringField()
+    lease_expires_at = me.DateTimeField()
+    dispatched_at = me.DateTimeField()
+    created_at = me.DateTimeField(default=utcnow)
+    updated_at = me.DateTimeField(default=utcnow)
+
+    meta = {
+        "collection": "operations",
+        "indexes": [("status", "lease_expires_at"), ("lock_key", "created_at"), "target", "owner"],
+    }
+
+
+class Lock(me.Document):
+    """A lease on an instance or snapshot: operations on one target never overlap."""
+
+    key = me.StringField(primary_key=True)
+    holder = me.StringField(required=True)
+    expires_at = me.DateTimeField(required=True)
+
+    meta = {"collection": "locks"}
+
+
+class MetricSample(me.Document):
+    instance = me.StringField(required=True)
+    ts = me.DateTimeField(required=True)
+    report = me.DictField()
+    received_at = me.DateTimeField(default=utcnow)
+
+    meta = {
+        "collection": "metric_samples",
+        "indexes": [
+            ("instance", "ts"),
+            # Samples expire after 7 days.
+            {"fields": ["received_at"], "expireAfterSeconds": 7 * 24 * 3600},
+        ],
+    }

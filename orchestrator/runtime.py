@@ -1,0 +1,71 @@
+"""Wiring: settings -> MongoDB, Pulumi engine, dispatcher, worker, recovery sweep."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from orchestrator import db
+from orchestrator.dispatch import AmqpPublisher, InProcessDispatcher
+from orchestrator.engine import StackEngine
+from orchestrator.ingest import AgentIngest
+from orchestrator.services import Orchestrator
+from orchestrator.settings import Settings
+from orchestrator.worker import Worker, recover
+
+log = logging.getLogger("orch.runtime")
+
+SWEEP_INTERVAL_S = 5.0
+
+
+class Sweeper:
+    """Periodically re-dispatches operations left queued or orphaned by a dead worker."""
+
+    def __init__(self, dispatch, interval_s: float = SWEEP_INTERVAL_S, redispatch_after_s: float = 30.0):
+        self.dispatch = dispatch
+        self.interval_s = interval_s
+        self.redispatch_after_s = redispatch_after_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="recovery-sweep", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                count = recover(self.dispatch, self.redispatch_after_s)
+                if count:
+                    log.info("recovery sweep dispatched %d operation(s)", count)
+            except Exception:  # a sweep that fails is retried on the next tick
+                log.exception("recovery sweep failed")
+            if self._stop.wait(self.interval_s):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class Runtime:
+    """Everything `orch serve` runs: built on startup, closed on shutdown."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.store = db.connect(settings)
+        self.engine = StackEngine(settings)
+        self.worker = Worker(settings, self.engine)
+        if settings.amqp_url:
+            self.dispatcher = AmqpPublisher(settings.amqp_url)
+        else:
+            self.dispatcher = InProcessDispatcher(self.worker, settings.max_parallel_operations)
+        self.orchestrator = Orchestrator(settings, self.engine, self.dispatcher.dispatch)
+        self.ingest = AgentIngest(settings)
+        self.sweeper = Sweeper(self.dispatcher.dispatch, redispatch_after_s=settings.redispatch_after_s)
+        self.sweeper.start()
+
+    def close(self) -> None:
+        self.sweeper.stop()
+        self.dispatcher.close()
+        self.ingest.close()
+        if self.store is not None:
+            self.store.stop()

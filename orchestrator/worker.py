@@ -1,0 +1,354 @@
+"""Runs operations: the Automation API, then Ansible, with rollback on failure.
+
+The same code runs in-process under `orch serve` and in `orch worker`
+processes fed by RabbitMQ. MongoDB is the source of truth: an operation is
+claimed atomically (queued -> running) with a lease that a heartbeat renews,
+so a duplicate delivery is dropped and a dead worker's operation is found and
+resumed by the recovery sweep.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import contextmanager
+from enum import Enum
+
+from bson import ObjectId
+from bson.errors import InvalidId
+
+from orchestrator import locks
+from orchestrator.auth import mint_agent_token, token_hash
+from orchestrator.engine import EngineError, StackEngine
+from orchestrator.models import Instance, Operation, Snapshot, Step, utcnow
+from orchestrator.settings import Settings
+from stacks.spec import parse_instance, parse_snapshot
+
+log = logging.getLogger("orch.worker")
+
+MAX_ATTEMPTS = 3
+CONFIGURE_FIELDS = ("ssh_users", "mounts", "bootstrap_script", "configure")
+
+
+class Outcome(Enum):
+    DONE = "done"  # finished (succeeded or failed), or not ours to run
+    DEFERRED = "deferred"  # its target is busy: deliver it again shortly
+
+
+class OperationFailed(Exception):
+    """A step failed; the message is what the user sees as the operation's error."""
+
+
+class OperationLog:
+    """Appends lines to an operation's log in MongoDB as they arrive."""
+
+    def __init__(self, op_id: ObjectId):
+        self.op_id = op_id
+
+    def __call__(self, line: str) -> None:
+        line = line.rstrip("\n")
+        if line.strip():
+            Operation.objects(id=self.op_id).update_one(push__logs=line[:4000], set__updated_at=utcnow())
+
+
+class Worker:
+    def __init__(self, settings: Settings, engine: StackEngine):
+        self.settings = settings
+        self.engine = engine
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+    # -- claiming ---------------------------------------------------------
+
+    def run(self, op_id: str) -> Outcome:
+        try:
+            oid = ObjectId(op_id)
+        except (InvalidId, TypeError):
+            log.warning("dropping malformed operation id %r", op_id)
+            return Outcome.DONE
+        op = Operation.objects(id=oid).first()
+        if op is None or op.status != "queued":
+            return Outcome.DONE
+        lock_key = op.lock_key
+        if self._older_pending(op) or not locks.acquire(lock_key, op_id, self.settings.operation_lease_s):
+            Operation.objects(id=oid).update_one(set__dispatched_at=utcnow())
+            return Outcome.DEFERRED
+        try:
+            lease = utcnow() + dt.timedelta(seconds=self.settings.operation_lease_s)
+            op = Operation.objects(id=oid, status="queued").modify(
+                set__status="running",
+                set__worker=self.worker_id,
+                set__lease_expires_at=lease,
+                inc__attempts=1,
+                set__updated_at=utcnow(),
+                new=True,
+            )
+            if op is None:  # another worker claimed it between our read and now
+                return Outcome.DONE
+            with self._heartbeat(op):
+                self._execute(op)
+        finally:
+            locks.release(lock_key, op_id)
+        return Outcome.DONE
+
+    def _older_pending(self, op: Operation) -> bool:
+        """Operations on one target run in the order they were requested."""
+        return (
+            Operation.objects(
+                lock_key=op.lock_key, status__in=("queued", "running"), created_at__lt=op.created_at, id__ne=op.id
+            ).first()
+            is not None
+        )
+
+    @contextmanager
+    def _heartbeat(self, op: Operation):
+        stop = threading.Event()
+        interval = max(1.0, self.settings.operation_lease_s / 3)
+
+        def beat() -> None:
+            while not stop.wait(interval):
+                lease = utcnow() + dt.timedelta(seconds=self.settings.operation_lease_s)
+                Operation.objects(id=op.id, worker=self.worker_id).update_one(set__lease_expires_at=lease)
+                locks.acquire(op.lock_key, str(op.id), self.settings.operation_lease_s)
+
+        thread = threading.Thread(target=beat, name=f"lease-{op.id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+    # -- execution --------------------------------------------------------
+
+    def _execute(self, op: Operation) -> None:
+        log_line = OperationLog(op.id)
+        handler: Callable[[Operation, OperationLog], None] = getattr(self, f"_op_{op.kind}")
+        if op.attempts > 1:
+            log_line(f"resuming after a lost worker (attempt {op.attempts} of {MAX_ATTEMPTS})")
+        try:
+            if op.attempts > MAX_ATTEMPTS:
+                raise OperationFailed(f"gave up after {MAX_ATTEMPTS} attempts (workers kept dying)")
+            handler(op, log_line)
+        except Exception as error:  # every failure ends the operation with its reason
+            reason = str(error) if isinstance(error, (OperationFailed, EngineError)) else f"{type(error).__name__}: {error}"
+            log.warning("operation %s (%s %s) failed: %s", op.id, op.kind, op.target, reason)
+            log_line(f"error: {reason}")
+            self._fail(op, reason, log_line)
+            self._finish(op, "failed", reason)
+        else:
+            self._finish(op, "succeeded", None)
+
+    def _finish(self, op: Operation, status: str, error: str | None) -> None:
+        Operation.objects(id=op.id).update_one(
+            set__status=status, set__error=error, set__updated_at=utcnow(), unset__lease_expires_at=True
+        )
+
+    @contextmanager
+    def _step(self, op: Operation, name: str):
+        index = len(Operation.objects(id=op.id).only("steps").first().steps)
+        Operation.objects(id=op.id).update_one(push__steps=Step(name=name))
+        try:
+            yield
+        except BaseException:
+            Operation.objects(id=op.id).update_one(
+                **{f"set__steps__{index}__status": "failed", f"set__steps__{index}__finished_at": utcnow()}
+            )
+            raise
+        Operation.objects(id=op.id).update_one(
+            **{f"set__steps__{index}__status": "succeeded", f"set__steps__{index}__finished_at": utcnow()}
+        )
+
+    def _fail(self, op: Operation, reason: str, log_line: OperationLog) -> None:
+        """The failure path of each kind: roll back what a create or snapshot made."""
+        if op.kind == "create":
+            instance = Instance.objects.get(name=op.target)
+            rollback_error = self._rollback(op, instance.stack_name, log_line)
+            instance.reload()
+            instance.agent_token_hash = None
+            instance.move_to("failed", reason + (f"; rollback failed: {rollback_error}" if rollback_error else ""))
+            instance.save()
+        elif op.kind in ("update", "delete"):
+            instance = Instance.objects.get(name=op.target)
+            instance.move_to("failed", reason)
+            instance.save()
+        elif op.kind == "snapshot_create":
+            snapshot = Snapshot.objects.get(name=op.params["snapshot"])
+            rollback_error = self._rollback(op, snapshot.stack_name, log_line)
+            snapshot.reload()
+            snapshot.move_to("failed", reason + (f"; rollback failed: {rollback_error}" if rollback_error else ""))
+            snapshot.save()
+        elif op.kind == "snapshot_delete":
+            snapshot = Snapshot.objects.get(name=op.target)
+            snapshot.move_to("failed", reason)
+            snapshot.save()
+
+    def _rollback(self, op: Operation, stack_name: str, log_line: OperationLog) -> str | None:
+        try:
+            with self._step(op, "rollback: pulumi destroy"):
+                self.engine.destroy(stack_name, on_output=log_line)
+        except Exception as error:  # reported with the original failure
+            return str(error)
+        return None
+
+    # -- kinds ------------------------------------------------------------
+
+    def _op_create(self, op: Operation, log_line: OperationLog) -> None:
+        instance = Instance.objects.get(name=op.target)
+        if instance.status != "provisioning":
+            instance.move_to("provisioning")
+            instance.save()
+        if op.attempts > 1:
+            self.engine.cancel(instance.stack_name)
+        self._provision(op, instance, log_line, configure=True)
+
+    def _op_update(self, op: Operation, log_line: OperationLog) -> None:
+        instance = Instance.objects.get(name=op.target)
+        previous = op.params.get("previous_spec") or {}
+        if instance.status != "updating":
+            instance.move_to("updating")
+            instance.save()
+        if op.attempts > 1:
+            self.engine.cancel(instance.stack_name)
+        reconfigure = any(previous.get(key) != instance.spec.get(key) for key in CONFIGURE_FIELDS)
+        self._provision(op, instance, log_line, configure=reconfigure)
+
+    def _provision(self, op: Operation, instance: Instance, log_line: OperationLog, *, configure: bool) -> None:
+        document = parse_instance(instance.document())
+        base_image_id = None
+        if document.spec.from_snapshot:
+            snapshot = Snapshot.objects(name=document.spec.from_snapshot, status="available").first()
+            if snapshot is None:
+                raise OperationFailed(f"snapshot {document.spec.from_snapshot} is not available")
+            base_image_id = snapshot.image_id
+        with self._step(op, "pulumi up"):
+            outputs = self.engine.up_instance(
+                document, admin_public_key=instance.admin_public_key, base_image_id=base_image_id, on_output=log_line
+            )
+        instance.reload()
+        instance.outputs = outputs
+        instance.public_ip = outputs.get("public_ip")
+        instance.updated_at = utcnow()
+        instance.save()
+        if configure and document.spec.configure:
+            self._configure(op, instance, outputs, document, log_line)
+        instance.reload()
+        instance.move_to("running")
+        instance.save()
+
+    def _configure(self, op: Operation, instance: Instance, outputs: dict, document, log_line: OperationLog) -> None:
+        from orchestrator.configure import ConfigureError, configure_instance
+
+        if instance.status == "provisioning":
+            instance.move_to("configuring")
+        token, expires = mint_agent_token(self.settings.jwt_secret, instance.name)
+        instance.agent_token_hash = token_hash(token)
+        instance.agent_token_expires_at = expires.replace(tzinfo=None)
+        instance.save()
+        configured_at = utcnow()
+        spec = document.spec
+        extravars = {
+            "orch_ssh_users": [{"name": u.name, "public_key": u.public_key, "sudo": u.sudo} for u in spec.ssh_users],
+            "orch_mounts": [{"bucket": m.bucket, "path": m.path} for m in spec.mounts],
+            "orch_bootstrap_script": spec.bootstrap_script or "",
+            "orch_agent_url": self.settings.public_url,
+            "orch_agent_token": token,
+            "orch_agent_instance": instance.name,
+            "orch_agent_interval": self.settings.agent_report_interval_s,
+        }
+        with self._step(op, "configure: ansible"):
+            try:
+                configure_instance(
+                    host=outputs["public_ip"],
+                    port=int(outputs.get("ssh_port") or 22),
+                    ssh_user=outputs["ssh_user"],
+                    private_key_pem=instance.admin_private_key,
+                    extravars=extravars,
+                    on_log=log_line,
+                    workdir=self.settings.data_dir / "ansible",
+                )
+            except ConfigureError as error:
+                raise OperationFailed(f"configuration failed: {error}") from None
+        with self._step(op, "wait for the agent's first report"):
+            deadline = time.monotonic() + self.settings.agent_first_report_timeout_s
+            while True:
+                health = Instance.objects(name=instance.name).only("health").first().health
+                if health and health.last_report_at and health.last_report_at >= configured_at:
+                    break
+                if time.monotonic() > deadline:
+                    raise OperationFailed(
+                        f"the agent sent no report within {self.settings.agent_first_report_timeout_s} s"
+                    )
+                time.sleep(1)
+
+    def _op_delete(self, op: Operation, log_line: OperationLog) -> None:
+        instance = Instance.objects.get(name=op.target)
+        if instance.status != "deleting":
+            instance.move_to("deleting")
+            instance.save()
+        if op.attempts > 1:
+            self.engine.cancel(instance.stack_name)
+        with self._step(op, "pulumi destroy"):
+            self.engine.destroy(instance.stack_name, on_output=log_line)
+        instance.reload()
+        # Revoke the agent's token: reports for a deleted instance are refused.
+        instance.agent_token_hash = None
+        instance.admin_private_key = None
+        instance.public_ip = None
+        instance.move_to("deleted")
+        instance.save()
+
+    def _op_snapshot_create(self, op: Operation, log_line: OperationLog) -> None:
+        snapshot = Snapshot.objects.get(name=op.params["snapshot"])
+        if op.attempts > 1:
+            self.engine.cancel(snapshot.stack_name)
+        document = parse_snapshot({"kind": "Snapshot", "name": snapshot.name, "instance": snapshot.instance})
+        with self._step(op, "pulumi up (snapshot)"):
+            outputs = self.engine.up_snapshot(document, source=snapshot.source_outputs, on_output=log_line)
+        snapshot.reload()
+        snapshot.image_id = outputs.get("image_id")
+        snapshot.source_instance_id = outputs.get("source_instance_id")
+        snapshot.move_to("available")
+        snapshot.save()
+
+    def _op_snapshot_delete(self, op: Operation, log_line: OperationLog) -> None:
+        snapshot = Snapshot.objects.get(name=op.target)
+        if snapshot.status != "deleting":
+            snapshot.move_to("deleting")
+            snapshot.save()
+        if op.attempts > 1:
+            self.engine.cancel(snapshot.stack_name)
+        with self._step(op, "pulumi destroy (snapshot)"):
+            self.engine.destroy(snapshot.stack_name, on_output=log_line)
+        snapshot.reload()
+        snapshot.move_to("deleted")
+        snapshot.save()
+
+
+def recover(dispatch: Callable[[str], bool], redispatch_after_s: float = 30.0) -> int:
+    """Find operations a lost publish or a dead worker left behind, and dispatch them again.
+
+    Returns how many were dispatched.
+    """
+    now = utcnow()
+    count = 0
+    for op in Operation.objects(status="running", lease_expires_at__lt=now).only("id"):
+        reset = Operation.objects(id=op.id, status="running", lease_expires_at__lt=now).modify(
+            set__status="queued", set__worker=None, set__dispatched_at=now, new=True
+        )
+        if reset is not None:
+            OperationLog(op.id)("worker lost (lease expired); operation queued again")
+            dispatch(str(op.id))
+            count += 1
+    stale = now - dt.timedelta(seconds=redispatch_after_s)
+    for op in Operation.objects(status="queued").only("id", "dispatched_at"):
+        if op.dispatched_at is None or op.dispatched_at < stale:
+            Operation.objects(id=op.id).update_one(set__dispatched_at=now)
+            dispatch(str(op.id))
+            count += 1
+    return count
