@@ -1,0 +1,490 @@
+"""The typed Instance and Snapshot documents, and their validation.
+
+The model is msgspec Structs (so the JSON Schema comes from the same
+definitions). Validation runs in two passes, each collecting every error it
+finds: first the shape (unknown fields, missing fields, wrong types, patterns
+and ranges), then, once the shape is right, the meaning (region and zone,
+GPU on the machine type, image and disk size, CIDRs, SSH keys, mounts...).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import posixpath
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import msgspec
+import msgspec.inspect as mi
+from msgspec import Meta
+
+from stacks.catalog import CLOUDS, DEFAULT_IMAGE, Cloud, canonical_gpu_type, default_zone, machine_family
+
+NAME_PATTERN = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"
+USER_NAME_PATTERN = r"^[a-z_][a-z0-9_-]{0,31}$"
+# Labels become GCP labels and AWS/Azure tags: GCP's rules are the strictest, so they hold everywhere.
+LABEL_KEY_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
+LABEL_VALUE_PATTERN = r"^[a-z0-9_-]{0,63}$"
+MAX_LABELS = 60  # GCP allows 64; the programs add their own (managed-by, orch-instance...)
+RESERVED_LABELS = frozenset({"managed-by", "orch-instance", "orch-snapshot", "orch-source-instance"})
+# Accounts that exist on the images (or that the service logs in as): a spec user must not redefine them.
+RESERVED_USER_NAMES = frozenset(
+    {
+        "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp",
+        "proxy", "www-data", "backup", "list", "irc", "gnats", "nobody", "sshd", "syslog",
+        "messagebus", "systemd-network", "systemd-resolve", "systemd-timesync", "_apt",
+        "ubuntu", "admin", "azureuser", "ec2-user", "debian",
+    }
+)
+# Mounting a bucket over these would break the machine.
+SYSTEM_PATHS = frozenset(
+    {"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/proc", "/root", "/run",
+     "/sbin", "/sys", "/tmp", "/usr", "/var"}
+)
+BUCKET_PATTERN = r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$"
+SSH_KEY_TYPES = frozenset(
+    {
+        "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+        "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
+    }
+)
+MIN_RSA_BITS = 2048
+DEFAULT_DISK_GB = 30
+MAX_DISK_GB = 16384
+
+Name = Annotated[
+    str,
+    Meta(
+        pattern=NAME_PATTERN,
+        description="lowercase letters, digits and hyphens; starts with a letter, at most 63 characters",
+    ),
+]
+
+
+class _Model(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class Gpu(_Model, kw_only=True):
+    """GPUs to attach (or that the machine type carries)."""
+
+    type: Annotated[str, Meta(min_length=1, description="e.g. nvidia-t4, nvidia-a10g, nvidia-l4, nvidia-a100, nvidia-h100")]
+    count: Annotated[int, Meta(ge=1, le=16)] = 1
+
+
+class SshUser(_Model, kw_only=True):
+    """A login account created on the instance."""
+
+    name: Annotated[str, Meta(pattern=USER_NAME_PATTERN, description="a Linux user name")]
+    public_key: Annotated[str, Meta(description="an OpenSSH public key line: '<type> <base64> [comment]'")]
+    sudo: bool = False
+
+
+class Mount(_Model, kw_only=True):
+    """A bucket mounted with goofys."""
+
+    bucket: str
+    path: Annotated[str, Meta(description="absolute mount point")]
+
+
+class InstanceSpec(_Model, kw_only=True):
+    cloud: Literal[tuple(CLOUDS)]  # type: ignore[valid-type]  # the clouds in stacks.catalog
+    region: str
+    zone: str | None = None
+    machine_type: Annotated[str, Meta(min_length=1)] | None = None
+    gpu: Gpu | None = None
+    image: Annotated[str, Meta(description=f"defaults to {DEFAULT_IMAGE} unless from_snapshot is given")] | None = None
+    from_snapshot: Name | None = None
+    disk_gb: Annotated[int, Meta(ge=1, le=MAX_DISK_GB)] | None = None
+    ssh_users: Annotated[list[SshUser], Meta(min_length=1)]
+    allowed_ssh_cidrs: list[str] = []
+    mounts: list[Mount] = []
+    bootstrap_script: Annotated[str, Meta(max_length=65536)] | None = None
+    configure: bool = True
+
+
+class InstanceDoc(_Model, kw_only=True):
+    """kind: Instance — one cloud instance."""
+
+    kind: Literal["Instance"] = "Instance"
+    name: Name
+    labels: dict[str, str] = {}
+    spec: InstanceSpec
+
+    def to_dict(self) -> dict:
+        return msgspec.to_builtins(self)
+
+
+class SnapshotDoc(_Model, kw_only=True):
+    """kind: Snapshot — an image of an instance's root disk."""
+
+    kind: Literal["Snapshot"] = "Snapshot"
+    name: Name
+    instance: Name
+
+    def to_dict(self) -> dict:
+        return msgspec.to_builtins(self)
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}"
+
+
+class SpecError(ValueError):
+    def __init__(self, errors: Iterable[FieldError]):
+        self.errors = list(errors)
+        super().__init__("; ".join(str(error) for error in self.errors))
+
+
+# ---------------------------------------------------------------- shape
+
+
+_JSON_TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+                    float: "a number", type(None): "null"}
+
+
+def _describe(value: object) -> str:
+    return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _check_shape(value: Any, info: mi.Type, path: str, errors: list[FieldError]) -> None:
+    """Check `value` against a msgspec type, adding one error per bad field (not just the first)."""
+    where = path or "document"
+    if isinstance(info, mi.UnionType):
+        if value is None and any(isinstance(t, mi.NoneType) for t in info.types):
+            return
+        (info,) = [t for t in info.types if not isinstance(t, mi.NoneType)]
+    if isinstance(info, mi.Metadata):  # a description on the type: check the type it wraps
+        info = info.type
+    if isinstance(info, mi.StructType):
+        if not isinstance(value, dict):
+            errors.append(FieldError(where, f"expected an object, got {_describe(value)}"))
+            return
+        fields = {f.encode_name: f for f in info.fields}
+        for key in value:
+            if key not in fields:
+                errors.append(FieldError(_join(path, str(key)), "unknown field"))
+        for name, field in fields.items():
+            if name in value:
+                _check_shape(value[name], field.type, _join(path, name), errors)
+            elif field.required:
+                errors.append(FieldError(_join(path, name), "required"))
+    elif isinstance(info, mi.LiteralType):
+        if value not in info.values:
+            choices = ", ".join(str(v) for v in info.values)
+            errors.append(FieldError(where, f"unknown value {value!r}; expected one of {choices}"))
+    elif isinstance(info, mi.StrType):
+        if not isinstance(value, str):
+            errors.append(FieldError(where, f"expected a string, got {_describe(value)}"))
+        elif info.min_length is not None and len(value) < info.min_length:
+            errors.append(FieldError(where, "must not be empty"))
+        elif info.max_length is not None and len(value) > info.max_length:
+            errors.append(FieldError(where, f"longer than {info.max_length} characters"))
+        elif info.pattern is not None and not re.search(info.pattern, value):
+            errors.append(FieldError(where, f"{value!r} does not match {info.pattern}"))
+    elif isinstance(info, mi.BoolType):
+        if not isinstance(value, bool):
+            errors.append(FieldError(where, f"expected a boolean, got {_describe(value)}"))
+    elif isinstance(info, mi.IntType):
+        if not isinstance(value, int) or isinstance(value, bool):
+            errors.append(FieldError(where, f"expected an integer, got {_describe(value)}"))
+        elif info.ge is not None and value < info.ge:
+            errors.append(FieldError(where, f"must be at least {info.ge}"))
+        elif info.le is not None and value > info.le:
+            errors.append(FieldError(where, f"must be at most {info.le}"))
+    elif isinstance(info, mi.ListType):
+        if not isinstance(value, list):
+            errors.append(FieldError(where, f"expected a list, got {_describe(value)}"))
+            return
+        if info.min_length is not None and len(value) < info.min_length:
+            errors.append(FieldError(where, f"needs at least {info.min_length} item(s)"))
+        for index, item in enumerate(value):
+            _check_shape(item, info.item_type, f"{path}[{index}]", errors)
+    elif isinstance(info, mi.DictType):
+        if not isinstance(value, dict):
+            errors.append(FieldError(where, f"expected an object, got {_describe(value)}"))
+            return
+        for key, item in value.items():
+            _check_shape(key, info.key_type, _join(path, str(key)), errors)
+            _check_shape(item, info.value_type, _join(path, str(key)), errors)
+    else:  # a type this model does not use: keep the walker honest
+        raise TypeError(f"no shape check for {info!r}")
+
+
+def _convert[T](doc: Any, model: type[T]) -> T:
+    errors: list[FieldError] = []
+    _check_shape(doc, mi.type_info(model), "", errors)
+    if errors:
+        raise SpecError(errors)
+    return msgspec.convert(doc, model)
+
+
+# ---------------------------------------------------------------- meaning
+
+
+def public_key_problem(text: str) -> str | None:
+    """Why `text` is not a usable OpenSSH public key line, or None when it is."""
+    if "\n" in text.strip() or "\r" in text:
+        return "must be a single line"
+    parts = text.split()
+    if len(parts) < 2:
+        return "expected '<type> <base64 key> [comment]'"
+    key_type, blob = parts[0], parts[1]
+    if key_type not in SSH_KEY_TYPES:
+        return f"unsupported key type {key_type!r} (one of {', '.join(sorted(SSH_KEY_TYPES))})"
+    try:
+        data = base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError):
+        return "key data is not valid base64"
+    fields = _ssh_strings(data)
+    if not fields:
+        return "key data is not an SSH public key"
+    embedded = fields[0].decode(errors="replace")
+    if embedded != key_type:
+        return f"key data is a {embedded!r} key, not {key_type!r}"
+    if key_type == "ssh-rsa":
+        if len(fields) != 3:
+            return "RSA key data is truncated"
+        bits = int.from_bytes(fields[2], "big").bit_length()
+        if bits < MIN_RSA_BITS:
+            return f"RSA key has {bits} bits; at least {MIN_RSA_BITS} are required"
+    if key_type == "ssh-ed25519" and (len(fields) != 2 or len(fields[1]) != 32):
+        return "Ed25519 key data is not 32 bytes"
+    return None
+
+
+def _ssh_strings(data: bytes) -> list[bytes]:
+    """Split SSH wire-format length-prefixed strings; [] when the data is not made of them."""
+    strings, offset = [], 0
+    while offset < len(data):
+        if offset + 4 > len(data):
+            return []
+        length = int.from_bytes(data[offset : offset + 4], "big")
+        offset += 4
+        if offset + length > len(data):
+            return []
+        strings.append(data[offset : offset + length])
+        offset += length
+    return strings
+
+
+def _check_labels(labels: dict[str, str], errors: list[FieldError]) -> None:
+    if len(labels) > MAX_LABELS:
+        errors.append(FieldError("labels", f"at most {MAX_LABELS} labels"))
+    for key, value in labels.items():
+        if key in RESERVED_LABELS:
+            errors.append(FieldError(f"labels.{key}", "reserved: the service sets this label"))
+        elif not re.fullmatch(LABEL_KEY_PATTERN, key):
+            errors.append(
+                FieldError(f"labels.{key}", "keys are lowercase letters, digits, '-' and '_', starting with a letter, at most 63 characters")
+            )
+        if not re.fullmatch(LABEL_VALUE_PATTERN, value):
+            errors.append(
+                FieldError(f"labels.{key}", f"value {value!r}: lowercase letters, digits, '-' and '_', at most 63 characters")
+            )
+
+
+def _check_location(cloud: Cloud, spec: InstanceSpec, errors: list[FieldError]) -> None:
+    if spec.region not in cloud.regions:
+        errors.append(FieldError("spec.region", f"unknown {cloud.name} region {spec.region!r}"))
+    elif spec.zone is not None and not cloud.zone_belongs(spec.region, spec.zone):
+        errors.append(FieldError("spec.zone", f"zone {spec.zone!r} is not in region {spec.region!r}"))
+
+
+def _check_machine_and_gpu(cloud: Cloud, spec: InstanceSpec, errors: list[FieldError]) -> Gpu | None:
+    """Validate machine type and GPU; return the GPU the instance will have (filled in from the machine type)."""
+    if cloud.machine_type_pattern is None:
+        if spec.gpu is not None:
+            errors.append(FieldError("spec.gpu", f"the {cloud.name} target does not attach GPUs"))
+        return None
+    machine_type = spec.machine_type
+    if machine_type is None:
+        errors.append(FieldError("spec.machine_type", f"required on {cloud.name}"))
+        return spec.gpu
+    if not re.fullmatch(cloud.machine_type_pattern, machine_type):
+        errors.append(FieldError("spec.machine_type", f"{machine_type!r} is not a {cloud.name} machine type"))
+        return spec.gpu
+    built_in = cloud.gpu_machine(machine_type)
+    gpu = spec.gpu
+    if built_in is not None:
+        carried = built_in.count
+        if carried is None:  # the count is the `-<n>g` suffix (GCP a2-highgpu-4g)
+            carried = int(re.search(r"(\d+)g$", machine_type).group(1))
+        if gpu is None:
+            return Gpu(type=built_in.gpu_type, count=carried)
+        if canonical_gpu_type(gpu.type) != built_in.gpu_type:
+            errors.append(FieldError("spec.gpu.type", f"{machine_type} carries {built_in.gpu_type}, not {gpu.type}"))
+        elif gpu.count != carried:
+            errors.append(
+                FieldError("spec.gpu.count", f"{machine_type} carries {carried} {built_in.gpu_type} GPU(s), not {gpu.count}")
+            )
+        return Gpu(type=built_in.gpu_type, count=carried)
+    if gpu is None:
+        return None
+    attachable = cloud.attachable_gpu_families.get(machine_family(machine_type))
+    if attachable is None:
+        errors.append(
+            FieldError("spec.gpu", f"machine type {machine_type} cannot carry a GPU (GPU machines: {cloud.gpu_families_hint})")
+        )
+        return gpu
+    gpu_type = canonical_gpu_type(gpu.type)
+    if gpu_type not in attachable:
+        errors.append(
+            FieldError("spec.gpu.type", f"{gpu.type} cannot be attached to {machine_type} (one of {', '.join(sorted(attachable))})")
+        )
+    elif gpu.count not in cloud.attachable_gpu_counts:
+        counts = ", ".join(str(c) for c in sorted(cloud.attachable_gpu_counts))
+        errors.append(FieldError("spec.gpu.count", f"{gpu.count} GPUs cannot be attached; one of {counts}"))
+    return Gpu(type=gpu_type, count=gpu.count)
+
+
+def _check_image_and_disk(cloud: Cloud, spec: InstanceSpec, gpu: Gpu | None, errors: list[FieldError]) -> tuple[str | None, int]:
+    """Validate image and disk size; return (image name or None for a snapshot, disk size in GB)."""
+    image_name = spec.image
+    if image_name is not None and spec.from_snapshot is not None:
+        errors.append(FieldError("spec.from_snapshot", "give either image or from_snapshot, not both"))
+    if image_name is None and spec.from_snapshot is None:
+        image_name = DEFAULT_IMAGE
+    min_disk, needs = cloud.min_disk_gb, f"a {cloud.name} instance"
+    if image_name is not None:
+        image = cloud.images.get(image_name)
+        if image is None:
+            errors.append(
+                FieldError("spec.image", f"unknown image {image_name!r} on {cloud.name} (one of {', '.join(cloud.images)})")
+            )
+            return image_name, spec.disk_gb or DEFAULT_DISK_GB
+        if gpu is not None:
+            if image.gpu is None:
+                errors.append(FieldError("spec.image", f"no GPU image for {image_name} on {cloud.name}"))
+            else:
+                image, needs = image.gpu, f"the {cloud.name} GPU image for {image_name}"
+        else:
+            needs = f"{image_name} on {cloud.name}"
+        min_disk = image.min_disk_gb
+    disk_gb = spec.disk_gb if spec.disk_gb is not None else max(DEFAULT_DISK_GB, min_disk)
+    if disk_gb < min_disk:
+        errors.append(FieldError("spec.disk_gb", f"{disk_gb} GB is smaller than the {min_disk} GB {needs} needs"))
+    return image_name, disk_gb
+
+
+def _check_ssh_users(users: list[SshUser], errors: list[FieldError]) -> None:
+    seen: set[str] = set()
+    for index, user in enumerate(users):
+        where = f"spec.ssh_users[{index}]"
+        if user.name in RESERVED_USER_NAMES:
+            errors.append(FieldError(f"{where}.name", f"{user.name!r} is a system or default login account"))
+        elif user.name in seen:
+            errors.append(FieldError(f"{where}.name", f"duplicate user {user.name!r}"))
+        seen.add(user.name)
+        problem = public_key_problem(user.public_key)
+        if problem:
+            errors.append(FieldError(f"{where}.public_key", problem))
+
+
+def _check_cidrs(cloud: Cloud, cidrs: list[str], errors: list[FieldError]) -> None:
+    if not cidrs and cloud.machine_type_pattern is not None:
+        errors.append(FieldError("spec.allowed_ssh_cidrs", f"at least one CIDR is required on {cloud.name}"))
+    for index, cidr in enumerate(cidrs):
+        where = f"spec.allowed_ssh_cidrs[{index}]"
+        try:
+            network = ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            errors.append(FieldError(where, f"{cidr!r} is not a CIDR (e.g. 203.0.113.0/24)"))
+            continue
+        if network.version != 4:
+            errors.append(FieldError(where, "IPv6 ranges are not supported: instances get IPv4 public addresses"))
+        elif network.with_prefixlen != cidr:
+            if "/" not in cidr:
+                errors.append(FieldError(where, f"{cidr!r} needs a prefix length (e.g. {cidr}/32)"))
+            else:
+                errors.append(FieldError(where, f"{cidr!r} has host bits set (did you mean {network}?)"))
+
+
+def _check_mounts(mounts: list[Mount], errors: list[FieldError]) -> None:
+    seen: set[str] = set()
+    for index, mount in enumerate(mounts):
+        where = f"spec.mounts[{index}]"
+        if not re.fullmatch(BUCKET_PATTERN, mount.bucket):
+            errors.append(FieldError(f"{where}.bucket", f"{mount.bucket!r} is not a bucket name"))
+        path = mount.path
+        if not path.startswith("/"):
+            errors.append(FieldError(f"{where}.path", f"{path!r} must be an absolute path"))
+        elif posixpath.normpath(path) != path:
+            errors.append(FieldError(f"{where}.path", f"{path!r} is not normalized (no '..', '.', '//' or trailing '/')"))
+        elif path in SYSTEM_PATHS:
+            errors.append(FieldError(f"{where}.path", f"{path} is a system directory"))
+        elif path in seen:
+            errors.append(FieldError(f"{where}.path", f"duplicate mount path {path}"))
+        seen.add(path)
+
+
+def parse_instance(doc: dict, *, enabled_clouds: Iterable[str] | None = None) -> InstanceDoc:
+    """Validate an Instance document and return it with its defaults filled in; raises SpecError."""
+    instance = _convert(doc, InstanceDoc)
+    spec = instance.spec
+    errors: list[FieldError] = []
+    _check_labels(instance.labels, errors)
+    cloud = CLOUDS[spec.cloud]
+    if enabled_clouds is not None and spec.cloud not in set(enabled_clouds):
+        enabled = ", ".join(sorted(enabled_clouds)) or "none"
+        errors.append(FieldError("spec.cloud", f"cloud {spec.cloud!r} is not enabled in this deployment (enabled: {enabled})"))
+    _check_location(cloud, spec, errors)
+    gpu = _check_machine_and_gpu(cloud, spec, errors)
+    image, disk_gb = _check_image_and_disk(cloud, spec, gpu, errors)
+    _check_ssh_users(spec.ssh_users, errors)
+    _check_cidrs(cloud, spec.allowed_ssh_cidrs, errors)
+    _check_mounts(spec.mounts, errors)
+    if errors:
+        raise SpecError(errors)
+    filled = msgspec.structs.replace(
+        spec,
+        zone=spec.zone if spec.zone is not None else default_zone(cloud, spec.region),
+        gpu=gpu,
+        image=None if spec.from_snapshot else image,
+        disk_gb=disk_gb,
+    )
+    return msgspec.structs.replace(instance, spec=filled)
+
+
+def parse_snapshot(doc: dict) -> SnapshotDoc:
+    """Validate a Snapshot document; raises SpecError."""
+    return _convert(doc, SnapshotDoc)
+
+
+def parse_document(doc: dict, *, enabled_clouds: Iterable[str] | None = None) -> InstanceDoc | SnapshotDoc:
+    """Validate an Instance or Snapshot document, by its `kind`."""
+    kind = doc.get("kind") if isinstance(doc, dict) else None
+    if kind == "Instance":
+        return parse_instance(doc, enabled_clouds=enabled_clouds)
+    if kind == "Snapshot":
+        return parse_snapshot(doc)
+    if not isinstance(doc, dict):
+        raise SpecError([FieldError("document", f"expected an object, got {_describe(doc)}")])
+    raise SpecError([FieldError("kind", f"expected Instance or Snapshot, got {kind!r}")])
+
+
+def json_schema() -> dict:
+    """JSON Schema (2020-12) of a document: an Instance or a Snapshot."""
+    refs, defs = msgspec.json.schema_components([InstanceDoc, SnapshotDoc], ref_template="#/$defs/{name}")
+    for kind in ("InstanceDoc", "SnapshotDoc"):
+        # Files must say which kind a document is; the parse functions default it.
+        defs[kind]["required"] = ["kind", *defs[kind].get("required", [])]
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "orch document",
+        "oneOf": list(refs),
+        "$defs": defs,
+    }
