@@ -87,3 +87,13 @@ def standin_env(tmp_path, monkeypatch) -> dict:
     for key in ("PULUMI_STANDIN_FAIL", "PULUMI_STANDIN_LATENCY_MS", "PULUMI_STANDIN_PUBLIC_IP"):
         monkeypatch.delenv(key, raising=False)
     return env
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, mongo_url):
+    """`orch serve` in a subprocess: fresh database, the stand-in, in-process workers."""
+    from tests.live import start_service
+
+    live = start_service(tmp_path_factory.mktemp("service"), mongo_url)
+    yield live
+    live.stop()
