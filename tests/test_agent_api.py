@@ -1,0 +1,145 @@
+"""The service side of the agent: report ingestion, token checks with causes, health, metrics."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import time
+
+import httpx
+import jwt
+import pytest
+
+from orchestrator.auth import mint_agent_token
+from tests.live import JWT_SECRET, ORCH, REPO, instance_doc, start_service, wait_operation
+
+
+def report(instance: str, ts: float | None = None, cpu: float = 12.5) -> dict:
+    return {
+        "instance": instance,
+        "ts": ts if ts is not None else time.time(),
+        "uptime_s": 1234.5,
+        "load": [0.1, 0.2, 0.3],
+        "cpu_percent": cpu,
+        "memory": {"total": 8_000_000_000, "used": 2_000_000_000},
+        "disk": {"/": {"total": 100_000_000_000, "used": 10_000_000_000}},
+        "gpus": [
+            {"index": 0, "name": "NVIDIA A10G", "utilization_percent": 40, "memory_total": 23028,
+             "memory_used": 1024, "temperature_c": 51}
+        ],
+        "agent_version": "test",
+    }
+
+
+def agent_token_for(live, instance: str) -> str:
+    """`orch token create --instance` as an admin would run it where the service's settings are."""
+    result = subprocess.run(
+        [ORCH, "token", "create", "--instance", instance], env=live.env, capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def post_report(live, token: str, body: dict) -> httpx.Response:
+    return httpx.post(f"{live.url}/api/v1/agent/report", json=body, headers={"Authorization": f"Bearer {token}"})
+
+
+@pytest.fixture(scope="module")
+def agent_service(tmp_path_factory, mongo_url):
+    live = start_service(tmp_path_factory.mktemp("agent-service"), mongo_url, ORCH_AGENT_INTERVAL_S="1")
+    with live.client("alice") as client:
+        for name in ("box-a", "box-b"):
+            op = client.post("/api/v1/instances", json=instance_doc(name)).json()["operation"]
+            assert wait_operation(client, op["id"])["status"] == "succeeded"
+    yield live
+    live.stop()
+
+
+def test_reports_are_stored_and_health_follows_them(agent_service):
+    live = agent_service
+    token = agent_token_for(live, "box-a")
+    start = time.time()
+    assert post_report(live, token, report("box-a", start - 2, cpu=10)).status_code == 202
+    batch = {"reports": [report("box-a", start - 1, cpu=20), report("box-a", start, cpu=30)]}
+    response = post_report(live, token, batch)
+    assert response.status_code == 202 and response.json() == {"accepted": 2}
+    with live.client("alice") as client:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            instance = client.get("/api/v1/instances/box-a").json()
+            if instance["health"]["last_report"].get("cpu_percent") == 30:
+                break
+            time.sleep(0.1)
+        assert instance["health"]["state"] == "healthy"
+        assert instance["health"]["last_report"]["gpus"][0]["name"] == "NVIDIA A10G"
+        since = dt.datetime.fromtimestamp(start - 1.5, dt.UTC).isoformat()
+        samples = client.get("/api/v1/instances/box-a/metrics", params={"since": since}).json()["samples"]
+        assert [s["cpu_percent"] for s in samples] == [20, 30]
+        all_samples = client.get("/api/v1/instances/box-a/metrics").json()["samples"]
+        assert [s["cpu_percent"] for s in all_samples] == [10, 20, 30]
+        # Three missed intervals (1 s each here) and the instance is unreachable.
+        time.sleep(3.5)
+        assert client.get("/api/v1/instances/box-a").json()["health"]["state"] == "unreachable"
+
+
+def test_token_rejections_carry_their_cause(agent_service):
+    live = agent_service
+    now = dt.datetime.now(dt.UTC)
+    token_a = agent_token_for(live, "box-a")
+    forged, _ = mint_agent_token("someone-elses-secret", "box-a")
+    expired = jwt.encode({"sub": "box-a", "aud": "agent", "exp": now - dt.timedelta(hours=2)}, JWT_SECRET, "HS256")
+    future = jwt.encode(
+        {"sub": "box-a", "aud": "agent", "iat": now + dt.timedelta(hours=1), "exp": now + dt.timedelta(hours=2)},
+        JWT_SECRET,
+        "HS256",
+    )
+    user_token = live.token_for("alice")
+    cases = [
+        (forged, 401, "bad signature"),
+        (expired, 401, "expired"),
+        (future, 401, "clock skew"),
+        (user_token, 401, "wrong audience"),
+    ]
+    for token, status, cause in cases:
+        response = post_report(live, token, report("box-a"))
+        assert response.status_code == status, response.text
+        assert cause in response.json()["detail"]
+    # An agent token for box-a cannot report for box-b.
+    response = post_report(live, token_a, report("box-b"))
+    assert response.status_code == 403 and "box-a" in response.json()["detail"]
+    # A token minted by the service but replaced by a newer one is revoked.
+    stale, _ = mint_agent_token(JWT_SECRET, "box-a")
+    response = post_report(live, stale, report("box-a"))
+    assert response.status_code == 401 and "revoked" in response.json()["detail"]
+    # An agent token is accepted nowhere but the agent endpoints.
+    response = httpx.get(f"{live.url}/api/v1/instances", headers={"Authorization": f"Bearer {token_a}"})
+    assert response.status_code == 401 and "wrong audience" in response.json()["detail"]
+    response = httpx.post(f"{live.url}/api/v1/agent/report", json=report("box-a"))
+    assert response.status_code == 401 and "Authorization" in response.json()["detail"]
+
+
+def test_malformed_reports_name_the_field(agent_service):
+    live = agent_service
+    token = agent_token_for(live, "box-b")
+    bad = report("box-b")
+    bad["cpu_percent"] = "lots"
+    response = post_report(live, token, bad)
+    assert response.status_code == 422 and "cpu_percent" in response.json()["detail"]
+    response = post_report(live, token, {"reports": []})
+    assert response.status_code == 422 and "reports" in response.json()["detail"]
+
+
+def test_agent_token_renewal_and_revocation_on_delete(agent_service):
+    live = agent_service
+    token = agent_token_for(live, "box-b")
+    renewed = httpx.post(f"{live.url}/api/v1/agent/token", headers={"Authorization": f"Bearer {token}"})
+    assert renewed.status_code == 200
+    new_token = renewed.json()["token"]
+    assert post_report(live, new_token, report("box-b")).status_code == 202
+    assert "revoked" in post_report(live, token, report("box-b")).json()["detail"]
+    with live.client("alice") as client:
+        op = client.delete("/api/v1/instances/box-b").json()["operation"]
+        assert wait_operation(client, op["id"])["status"] == "succeeded"
+    time.sleep(5.5)  # past the service's 5 s token cache
+    response = post_report(live, new_token, report("box-b"))
+    assert response.status_code == 401 and "revoked" in response.json()["detail"]
