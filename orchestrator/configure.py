@@ -1,0 +1,168 @@
+"""Configure a provisioned instance: run playbooks/site.yml against it with ansible-runner.
+
+Every run gets its own temp directory under `workdir` (private data dir, SSH key,
+known_hosts) that is removed afterwards, so the instance's private key never
+outlives the run. A host that is not reachable yet (sshd still starting on a new
+VM) is retried a bounded number of times; a task that fails ends the run with a
+ConfigureError naming the task, the host and the module's message.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import ansible_runner
+
+PLAYBOOKS_DIR = Path(__file__).resolve().parent.parent / "playbooks"
+PLAYBOOK = "site.yml"
+DEFAULT_ATTEMPTS = 10
+DEFAULT_RETRY_DELAY_S = 10.0
+SSH_CONNECT_TIMEOUT_S = 15
+
+
+class ConfigureError(Exception):
+    """The playbook failed; the message names the failing task and host, or why the host was unreachable."""
+
+
+@dataclass(frozen=True)
+class ConfigureSummary:
+    ok: int
+    changed: int
+    skipped: int
+    attempts: int
+
+
+def _ansible_playbook_binary() -> str:
+    # Prefer the ansible-playbook installed with this interpreter, so the service
+    # works without its virtualenv on PATH.
+    beside = Path(sys.executable).parent / "ansible-playbook"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("ansible-playbook")
+    if found is None:
+        raise ConfigureError("ansible-playbook not found: install ansible-core next to the service")
+    return found
+
+
+def _failure_message(event_data: dict) -> str:
+    result = event_data.get("res") or {}
+    parts = [str(result.get("msg") or "").strip()]
+    for stream in ("stderr", "stdout"):
+        text = str(result.get(stream) or "").strip()
+        if text and text not in parts[0]:
+            parts.append(f"{stream}: {text[-800:]}")
+    detail = "; ".join(part for part in parts if part) or "no message"
+    return f"task '{event_data.get('task', '?')}' failed on {event_data.get('host', '?')}: {detail}"
+
+
+class _RunEvents:
+    """Collects what one ansible-runner run says about failures, and streams its output."""
+
+    def __init__(self, on_log: Callable[[str], None]) -> None:
+        self.on_log = on_log
+        self.failure: str | None = None
+        self.unreachable: str | None = None
+
+    def __call__(self, event: dict) -> bool:
+        stdout = event.get("stdout") or ""
+        for line in stdout.splitlines():
+            if line.strip():
+                self.on_log(line)
+        data = event.get("event_data") or {}
+        if event.get("event") == "runner_on_failed" and not data.get("ignore_errors"):
+            self.failure = self.failure or _failure_message(data)
+        elif event.get("event") == "runner_on_unreachable":
+            message = str((data.get("res") or {}).get("msg") or "unreachable").strip()
+            self.unreachable = f"{data.get('host', '?')} unreachable: {message}"
+        return True
+
+
+def configure_instance(
+    *,
+    host: str,
+    port: int,
+    ssh_user: str,
+    private_key_pem: str,
+    extravars: dict,
+    on_log: Callable[[str], None],
+    workdir: str | os.PathLike,
+    attempts: int = DEFAULT_ATTEMPTS,
+    retry_delay_s: float = DEFAULT_RETRY_DELAY_S,
+) -> ConfigureSummary:
+    if attempts < 1:
+        raise ValueError(f"attempts must be at least 1, got {attempts}")
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="configure-", dir=workdir))
+    # ssh's control socket path must stay under ~100 characters, which a deep workdir may not.
+    control_dir = tempfile.mkdtemp(prefix="orch-cp-")
+    try:
+        key_file = run_dir / "ssh_key"
+        key_file.touch(mode=0o600)
+        key_file.write_text(private_key_pem if private_key_pem.endswith("\n") else private_key_pem + "\n")
+        known_hosts = run_dir / "known_hosts"
+        inventory = {
+            "all": {
+                "hosts": {
+                    host: {
+                        "ansible_host": host,
+                        "ansible_port": int(port),
+                        "ansible_user": ssh_user,
+                        "ansible_ssh_private_key_file": str(key_file),
+                        # A brand-new host's key is unknown: accept it once, then hold it for this run.
+                        "ansible_ssh_common_args": (
+                            f"-o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={known_hosts}"
+                            f" -o ConnectTimeout={SSH_CONNECT_TIMEOUT_S}"
+                        ),
+                        "ansible_python_interpreter": "auto_silent",
+                    }
+                }
+            }
+        }
+        envvars = {
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_RETRY_FILES_ENABLED": "0",
+            "ANSIBLE_LOCAL_TEMP": str(run_dir / "ansible-tmp"),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": control_dir,
+            "ANSIBLE_ROLES_PATH": str(PLAYBOOKS_DIR / "roles"),
+        }
+        binary = _ansible_playbook_binary()
+        for attempt in range(1, attempts + 1):
+            events = _RunEvents(on_log)
+            runner = ansible_runner.run(
+                private_data_dir=str(run_dir / "runner"),
+                project_dir=str(PLAYBOOKS_DIR),
+                playbook=PLAYBOOK,
+                inventory=inventory,
+                extravars=extravars,
+                envvars=envvars,
+                binary=binary,
+                event_handler=events,
+                quiet=True,
+            )
+            stats = runner.stats or {}
+            if runner.status == "successful" and runner.rc == 0:
+                return ConfigureSummary(
+                    ok=sum((stats.get("ok") or {}).values()),
+                    changed=sum((stats.get("changed") or {}).values()),
+                    skipped=sum((stats.get("skipped") or {}).values()),
+                    attempts=attempt,
+                )
+            if events.failure:
+                raise ConfigureError(events.failure)
+            if events.unreachable is None:
+                raise ConfigureError(f"ansible-playbook ended {runner.status} (rc {runner.rc}) without a task failure")
+            if attempt == attempts:
+                raise ConfigureError(f"{events.unreachable} (gave up after {attempts} attempts)")
+            on_log(f"{events.unreachable}; retrying in {retry_delay_s:g}s (attempt {attempt}/{attempts})")
+            time.sleep(retry_delay_s)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(control_dir, ignore_errors=True)
