@@ -1,0 +1,37 @@
+"""The Pulumi programs: one module per cloud, all with the same interface, routed by cloud name.
+
+Each cloud module (`stacks/<cloud>.py`) defines
+`instance_program(instance, *, admin_public_key, base_image_id)` and
+`snapshot_program(snapshot, *, source)`; adding a cloud is adding a module
+(and its entry in `stacks.catalog`). Modules are imported on first use, so a
+process only loads the SDKs of the clouds it drives.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from types import ModuleType
+
+from stacks.catalog import CLOUDS
+from stacks.spec import InstanceDoc, SnapshotDoc
+
+
+def cloud_module(cloud: str) -> ModuleType:
+    if cloud not in CLOUDS:
+        raise ValueError(f"unknown cloud {cloud!r} (one of {', '.join(CLOUDS)})")
+    return importlib.import_module(f"stacks.{cloud}")
+
+
+def instance_program(
+    instance: InstanceDoc, *, admin_public_key: str, base_image_id: str | None = None
+) -> Callable[[], None]:
+    """The inline program of an instance's stack."""
+    module = cloud_module(instance.spec.cloud)
+    return lambda: module.instance_program(instance, admin_public_key=admin_public_key, base_image_id=base_image_id)
+
+
+def snapshot_program(snapshot: SnapshotDoc, *, source: dict) -> Callable[[], None]:
+    """The inline program of a snapshot's stack; `source` is the instance stack's outputs."""
+    module = cloud_module(source["cloud"])
+    return lambda: module.snapshot_program(snapshot, source=source)

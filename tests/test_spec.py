@@ -1,0 +1,353 @@
+"""The Instance/Snapshot model: defaults, canonical form, JSON Schema, and one case per kind of bad input."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import functools
+import json
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from stacks.spec import SpecError, json_schema, parse_document, parse_instance, parse_snapshot
+
+
+@functools.cache
+def public_key(kind: str = "ed25519", comment: str = "alice@example") -> str:
+    """A real OpenSSH public key line (cached: RSA generation is slow)."""
+    if kind == "ed25519":
+        key = ed25519.Ed25519PrivateKey.generate()
+    elif kind == "ecdsa":
+        key = ec.generate_private_key(ec.SECP256R1())
+    elif kind.startswith("rsa"):
+        key = rsa.generate_private_key(public_exponent=65537, key_size=int(kind.removeprefix("rsa") or 2048))
+    else:
+        raise ValueError(kind)
+    line = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return f"{line.decode()} {comment}"
+
+
+BASE_SPECS = {
+    "aws": {"region": "us-east-1", "zone": "us-east-1a", "machine_type": "t3.medium"},
+    "gcp": {"region": "europe-west4", "zone": "europe-west4-b", "machine_type": "e2-standard-2"},
+    "azure": {"region": "westeurope", "zone": "2", "machine_type": "Standard_D2s_v5"},
+    "docker": {"region": "local", "machine_type": "local"},
+}
+
+
+def instance_document(cloud: str = "aws", name: str = "web-1", labels: dict | None = None, **spec) -> dict:
+    """A valid Instance document for `cloud`; keyword arguments replace (or, when None, remove) spec fields."""
+    body = {
+        "cloud": cloud,
+        **BASE_SPECS[cloud],
+        "disk_gb": 40,
+        "ssh_users": [{"name": "alice", "public_key": public_key(), "sudo": True}],
+        "allowed_ssh_cidrs": ["203.0.113.0/24"],
+    }
+    for key, value in spec.items():
+        if value is None:
+            body.pop(key, None)
+        else:
+            body[key] = value
+    return {"kind": "Instance", "name": name, "labels": {"team": "ml"} if labels is None else labels, "spec": body}
+
+
+def errors_of(doc: dict, **kwargs) -> dict[str, str]:
+    with pytest.raises(SpecError) as caught:
+        parse_instance(doc, **kwargs)
+    return {error.field: error.message for error in caught.value.errors}
+
+
+# ---------------------------------------------------------------- valid documents
+
+
+@pytest.mark.parametrize("cloud", sorted(BASE_SPECS))
+def test_valid_document_per_cloud(cloud):
+    instance = parse_instance(instance_document(cloud))
+    assert instance.spec.cloud == cloud
+    assert instance.spec.image == "ubuntu-22.04"
+    assert instance.spec.ssh_users[0].name == "alice"
+
+
+def test_defaults_are_filled_in_and_the_canonical_form_round_trips():
+    doc = instance_document("gcp", disk_gb=None, zone=None, region="us-east1", machine_type="g2-standard-8")
+    instance = parse_instance(doc)
+    spec = instance.spec
+    assert spec.zone == "us-east1-b"  # us-east1 has no zone -a
+    assert (spec.gpu.type, spec.gpu.count) == ("nvidia-l4", 1)  # built into g2
+    assert spec.disk_gb == 30  # the GPU image needs 30 GB: the default is at least that
+    assert spec.configure is True and spec.mounts == [] and spec.bootstrap_script is None
+    canonical = instance.to_dict()
+    assert json.loads(json.dumps(canonical)) == canonical
+    assert parse_instance(canonical).to_dict() == canonical
+
+
+def test_gpu_image_raises_default_disk_size():
+    instance = parse_instance(instance_document("aws", machine_type="g5.xlarge", disk_gb=None))
+    assert instance.spec.disk_gb == 75
+
+
+def test_gpu_type_aliases_are_canonicalized():
+    doc = instance_document("gcp", machine_type="n1-standard-8", gpu={"type": "nvidia-tesla-t4", "count": 2})
+    assert parse_instance(doc).spec.gpu.type == "nvidia-t4"
+
+
+def test_from_snapshot_has_no_image():
+    instance = parse_instance(instance_document("aws", from_snapshot="snap-1"))
+    assert instance.spec.image is None and instance.spec.from_snapshot == "snap-1"
+
+
+@pytest.mark.parametrize("kind", ["ed25519", "ecdsa", "rsa3072"])
+def test_supported_key_types(kind):
+    doc = instance_document(ssh_users=[{"name": "bob", "public_key": public_key(kind)}])
+    assert parse_instance(doc).spec.ssh_users[0].sudo is False
+
+
+def test_parse_document_routes_by_kind():
+    assert parse_document(instance_document()).kind == "Instance"
+    snapshot = parse_document({"kind": "Snapshot", "name": "snap-1", "instance": "web-1"})
+    assert snapshot.to_dict() == {"kind": "Snapshot", "name": "snap-1", "instance": "web-1"}
+    with pytest.raises(SpecError, match="kind: expected Instance or Snapshot"):
+        parse_document({"kind": "Volume", "name": "x"})
+
+
+def test_json_schema_describes_both_kinds():
+    schema = json_schema()
+    assert {ref["$ref"] for ref in schema["oneOf"]} == {"#/$defs/InstanceDoc", "#/$defs/SnapshotDoc"}
+    instance = schema["$defs"]["InstanceDoc"]
+    assert set(instance["required"]) == {"kind", "name", "spec"}
+    assert instance["additionalProperties"] is False
+    spec = schema["$defs"]["InstanceSpec"]
+    assert sorted(spec["properties"]["cloud"]["enum"]) == ["aws", "azure", "docker", "gcp"]
+    assert "ssh_users" in spec["required"]
+    assert schema["$defs"]["SnapshotDoc"]["required"] == ["kind", "name", "instance"]
+    json.dumps(schema)
+
+
+# ---------------------------------------------------------------- bad documents
+
+
+@pytest.mark.parametrize("name", ["Web", "1web", "web_1", "web-", "a" * 64, ""])
+def test_bad_names(name):
+    assert "does not match" in errors_of(instance_document(name=name))["name"]
+
+
+def test_bad_snapshot_documents():
+    with pytest.raises(SpecError) as caught:
+        parse_snapshot({"kind": "Snapshot", "name": "Snap", "extra": 1})
+    assert {e.field for e in caught.value.errors} == {"name", "extra", "instance"}
+
+
+def test_unknown_cloud():
+    doc = instance_document()
+    doc["spec"]["cloud"] = "oracle"
+    assert errors_of(doc)["spec.cloud"] == "unknown value 'oracle'; expected one of aws, azure, docker, gcp"
+
+
+def test_disabled_cloud():
+    message = errors_of(instance_document("azure"), enabled_clouds=["aws", "docker"])["spec.cloud"]
+    assert "not enabled" in message and "aws, docker" in message
+    parse_instance(instance_document("aws"), enabled_clouds=["aws"])
+
+
+@pytest.mark.parametrize(
+    ("cloud", "region", "zone", "field"),
+    [
+        ("aws", "us-east-9", None, "spec.region"),
+        ("aws", "us-east-1", "us-west-2a", "spec.zone"),
+        ("aws", "us-east-1", "us-east-1z", "spec.zone"),
+        ("gcp", "us-east-1", None, "spec.region"),
+        ("gcp", "europe-west4", "europe-west1-b", "spec.zone"),
+        ("azure", "eastus", "4", "spec.zone"),
+        ("azure", "eastus", "westus-1", "spec.zone"),
+        ("azure", "East US", None, "spec.region"),
+        ("docker", "us-east-1", None, "spec.region"),
+    ],
+)
+def test_region_and_zone(cloud, region, zone, field):
+    doc = instance_document(cloud, region=region, zone=zone)
+    assert field in errors_of(doc)
+
+
+@pytest.mark.parametrize(
+    ("cloud", "machine_type", "gpu", "field", "text"),
+    [
+        ("aws", "t3.large", {"type": "nvidia-t4"}, "spec.gpu", "cannot carry a GPU"),
+        ("aws", "g5.xlarge", {"type": "nvidia-t4"}, "spec.gpu.type", "carries nvidia-a10g"),
+        ("aws", "g5.xlarge", {"type": "nvidia-a10g", "count": 4}, "spec.gpu.count", "carries 1"),
+        ("gcp", "e2-standard-4", {"type": "nvidia-t4"}, "spec.gpu", "cannot carry a GPU"),
+        ("gcp", "n1-standard-8", {"type": "nvidia-l4"}, "spec.gpu.type", "cannot be attached"),
+        ("gcp", "n1-standard-8", {"type": "nvidia-t4", "count": 3}, "spec.gpu.count", "cannot be attached"),
+        ("gcp", "a2-highgpu-2g", {"type": "nvidia-a100", "count": 1}, "spec.gpu.count", "carries 2"),
+        ("azure", "Standard_D4s_v5", {"type": "nvidia-t4"}, "spec.gpu", "cannot carry a GPU"),
+        ("azure", "Standard_NC6s_v3", {"type": "nvidia-t4"}, "spec.gpu.type", "carries nvidia-v100"),
+        ("docker", "local", {"type": "nvidia-t4"}, "spec.gpu", "does not attach GPUs"),
+    ],
+)
+def test_gpu_on_machine_type(cloud, machine_type, gpu, field, text):
+    doc = instance_document(cloud, machine_type=machine_type, gpu=gpu, disk_gb=100)
+    assert text in errors_of(doc)[field]
+
+
+@pytest.mark.parametrize(
+    ("cloud", "machine_type"),
+    [("aws", "t3"), ("aws", None), ("gcp", "E2_STANDARD"), ("azure", "D2s_v5")],
+)
+def test_bad_or_missing_machine_type(cloud, machine_type):
+    assert "spec.machine_type" in errors_of(instance_document(cloud, machine_type=machine_type))
+
+
+@pytest.mark.parametrize(
+    ("cloud", "spec", "needs"),
+    [
+        ("aws", {"disk_gb": 4}, "8 GB"),
+        ("aws", {"machine_type": "g5.xlarge", "disk_gb": 50}, "75 GB"),
+        ("gcp", {"disk_gb": 9}, "10 GB"),
+        ("azure", {"disk_gb": 20}, "30 GB"),
+        ("azure", {"machine_type": "Standard_NC4as_T4_v3", "disk_gb": 40}, "64 GB"),
+    ],
+)
+def test_disk_too_small_for_image(cloud, spec, needs):
+    message = errors_of(instance_document(cloud, **spec))["spec.disk_gb"]
+    assert "smaller than" in message and needs in message
+
+
+def test_image_rules():
+    assert "unknown image" in errors_of(instance_document(image="centos-7"))["spec.image"]
+    both = errors_of(instance_document(image="ubuntu-22.04", from_snapshot="snap-1"))
+    assert "not both" in both["spec.from_snapshot"]
+    no_gpu_image = errors_of(instance_document(image="debian-12", machine_type="g5.xlarge", disk_gb=100))
+    assert "no GPU image" in no_gpu_image["spec.image"]
+    assert "does not match" in errors_of(instance_document(from_snapshot="Snap_1"))["spec.from_snapshot"]
+
+
+@pytest.mark.parametrize(
+    ("cidr", "text"),
+    [
+        ("10.0.0.0/33", "is not a CIDR"),
+        ("not-a-cidr", "is not a CIDR"),
+        ("10.0.0.5/8", "host bits set"),
+        ("203.0.113.7", "needs a prefix length"),
+        ("2001:db8::/32", "IPv6"),
+    ],
+)
+def test_bad_cidrs(cidr, text):
+    doc = instance_document(allowed_ssh_cidrs=["198.51.100.0/24", cidr])
+    assert text in errors_of(doc)["spec.allowed_ssh_cidrs[1]"]
+
+
+def test_clouds_need_an_allowed_cidr_but_docker_does_not():
+    assert "at least one CIDR" in errors_of(instance_document("gcp", allowed_ssh_cidrs=[]))["spec.allowed_ssh_cidrs"]
+    parse_instance(instance_document("docker", allowed_ssh_cidrs=[]))
+
+
+def _key_with_blob(key_type: str, blob: bytes) -> str:
+    return f"{key_type} {base64.b64encode(blob).decode()} x@y"
+
+
+def _ssh_string(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
+
+
+@pytest.mark.parametrize(
+    ("key", "text"),
+    [
+        ("", "expected '<type> <base64 key> [comment]'"),
+        ("ssh-ed25519", "expected '<type> <base64 key> [comment]'"),
+        ("ssh-dss AAAAB3NzaC1kc3M= x", "unsupported key type"),
+        ("ssh-ed25519 not*base64 x", "not valid base64"),
+        (public_key("ed25519").replace("ssh-ed25519", "ssh-rsa", 1), "is a 'ssh-ed25519' key, not 'ssh-rsa'"),
+        (_key_with_blob("ssh-ed25519", b"\x00\x00\x01\x00short"), "not an SSH public key"),
+        (_key_with_blob("ssh-ed25519", _ssh_string(b"ssh-ed25519") + _ssh_string(b"x" * 16)), "not 32 bytes"),
+        (public_key("rsa1024"), "at least 2048 are required"),
+        (public_key() + "\n" + public_key("ecdsa"), "single line"),
+        ('command="/bin/sh" ' + public_key(), "unsupported key type"),
+    ],
+)
+def test_malformed_ssh_keys(key, text):
+    doc = instance_document(ssh_users=[{"name": "bob", "public_key": key}])
+    assert text in errors_of(doc)["spec.ssh_users[0].public_key"]
+
+
+def test_ssh_user_names():
+    users = [
+        {"name": "alice", "public_key": public_key()},
+        {"name": "alice", "public_key": public_key()},
+        {"name": "root", "public_key": public_key()},
+    ]
+    errors = errors_of(instance_document(ssh_users=users))
+    assert "duplicate user 'alice'" in errors["spec.ssh_users[1].name"]
+    assert "system or default login account" in errors["spec.ssh_users[2].name"]
+    bad_name = [{"name": "Bob", "public_key": public_key()}]
+    assert "does not match" in errors_of(instance_document(ssh_users=bad_name))["spec.ssh_users[0].name"]
+    assert "needs at least 1" in errors_of(instance_document(ssh_users=[]))["spec.ssh_users"]
+
+
+@pytest.mark.parametrize(
+    ("mount", "field", "text"),
+    [
+        ({"bucket": "data", "path": "mnt/data"}, "path", "absolute"),
+        ({"bucket": "data", "path": "/mnt/../etc"}, "path", "not normalized"),
+        ({"bucket": "data", "path": "/mnt/data/"}, "path", "not normalized"),
+        ({"bucket": "data", "path": "/etc"}, "path", "system directory"),
+        ({"bucket": "Bad_Bucket!", "path": "/mnt/x"}, "bucket", "not a bucket name"),
+        ({"bucket": "data", "path": "/mnt/data"}, "path", "duplicate mount path"),
+    ],
+)
+def test_bad_mounts(mount, field, text):
+    doc = instance_document(mounts=[{"bucket": "data", "path": "/mnt/data"}, mount])
+    assert text in errors_of(doc)[f"spec.mounts[1].{field}"]
+
+
+def test_labels():
+    errors = errors_of(instance_document(labels={"Team": "ml", "env": "Prod", "managed-by": "me"}))
+    assert "keys are lowercase" in errors["labels.Team"]
+    assert "value 'Prod'" in errors["labels.env"]
+    assert "reserved" in errors["labels.managed-by"]
+
+
+def test_unknown_fields_and_wrong_types_are_all_reported():
+    doc = instance_document(disk_gb="100", configure="yes", ssh_users=[{"name": "bob", "key": "x"}])
+    doc["spec"]["colour"] = "blue"
+    doc["spec"]["gpu"] = {"type": "nvidia-t4", "count": True}
+    doc["labels"] = {"team": 3}
+    errors = errors_of(doc)
+    assert errors == {
+        "labels.team": "expected a string, got an integer",
+        "spec.colour": "unknown field",
+        "spec.gpu.count": "expected an integer, got a boolean",
+        "spec.disk_gb": "expected an integer, got a string",
+        "spec.ssh_users[0].key": "unknown field",
+        "spec.ssh_users[0].public_key": "required",
+        "spec.configure": "expected a boolean, got a string",
+    }
+
+
+def test_error_ranges_and_missing_fields():
+    doc = instance_document(disk_gb=0, gpu={"type": "nvidia-t4", "count": 99}, region=None)
+    doc["spec"].pop("cloud")
+    errors = errors_of(doc)
+    assert errors["spec.disk_gb"] == "must be at least 1"
+    assert errors["spec.gpu.count"] == "must be at most 16"
+    assert errors["spec.cloud"] == errors["spec.region"] == "required"
+    assert errors_of([1]) == {"document": "expected an object, got a list"}
+
+
+def test_semantic_errors_are_collected_together_and_named():
+    doc = instance_document(disk_gb=2, allowed_ssh_cidrs=["bad"], zone="us-west-2a")
+    doc["spec"]["ssh_users"][0]["public_key"] = "ssh-rsa AAAA"
+    with pytest.raises(SpecError) as caught:
+        parse_instance(doc)
+    fields = [e.field for e in caught.value.errors]
+    assert fields == ["spec.zone", "spec.disk_gb", "spec.ssh_users[0].public_key", "spec.allowed_ssh_cidrs[0]"]
+    assert str(caught.value).startswith("spec.zone: zone 'us-west-2a' is not in region 'us-east-1'; spec.disk_gb:")
+    assert isinstance(caught.value, ValueError)
+
+
+def test_input_document_is_not_modified():
+    doc = instance_document(disk_gb=None)
+    before = copy.deepcopy(doc)
+    parse_instance(doc)
+    assert doc == before
