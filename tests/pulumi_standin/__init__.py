@@ -1,0 +1,1 @@
+"""A stand-in for the Pulumi CLI, for tests: see README.md."""

@@ -1,0 +1,591 @@
+"""The deployment engine: runs an inline program against a ResourceMonitor and simulates the steps.
+
+`up`/`preview` call the language host's `Run` (the Automation API serves it at `--client`) with
+the address of the ResourceMonitor and Engine served here. Each RegisterResource becomes a step
+(create, update, same) against the stack's previous state; resources the program no longer
+registers are deleted afterwards, dependents first. `destroy` deletes everything, `refresh`
+re-reads every resource from the simulated cloud. Outside a preview the checkpoint is written
+after every step, so a failed step leaves the state of everything done before it.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import TextIO
+
+import grpc
+from google.protobuf import empty_pb2, json_format, struct_pb2
+
+from pulumi.runtime.proto import (
+    engine_pb2,
+    engine_pb2_grpc,
+    language_pb2,
+    language_pb2_grpc,
+    resource_pb2,
+    resource_pb2_grpc,
+)
+
+from . import properties, resource_types
+from .backend import FileBackend, manifest
+from .events import EventLog
+from .passphrase import Crypter
+from .project import Project, StackConfig
+
+ROOT_STACK_TYPE = "pulumi:pulumi:Stack"
+PROVIDER_TYPE_PREFIX = "pulumi:providers:"
+GRPC_OPTIONS = [("grpc.max_receive_message_length", 400 * 1024 * 1024), ("grpc.max_send_message_length", 400 * 1024 * 1024)]
+OP_SYMBOLS = {"create": "+", "update": "~", "delete": "-", "same": " ", "read": ">", "refresh": "~"}
+OP_DONE = {"create": "created", "update": "updated", "delete": "deleted", "same": "", "read": "read", "refresh": "refreshed"}
+OP_DOING = {"create": "creating", "update": "updating", "delete": "deleting", "read": "reading", "refresh": "refreshing"}
+LOG_SEVERITIES = {engine_pb2.DEBUG: "debug", engine_pb2.INFO: "info", engine_pb2.WARNING: "warning", engine_pb2.ERROR: "error"}
+
+
+def _normalize_numbers(value):
+    """Struct numbers are doubles; whole numbers are stored as integers, as the CLI's JSON has them."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _normalize_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_normalize_numbers(item) for item in value]
+    return value
+
+
+def from_struct(struct: struct_pb2.Struct) -> dict:
+    return _normalize_numbers(json_format.MessageToDict(struct))
+
+
+def to_struct(value: dict) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(value)
+    return struct
+
+
+
+class StepFailed(Exception):
+    def __init__(self, resource: dict, op: str, reason: str) -> None:
+        name = resource["urn"].rsplit("::", 1)[-1]
+        super().__init__(f"{resource['urn']}: {OP_DOING[op]} {resource['type']} ({name}) failed: {reason}")
+        self.resource = resource
+        self.op = op
+
+
+@dataclass
+class OperationSettings:
+    project: Project
+    stack: str
+    backend: FileBackend
+    config: StackConfig
+    cli_version: str
+    event_log: EventLog
+    exec_kind: str = "cli"
+    message: str = ""
+    client_address: str | None = None
+    parallel: int = 16
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+def _name_of(urn: str) -> str:
+    return urn.rsplit("::", 1)[-1]
+
+
+def injected_failure(op: str, type_token: str, name: str, inputs: dict) -> str | None:
+    """Why this step should fail, per PULUMI_STANDIN_FAIL or a `standin-fail` tag/label; None if it should not.
+
+    PULUMI_STANDIN_FAIL=<type token>[:<name substring>] fails creates and updates of matching
+    resources (not deletes, so that a rollback by destroy works while it is still set). A
+    `standin-fail` tag or label fails the operation it names: create, update or delete.
+    """
+    spec = os.environ.get("PULUMI_STANDIN_FAIL")
+    if spec and op in ("create", "update"):
+        parts = spec.split(":")
+        token, name_part = ":".join(parts[:3]), ":".join(parts[3:])
+        if token == type_token and name_part in name:
+            return f"simulated failure (PULUMI_STANDIN_FAIL={spec})"
+    plain_inputs = properties.plain(inputs)
+    for key in ("tags", "labels"):
+        value = plain_inputs.get(key)
+        if isinstance(value, dict):
+            requested = value.get("standin-fail")
+        elif isinstance(value, list):  # docker labels: [{label, value}]
+            requested = next(
+                (entry.get("value") for entry in value if isinstance(entry, dict) and entry.get("label") == "standin-fail"),
+                None,
+            )
+        else:
+            requested = None
+        if requested == op:
+            return f"simulated failure ({key} standin-fail={op})"
+    return None
+
+
+def _delay_resource_operation() -> None:
+    latency_ms = os.environ.get("PULUMI_STANDIN_LATENCY_MS")
+    if latency_ms:
+        time.sleep(float(latency_ms) / 1000)
+
+
+def changed_keys(old_inputs: dict, new_inputs: dict, ignore_changes: list[str]) -> list[str]:
+    ignored = {path.split(".", 1)[0].split("[", 1)[0] for path in ignore_changes}
+    keys = set(old_inputs) | set(new_inputs)
+    return sorted(key for key in keys if key not in ignored and old_inputs.get(key) != new_inputs.get(key))
+
+
+class Deployment:
+    """One `up`, `preview`, `destroy` or `refresh` of a stack."""
+
+    def __init__(self, settings: OperationSettings, kind: str, preview: bool) -> None:
+        self.settings = settings
+        self.kind = kind
+        self.preview = preview
+        self.changes: Counter[str] = Counter()
+        self.failure: StepFailed | None = None
+        self.program_error: str | None = None
+        self.root_urn: str | None = None
+        self._mutex = threading.RLock()
+        self._crypter: Crypter | None = None
+        latest = settings.backend.read_checkpoint(settings.stack)
+        self.old_order = [properties.unseal(resource, self.crypter) for resource in latest.get("resources") or []]
+        self.old = {resource["urn"]: resource for resource in self.old_order}
+        self.new: dict[str, dict] = {}
+        self.new_order: list[str] = []
+        self.deleted: set[str] = set()
+        self.default_providers: dict[tuple[str, str], str] = {}
+
+    def crypter(self) -> Crypter:
+        if self._crypter is None:
+            self._crypter = self.settings.config.crypter()
+        return self._crypter
+
+    # --- state -------------------------------------------------------------------------------
+
+    def current_resources(self) -> list[dict]:
+        """The stack's resources now: this run's, then previous ones not yet visited or deleted."""
+        resources = [self.new[urn] for urn in self.new_order]
+        resources += [res for res in self.old_order if res["urn"] not in self.new and res["urn"] not in self.deleted]
+        return resources
+
+    def deployment(self) -> dict:
+        resources = [properties.seal(resource, self.crypter) for resource in self.current_resources()]
+        deployment = {"manifest": manifest(self.settings.cli_version)}
+        if self.settings.config.encryption_salt:
+            deployment["secrets_providers"] = {"type": "passphrase", "state": {"salt": self.settings.config.encryption_salt}}
+        if resources:
+            deployment["resources"] = resources
+        deployment["metadata"] = {}
+        return deployment
+
+    def _save(self) -> None:
+        if not self.preview:
+            self.settings.backend.write_checkpoint(self.settings.stack, self.deployment())
+
+    # --- display and events ------------------------------------------------------------------
+
+    def _print(self, line: str) -> None:
+        with self._mutex:
+            self.settings.out.write(line + "\n")
+            self.settings.out.flush()
+
+    def _step_metadata(self, op: str, urn: str, type_token: str, old: dict | None, new: dict | None, keys: list[str]) -> dict:
+        def state(resource: dict | None) -> dict | None:
+            if resource is None:
+                return None
+            return {
+                "type": resource["type"],
+                "urn": resource["urn"],
+                "custom": resource.get("custom", False),
+                "id": resource.get("id", ""),
+                "parent": resource.get("parent", ""),
+                "provider": resource.get("provider", ""),
+                "inputs": properties.masked(resource.get("inputs", {})),
+                "outputs": properties.masked(resource.get("outputs", {})),
+            }
+
+        old_inputs = (old or {}).get("inputs", {})
+        new_inputs = (new or {}).get("inputs", {})
+        detailed = {}
+        for key in keys:
+            kind = "add" if key not in old_inputs else "delete" if key not in new_inputs else "update"
+            detailed[key] = {"diffKind": kind, "inputDiff": True}
+        return {
+            "op": op,
+            "urn": urn,
+            "type": type_token,
+            "old": state(old),
+            "new": state(new),
+            "keys": keys,
+            "diffs": keys,
+            "detailedDiff": detailed,
+            "provider": (new or old or {}).get("provider", ""),
+        }
+
+    def _begin_step(self, metadata: dict) -> None:
+        self.settings.event_log.emit(resourcePreEvent={"metadata": metadata, "planning": self.preview})
+
+    def _end_step(self, metadata: dict, started: float) -> None:
+        op = metadata["op"]
+        with self._mutex:
+            self.changes[op] += 1
+        self.settings.event_log.emit(resOutputsEvent={"metadata": metadata, "planning": self.preview})
+        if op != "same":
+            verb = OP_DOING[op] if self.preview else f"{OP_DONE[op]} ({time.monotonic() - started:.2f}s)"
+            self._print(f" {OP_SYMBOLS[op]}  {metadata['type']} {_name_of(metadata['urn'])} {verb}")
+
+    def _fail_step(self, metadata: dict, failure: StepFailed) -> None:
+        with self._mutex:
+            if self.failure is None:
+                self.failure = failure
+        self.settings.event_log.emit(resOpFailedEvent={"metadata": metadata, "status": 0, "steps": 1})
+        self.log_diagnostic("error", str(failure), urn=metadata["urn"])
+
+    def log_diagnostic(self, severity: str, message: str, urn: str = "") -> None:
+        event = {"message": message + "\n", "color": "never", "severity": severity}
+        if urn:
+            event["urn"] = urn
+        self.settings.event_log.emit(diagnosticEvent=event)
+        if severity != "debug":
+            prefix = f"{urn}: " if urn and urn not in message else ""
+            self._print(f"    {severity}: {prefix}{message}")
+
+    # --- steps -------------------------------------------------------------------------------
+
+    def _simulate(self, resource: dict, resource_id: str | None, additional_secret_outputs: list[str]) -> tuple[str, dict]:
+        """The simulated cloud's id and outputs; outputs of secret inputs stay secret."""
+        inputs = resource["inputs"]
+        if resource["type"].startswith(PROVIDER_TYPE_PREFIX):
+            return resource_id or str(uuid.uuid4()), copy.deepcopy(inputs)
+        resource_id, outputs = resource_types.simulate(
+            resource["type"], _name_of(resource["urn"]), resource["urn"], properties.plain(inputs), resource_id
+        )
+        secret_keys = {key for key, value in inputs.items() if properties.contains_secret(value)}
+        secret_keys.update(additional_secret_outputs)
+        for key in secret_keys & set(outputs):
+            outputs[key] = properties.make_secret(outputs[key])
+        return resource_id, outputs
+
+    def register(self, resource: dict, ignore_changes: list[str], additional_secret_outputs: list[str]) -> dict:
+        """Runs the step for one registration; returns the resource's new state (raises StepFailed)."""
+        urn, type_token = resource["urn"], resource["type"]
+        with self._mutex:
+            if urn in self.new:
+                raise ValueError(f"Duplicate resource URN '{urn}'; try giving it a unique name")
+            old = self.old.get(urn)
+            self.new[urn] = resource  # reserved; replaced by the final state below
+        if old is None:
+            op, keys = "create", []
+        elif type_token == ROOT_STACK_TYPE:
+            op, keys = "same", []
+        else:
+            keys = changed_keys(old.get("inputs", {}), resource["inputs"], ignore_changes)
+            op = "update" if keys else "same"
+        metadata = self._step_metadata(op, urn, type_token, old, resource, keys)
+        self._begin_step(metadata)
+        started = time.monotonic()
+        simulated_cloud = resource.get("custom") and not type_token.startswith(PROVIDER_TYPE_PREFIX)
+        if op in ("create", "update") and simulated_cloud and not self.preview:
+            reason = injected_failure(op, type_token, _name_of(urn), resource["inputs"])
+            _delay_resource_operation()
+            if reason:
+                failure = StepFailed(resource, op, reason)
+                with self._mutex:
+                    del self.new[urn]
+                self._fail_step(metadata, failure)
+                raise failure
+        now = _now()
+        if op == "same":
+            resource["id"] = old.get("id", "")
+            resource["outputs"] = old.get("outputs", {})
+        elif resource.get("custom"):
+            resource["id"], resource["outputs"] = self._simulate(resource, old.get("id") if old else None, additional_secret_outputs)
+        else:
+            resource["outputs"] = old.get("outputs", {}) if old else {}
+        resource["created"] = old.get("created", now) if old else now
+        resource["modified"] = now if op != "same" else old.get("modified", now)
+        with self._mutex:
+            self.new[urn] = resource
+            self.new_order.append(urn)
+            self._save()
+        self._end_step(self._step_metadata(op, urn, type_token, old, resource, keys), started)
+        return resource
+
+    def read(self, resource: dict) -> dict:
+        """`Resource.get`: the simulated cloud's state of an existing resource, kept as external."""
+        urn = resource["urn"]
+        old = self.old.get(urn)
+        metadata = self._step_metadata("read", urn, resource["type"], old, resource, [])
+        self._begin_step(metadata)
+        started = time.monotonic()
+        resource["id"], resource["outputs"] = self._simulate(resource, resource["id"], [])
+        resource["external"] = True
+        with self._mutex:
+            self.new[urn] = resource
+            self.new_order.append(urn)
+            self._save()
+        self._end_step(self._step_metadata("read", urn, resource["type"], old, resource, []), started)
+        return resource
+
+    def set_outputs(self, urn: str, outputs: dict) -> None:
+        with self._mutex:
+            if urn in self.new:
+                self.new[urn]["outputs"] = outputs
+                self._save()
+
+    def default_provider(self, package: str, version: str) -> str:
+        """The provider reference (`urn::id`) of the package's default provider, registering it once."""
+        with self._mutex:
+            if (package, version) in self.default_providers:
+                return self.default_providers[(package, version)]
+            name = "default_" + version.replace(".", "_").replace("-", "_") if version else "default"
+            urn = f"urn:pulumi:{self.settings.stack}::{self.settings.project.name}::{PROVIDER_TYPE_PREFIX}{package}::{name}"
+            inputs = {
+                key.split(":", 1)[1]: entry.value
+                for key, entry in self.settings.config.values.items()
+                if key.startswith(package + ":") and not entry.secret
+            }
+            if version:
+                inputs["version"] = version
+            state = self.register(
+                {"urn": urn, "custom": True, "type": PROVIDER_TYPE_PREFIX + package, "inputs": inputs, "parent": ""}, [], []
+            )
+            reference = f"{urn}::{state['id']}"
+            self.default_providers[(package, version)] = reference
+            return reference
+
+    def delete(self, resource: dict) -> None:
+        urn = resource["urn"]
+        metadata = self._step_metadata("delete", urn, resource["type"], resource, None, [])
+        self._begin_step(metadata)
+        started = time.monotonic()
+        simulated_cloud = resource.get("custom") and not resource["type"].startswith(PROVIDER_TYPE_PREFIX)
+        if simulated_cloud and not resource.get("external") and not self.preview:
+            reason = injected_failure("delete", resource["type"], _name_of(urn), resource.get("inputs", {}))
+            _delay_resource_operation()
+            if reason:
+                failure = StepFailed(resource, "delete", reason)
+                self._fail_step(metadata, failure)
+                raise failure
+        with self._mutex:
+            self.deleted.add(urn)
+            self._save()
+        self._end_step(metadata, started)
+
+    def refresh(self, resource: dict) -> None:
+        urn = resource["urn"]
+        refreshed = copy.deepcopy(resource)
+        if resource.get("custom"):
+            refreshed["id"], refreshed["outputs"] = self._simulate(resource, resource.get("id"), [])
+        op = "same" if refreshed.get("outputs") == resource.get("outputs") else "update"
+        metadata = self._step_metadata(op, urn, resource["type"], resource, refreshed, [])
+        self._begin_step(metadata)
+        started = time.monotonic()
+        with self._mutex:
+            self.new[urn] = refreshed
+            self.new_order.append(urn)
+            self._save()
+        self._end_step(metadata, started)
+
+    # --- operations --------------------------------------------------------------------------
+
+    def run_update(self) -> None:
+        """`up` or `preview`: run the program, then delete what it no longer declares."""
+        if not self.settings.client_address:
+            raise RuntimeError(
+                "the Pulumi CLI stand-in runs inline programs only: it needs --client (the Automation API's language host)"
+            )
+        self.program_error = run_program(self)
+        if self.failure or self.program_error:
+            return
+        for resource in reversed(self.old_order):
+            if resource["urn"] not in self.new:
+                self.delete(resource)
+
+    def run_destroy(self) -> None:
+        for resource in reversed(self.old_order):
+            self.delete(resource)
+
+    def run_refresh(self) -> None:
+        for resource in self.old_order:
+            self.refresh(resource)
+
+
+class ResourceMonitor(resource_pb2_grpc.ResourceMonitorServicer):
+    """The monitor the program registers its resources with (semantics as pulumi.runtime.mocks.MockMonitor)."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.deployment = deployment
+
+    def _abort_if_failed(self, context) -> None:
+        # After a failed step the engine stops: the program's further registrations see a monitor
+        # that is shutting down, which the SDK treats as a quiet exit.
+        if self.deployment.failure is not None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the deployment failed; resource monitor is shutting down")
+
+    def _urn(self, type_token: str, name: str, parent: str) -> str:
+        settings = self.deployment.settings
+        qualified_type = type_token
+        if parent:
+            parent_type = parent.split("::")[2]
+            if parent_type != ROOT_STACK_TYPE:
+                qualified_type = f"{parent_type}${type_token}"
+        return f"urn:pulumi:{settings.stack}::{settings.project.name}::{qualified_type}::{name}"
+
+    def _provider_reference(self, type_token: str, provider: str, version: str) -> str:
+        """The resource's provider: the one the program chose, else its package's default provider."""
+        if type_token.startswith(PROVIDER_TYPE_PREFIX) or provider:
+            return provider
+        return self.deployment.default_provider(type_token.split(":", 1)[0], version)
+
+    def GetDeploymentInfo(self, request, context):
+        return resource_pb2.DeploymentInfo(supportedFeatures=[resource_pb2.RESOURCE_MONITOR_FEATURE_SECRETS])
+
+    def SupportsFeature(self, request, context):
+        return resource_pb2.SupportsFeatureResponse(hasSupport=request.id == "secrets")
+
+    def RegisterResource(self, request, context):
+        self._abort_if_failed(context)
+        urn = self._urn(request.type, request.name, request.parent)
+        resource = {
+            "urn": urn,
+            "custom": request.custom,
+            "type": request.type,
+            "inputs": from_struct(request.object),
+            "parent": request.parent,
+            "provider": self._provider_reference(request.type, request.provider, request.version) if request.custom else "",
+            "dependencies": list(request.dependencies),
+            "propertyDependencies": {key: list(deps.urns) for key, deps in request.propertyDependencies.items()},
+        }
+        if request.protect:
+            resource["protect"] = True
+        if request.deletedWith:
+            resource["deletedWith"] = request.deletedWith
+        try:
+            state = self.deployment.register(resource, list(request.ignoreChanges), list(request.additionalSecretOutputs))
+        except StepFailed:
+            self._abort_if_failed(context)
+            raise
+        except ValueError as error:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        creating_in_preview = self.deployment.preview and urn not in self.deployment.old
+        return resource_pb2.RegisterResourceResponse(
+            urn=urn,
+            id="" if creating_in_preview else state.get("id", ""),
+            object=to_struct(state["outputs"]),
+        )
+
+    def RegisterResourceOutputs(self, request, context):
+        self.deployment.set_outputs(request.urn, from_struct(request.outputs))
+        return empty_pb2.Empty()
+
+    def ReadResource(self, request, context):
+        self._abort_if_failed(context)
+        urn = self._urn(request.type, request.name, request.parent)
+        resource = {
+            "urn": urn,
+            "custom": True,
+            "type": request.type,
+            "id": request.id,
+            "inputs": from_struct(request.properties),
+            "parent": request.parent,
+            "provider": self._provider_reference(request.type, request.provider, request.version),
+            "dependencies": list(request.dependencies),
+        }
+        state = self.deployment.read(resource)
+        return resource_pb2.ReadResourceResponse(urn=urn, id=state["id"], properties=to_struct(state["outputs"]))
+
+    def Invoke(self, request, context):
+        self._abort_if_failed(context)
+        args = from_struct(request.args)
+        if request.tok == "pulumi:pulumi:getResource":
+            resource = next((res for res in self.deployment.current_resources() if res["urn"] == args.get("urn")), None)
+            if resource is None:
+                context.abort(grpc.StatusCode.NOT_FOUND, f"unknown resource {args.get('urn')}")
+            result = {"urn": resource["urn"], "id": resource.get("id", ""), "state": resource.get("outputs", {})}
+        else:
+            result = resource_types.simulate_invoke(request.tok, properties.plain(args))
+        return resource_pb2.ResourceInvokeResponse(**{"return": to_struct(result)})
+
+    def Call(self, request, context):
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "the Pulumi CLI stand-in does not support resource method calls")
+
+    def RegisterPackage(self, request, context):
+        return resource_pb2.RegisterPackageResponse(ref=f"{request.name}@{request.version}")
+
+    def SignalAndWaitForShutdown(self, request, context):
+        return empty_pb2.Empty()
+
+
+class EngineService(engine_pb2_grpc.EngineServicer):
+    """Logging and the root resource, for the program."""
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.deployment = deployment
+        self.logged_errors: list[str] = []
+
+    def Log(self, request, context):
+        severity = LOG_SEVERITIES.get(request.severity, "info")
+        if self.deployment.failure is None:
+            if severity == "error":
+                self.logged_errors.append(request.message)
+            self.deployment.log_diagnostic(severity, request.message, urn=request.urn)
+        return empty_pb2.Empty()
+
+    def GetRootResource(self, request, context):
+        return engine_pb2.GetRootResourceResponse(urn=self.deployment.root_urn or "")
+
+    def SetRootResource(self, request, context):
+        self.deployment.root_urn = request.urn
+        return engine_pb2.SetRootResourceResponse()
+
+    def RequirePulumiVersion(self, request, context):
+        return engine_pb2.RequirePulumiVersionResponse()
+
+
+def run_program(deployment: Deployment) -> str | None:
+    """Runs the inline program through the language host; returns its error, if any, not yet reported."""
+    settings = deployment.settings
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), options=GRPC_OPTIONS)
+    monitor = ResourceMonitor(deployment)
+    engine = EngineService(deployment)
+    resource_pb2_grpc.add_ResourceMonitorServicer_to_server(monitor, server)
+    engine_pb2_grpc.add_EngineServicer_to_server(engine, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    config = settings.config.decrypted()
+    address = f"127.0.0.1:{port}"
+    request = language_pb2.RunRequest(
+        project=settings.project.name,
+        stack=settings.stack,
+        pwd=os.getcwd(),
+        program=".",
+        args=[address],
+        config={key: entry.value if isinstance(entry.value, str) else json.dumps(entry.value) for key, entry in config.items()},
+        configSecretKeys=[key for key, entry in config.items() if entry.secret],
+        dryRun=deployment.preview,
+        parallel=settings.parallel,
+        monitor_address=address,
+        organization="organization",
+    )
+    channel = grpc.insecure_channel(settings.client_address, options=GRPC_OPTIONS)
+    try:
+        response = language_pb2_grpc.LanguageRuntimeStub(channel).Run(request)
+    finally:
+        channel.close()
+    if deployment.failure is not None or not (response.error or response.bail):
+        return None
+    if response.error and response.error not in engine.logged_errors:
+        deployment.log_diagnostic("error", response.error)
+    return response.error or "the program failed"

@@ -1,0 +1,166 @@
+"""The project side of the CLI: Pulumi.yaml, Pulumi.<stack>.yaml (stack config) and the current stack."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .passphrase import Crypter
+
+PROJECT_FILE_NAMES = ("Pulumi.yaml", "Pulumi.yml", "Pulumi.json")
+
+
+class ProjectError(Exception):
+    pass
+
+
+def _load_settings_file(path: Path) -> dict:
+    with open(path, encoding="utf-8") as handle:
+        if path.suffix == ".json":
+            return json.load(handle) or {}
+        return yaml.safe_load(handle) or {}
+
+
+@dataclass
+class Project:
+    directory: Path
+    name: str
+    settings: dict
+
+    @classmethod
+    def find(cls, start: Path) -> Project:
+        """The project whose Pulumi.yaml is in `start` or the nearest directory above it."""
+        for directory in (start, *start.parents):
+            for file_name in PROJECT_FILE_NAMES:
+                path = directory / file_name
+                if path.is_file():
+                    settings = _load_settings_file(path)
+                    return cls(directory=directory, name=str(settings["name"]), settings=settings)
+        raise ProjectError(
+            f"no Pulumi.yaml project file found (searching upwards from {start}). "
+            "If you have not created a project yet, use `pulumi new` to do so"
+        )
+
+    def backend_url(self) -> str:
+        url = os.environ.get("PULUMI_BACKEND_URL") or (self.settings.get("backend") or {}).get("url")
+        if not url:
+            raise ProjectError(
+                "no backend configured: the Pulumi CLI stand-in needs PULUMI_BACKEND_URL=file://DIR "
+                "(or backend.url in Pulumi.yaml)"
+            )
+        return url
+
+    def full_key(self, key: str) -> str:
+        """Config keys without a namespace belong to the project (`key` -> `<project>:key`)."""
+        return key if ":" in key else f"{self.name}:{key}"
+
+    # The current stack is kept per project under PULUMI_HOME, as the CLI's workspace file.
+    def _workspace_file(self) -> Path:
+        home = Path(os.environ.get("PULUMI_HOME") or Path.home() / ".pulumi")
+        digest = hashlib.sha1(str(self.directory / "Pulumi.yaml").encode()).hexdigest()
+        return home / "workspaces" / f"{self.name}-{digest}-workspace.json"
+
+    def current_stack(self) -> str | None:
+        path = self._workspace_file()
+        if not path.is_file():
+            return None
+        return json.loads(path.read_text(encoding="utf-8")).get("stack")
+
+    def set_current_stack(self, stack: str | None) -> None:
+        path = self._workspace_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"stack": stack}), encoding="utf-8")
+
+
+def _config_text(value: object) -> object:
+    """YAML scalars as the CLI reads them: config values are strings (objects stay objects)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
+
+
+@dataclass
+class ConfigValue:
+    value: object
+    secret: bool = False
+
+    def as_json(self, show_secrets: bool) -> dict:
+        shown: dict = {"secret": self.secret}
+        if not self.secret or show_secrets:
+            if isinstance(self.value, str):
+                shown["value"] = self.value
+            else:
+                shown["value"] = json.dumps(self.value)
+                shown["objectValue"] = self.value
+        return shown
+
+
+@dataclass
+class StackConfig:
+    """Pulumi.<stack>.yaml in the project directory: the stack's config and its encryption salt."""
+
+    path: Path
+    values: dict[str, ConfigValue] = field(default_factory=dict)
+    encryption_salt: str | None = None
+    other_settings: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, project: Project, stack: str, state_salt: str | None) -> StackConfig:
+        """Reads the stack's config file; `state_salt` (from the stack's state) is used when the file has none."""
+        path = project.directory / f"Pulumi.{stack}.yaml"
+        for suffix in (".yaml", ".yml", ".json"):
+            candidate = project.directory / f"Pulumi.{stack}{suffix}"
+            if candidate.is_file():
+                path = candidate
+                break
+        raw = _load_settings_file(path) if path.is_file() else {}
+        config = cls(path=path, encryption_salt=raw.pop("encryptionsalt", None) or state_salt)
+        for key, value in (raw.pop("config", None) or {}).items():
+            if isinstance(value, dict) and set(value) == {"secure"}:
+                config.values[key] = ConfigValue(value=value["secure"], secret=True)
+            else:
+                config.values[key] = ConfigValue(value=_config_text(value))
+        config.other_settings = raw
+        return config
+
+    def crypter(self) -> Crypter:
+        if self.encryption_salt is None:
+            crypter = Crypter.create()
+            self.encryption_salt = crypter.salt_state
+            return crypter
+        return Crypter(self.encryption_salt)
+
+    def plaintext(self, key: str, crypter: Crypter | None = None) -> object:
+        entry = self.values[key]
+        if entry.secret:
+            return (crypter or self.crypter()).decrypt(entry.value)
+        return entry.value
+
+    def set(self, key: str, value: object, secret: bool) -> None:
+        if secret:
+            self.values[key] = ConfigValue(value=self.crypter().encrypt(str(value)), secret=True)
+        else:
+            self.values[key] = ConfigValue(value=value)
+
+    def decrypted(self) -> dict[str, ConfigValue]:
+        """All values with secrets decrypted (the key is derived only if there is a secret)."""
+        crypter = self.crypter() if any(entry.secret for entry in self.values.values()) else None
+        return {key: ConfigValue(self.plaintext(key, crypter), entry.secret) for key, entry in self.values.items()}
+
+    def save(self) -> None:
+        document: dict = {}
+        if self.encryption_salt:
+            document["encryptionsalt"] = self.encryption_salt
+        document.update(self.other_settings)
+        if self.values:
+            document["config"] = {
+                key: {"secure": entry.value} if entry.secret else entry.value for key, entry in sorted(self.values.items())
+            }
+        self.path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
