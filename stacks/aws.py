@@ -80,7 +80,9 @@ def instance_program(instance: InstanceDoc, *, admin_public_key: str, base_image
         },
         metadata_options={"http_tokens": "required", "http_endpoint": "enabled"},
         tags={**tags, "Name": instance.name},
-        opts=opts,
+        # The lookup finds a newer AMI whenever the distribution publishes one:
+        # that must not replace a running instance on its next update.
+        opts=opts.merge(pulumi.ResourceOptions(ignore_changes=["ami"])),
     )
     common.export_instance(
         cloud="aws",
