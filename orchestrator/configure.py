@@ -39,16 +39,16 @@ class ConfigureSummary:
     attempts: int
 
 
-def _ansible_playbook_binary() -> str:
-    # Prefer the ansible-playbook installed with this interpreter, so the service
-    # works without its virtualenv on PATH.
-    beside = Path(sys.executable).parent / "ansible-playbook"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("ansible-playbook")
-    if found is None:
+def _path_with_ansible() -> str:
+    """PATH with the ansible-playbook installed next to this interpreter first,
+    so the service works without its virtualenv on PATH."""
+    path = os.environ.get("PATH", os.defpath)
+    beside = Path(sys.executable).parent
+    if (beside / "ansible-playbook").exists():
+        return f"{beside}{os.pathsep}{path}"
+    if shutil.which("ansible-playbook", path=path) is None:
         raise ConfigureError("ansible-playbook not found: install ansible-core next to the service")
-    return found
+    return path
 
 
 def _failure_message(event_data: dict) -> str:
@@ -132,18 +132,19 @@ def configure_instance(
             "ANSIBLE_LOCAL_TEMP": str(run_dir / "ansible-tmp"),
             "ANSIBLE_SSH_CONTROL_PATH_DIR": control_dir,
             "ANSIBLE_ROLES_PATH": str(PLAYBOOKS_DIR / "roles"),
+            "PATH": _path_with_ansible(),
         }
-        binary = _ansible_playbook_binary()
+        private_data_dir = run_dir / "runner"
+        private_data_dir.mkdir()
         for attempt in range(1, attempts + 1):
             events = _RunEvents(on_log)
             runner = ansible_runner.run(
-                private_data_dir=str(run_dir / "runner"),
+                private_data_dir=str(private_data_dir),
                 project_dir=str(PLAYBOOKS_DIR),
                 playbook=PLAYBOOK,
                 inventory=inventory,
                 extravars=extravars,
                 envvars=envvars,
-                binary=binary,
                 event_handler=events,
                 quiet=True,
             )

@@ -45,6 +45,9 @@ install -m 0600 "$work/host_key" "$root/etc/ssh/orch_test_host_key"
 mkdir -p "$root/root/.ssh"
 chmod 0700 "$root/root/.ssh"
 install -m 0600 "$work/authorized_keys" "$root/root/.ssh/authorized_keys"
+# A stock root login: this machine's own root dotfiles put pyenv shims on PATH, which
+# would make Ansible pick an interpreter no fresh instance has.
+cp /etc/skel/.bashrc /etc/skel/.profile "$root/root/"
 chroot "$root" /usr/sbin/sshd -D -e -p "$port" -o ListenAddress=127.0.0.1 \
     -h /etc/ssh/orch_test_host_key -o PidFile=/run/sshd.pid 2>>"$work/sshd.log" &
 echo READY
