@@ -384,7 +384,7 @@ def test_unknown_cloud_has_no_program():
         snapshot_program(parse_snapshot({"kind": "Snapshot", "name": "s", "instance": "i"}), source={"cloud": "oracle"})
 
 
-def test_document_json_round_trip_feeds_the_same_program(monkeypatch):
-    """What the service writes to `orch:document` parses back to the same instance."""
+def test_stored_document_parses_back_to_the_same_instance():
+    """What the service writes to `orch:document` (sorted JSON) parses back to the same instance."""
     instance = parse_instance(instance_document("aws"))
     assert parse_instance(json.loads(json.dumps(instance.to_dict(), sort_keys=True))) == instance
