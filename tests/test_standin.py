@@ -394,3 +394,47 @@ def test_secrets_are_encrypted_at_rest_and_shown_with_show_secrets(standin_env, 
     assert "hunter2" not in checkpoint.read_text()
     assert "hunter2" not in config_file.read_text()
     assert "ciphertext" in checkpoint.read_text()
+
+
+class EchoProvider(pulumi.dynamic.ResourceProvider):
+    def create(self, props):
+        return pulumi.dynamic.CreateResult(id_="echo", outs=props)
+
+
+class Echo(pulumi.dynamic.Resource):
+    def __init__(self, name: str, props: dict) -> None:
+        super().__init__(EchoProvider(), name, props)
+
+
+def test_refresh_rereads_the_simulated_cloud_and_reads_existing_resources(standin_env, pulumi_command, monkeypatch):
+    def program() -> None:
+        aws.ec2.Instance("vm", ami="ami-0abc", instance_type="t3.micro")
+        existing = aws.ec2.SecurityGroup.get("existing", "sg-0123456789abcdef0")
+        Echo("echo", {"message": "hello"})
+        pulumi.export("existing_arn", existing.arn)
+
+    stack = open_stack(pulumi_command, "refresh", program)
+    up = stack.up()
+    assert up.outputs["existing_arn"].value.endswith(":security-group/sg-0123456789abcdef0")
+    by_type = resources_by_type(stack)
+    [read] = by_type["aws:ec2/securityGroup:SecurityGroup"]
+    assert read["id"] == "sg-0123456789abcdef0" and read["external"] is True
+    [echo] = by_type["pulumi-python:dynamic:Resource"]
+    assert echo["id"] and echo["outputs"]["message"] == "hello"
+
+    monkeypatch.setenv("PULUMI_STANDIN_PUBLIC_IP", "192.0.2.10")  # the cloud now reports another address
+    assert stack.refresh().summary.resource_changes.get("update") == 1
+    [instance] = resources_by_type(stack)["aws:ec2/instance:Instance"]
+    assert instance["outputs"]["publicIp"] == "192.0.2.10"
+
+
+def test_program_exception_is_an_inline_source_runtime_error(standin_env, pulumi_command):
+    def program() -> None:
+        aws.ec2.SecurityGroup("first", description="first")
+        raise ValueError("the program is broken")
+
+    stack = open_stack(pulumi_command, "broken", program)
+    with pytest.raises(auto.InlineSourceRuntimeError) as raised:
+        stack.up()
+    assert "the program is broken" in str(raised.value)
+    assert stack.history()[0].result == "failed"

@@ -77,8 +77,7 @@ class FileBackend:
     def _ensure_meta(self) -> None:
         meta = self.bookkeeping / "meta.yaml"
         if not meta.exists():
-            meta.parent.mkdir(parents=True, exist_ok=True)
-            meta.write_text("version: 1\n", encoding="utf-8")
+            _write_atomically(meta, "version: 1\n")
 
     def qualified_name(self, stack: str) -> str:
         return f"{ORGANIZATION}/{self.project}/{stack}"
