@@ -37,7 +37,7 @@ class Cloud:
     name: str
     regions: frozenset[str]
     zone_pattern: str  # `{region}` is replaced by the (escaped) region
-    machine_type_pattern: str | None  # None: the cloud has no machine types (docker)
+    machine_type_pattern: str
     images: dict[str, Image]
     gpu_machines: tuple[GpuMachine, ...] = ()
     # Machine families that take any number of attached GPUs of these types (GCP N1).
@@ -270,11 +270,14 @@ AZURE = Cloud(
     min_disk_gb=30,
 )
 
+# Docker "machine types" are container limits: (CPUs, memory in MiB).
+DOCKER_SIZES = {"small": (1, 1024), "medium": (2, 4096), "large": (4, 8192), "xlarge": (8, 16384)}
+
 DOCKER = Cloud(
     name="docker",
     regions=frozenset({"local"}),
     zone_pattern="local",
-    machine_type_pattern=None,
+    machine_type_pattern="|".join(DOCKER_SIZES),
     # `ref` is the image the container starts from; its entrypoint installs sshd when missing.
     images={
         "ubuntu-22.04": Image(ref="ubuntu:22.04", min_disk_gb=1, ssh_user="root"),

@@ -11,7 +11,7 @@ import pulumi.dynamic
 import pulumi_docker as docker
 
 from stacks import common
-from stacks.catalog import DOCKER
+from stacks.catalog import DOCKER, DOCKER_SIZES
 from stacks.spec import InstanceDoc, SnapshotDoc
 
 # Runs as the container's command: installs sshd (and python3 for Ansible)
@@ -68,9 +68,12 @@ def instance_program(instance: InstanceDoc, *, admin_public_key: str, base_image
     users = "\n".join(
         f"{user.name} {'yes' if user.sudo else 'no'} {user.public_key.strip()}" for user in spec.ssh_users
     )
+    cpus, memory_mib = DOCKER_SIZES[spec.machine_type]
     container = docker.Container(
         instance.name,
         image=image_id,
+        cpus=str(cpus),
+        memory=memory_mib,
         hostname=instance.name,
         command=["/bin/sh", "-c", ENTRYPOINT_SCRIPT],
         envs=[

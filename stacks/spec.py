@@ -306,16 +306,16 @@ def _check_location(cloud: Cloud, spec: InstanceSpec, errors: list[FieldError]) 
 
 def _check_machine_and_gpu(cloud: Cloud, spec: InstanceSpec, errors: list[FieldError]) -> Gpu | None:
     """Validate machine type and GPU; return the GPU the instance will have (filled in from the machine type)."""
-    if cloud.machine_type_pattern is None:
-        if spec.gpu is not None:
-            errors.append(FieldError("spec.gpu", f"the {cloud.name} target does not attach GPUs"))
+    if cloud.name == "docker" and spec.gpu is not None:
+        errors.append(FieldError("spec.gpu", f"the {cloud.name} target does not attach GPUs"))
         return None
     machine_type = spec.machine_type
     if machine_type is None:
         errors.append(FieldError("spec.machine_type", f"required on {cloud.name}"))
         return spec.gpu
     if not re.fullmatch(cloud.machine_type_pattern, machine_type):
-        errors.append(FieldError("spec.machine_type", f"{machine_type!r} is not a {cloud.name} machine type"))
+        hint = f" (one of {cloud.machine_type_pattern.replace('|', ', ')})" if cloud.name == "docker" else ""
+        errors.append(FieldError("spec.machine_type", f"{machine_type!r} is not a {cloud.name} machine type{hint}"))
         return spec.gpu
     built_in = cloud.gpu_machine(machine_type)
     gpu = spec.gpu
@@ -395,7 +395,7 @@ def _check_ssh_users(users: list[SshUser], errors: list[FieldError]) -> None:
 
 
 def _check_cidrs(cloud: Cloud, cidrs: list[str], errors: list[FieldError]) -> None:
-    if not cidrs and cloud.machine_type_pattern is not None:
+    if not cidrs and cloud.name != "docker":
         errors.append(FieldError("spec.allowed_ssh_cidrs", f"at least one CIDR is required on {cloud.name}"))
     for index, cidr in enumerate(cidrs):
         where = f"spec.allowed_ssh_cidrs[{index}]"

@@ -33,7 +33,7 @@ BASE_SPECS = {
     "aws": {"region": "us-east-1", "zone": "us-east-1a", "machine_type": "t3.medium"},
     "gcp": {"region": "europe-west4", "zone": "europe-west4-b", "machine_type": "e2-standard-2"},
     "azure": {"region": "westeurope", "zone": "2", "machine_type": "Standard_D2s_v5"},
-    "docker": {"region": "local", "machine_type": "local"},
+    "docker": {"region": "local", "machine_type": "small"},
 }
 
 
@@ -351,3 +351,9 @@ def test_input_document_is_not_modified():
     before = copy.deepcopy(doc)
     parse_instance(doc)
     assert doc == before
+
+
+def test_docker_sizes_are_the_docker_machine_types():
+    parse_instance(instance_document("docker", machine_type="large"))
+    message = errors_of(instance_document("docker", machine_type="huge"))["spec.machine_type"]
+    assert "'huge' is not a docker machine type" in message and "small, medium, large" in message

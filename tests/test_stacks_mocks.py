@@ -331,6 +331,7 @@ def test_docker_instance(monkeypatch):
     container = mocks.one("docker:index/container:Container")
     assert container["image"] == "sha256:base"
     assert container["ports"] == [{"internal": 22}]
+    assert (container["cpus"], container["memory"]) == ("1", 1024)
     assert {(label["label"], label["value"]) for label in container["labels"]} == set(expected_tags().items())
     env = dict(item.split("=", 1) for item in container["envs"])
     assert env["ORCH_AUTHORIZED_KEYS"].splitlines() == [public_key(), ADMIN_KEY]
