@@ -452,7 +452,7 @@ class Cli:
             }
         )
         started = time.time()
-        deployment = Deployment(settings, kind, preview)
+        deployment = Deployment(settings, preview)
         try:
             {"update": deployment.run_update, "destroy": deployment.run_destroy, "refresh": deployment.run_refresh}[kind]()
         except StepFailed:
@@ -480,6 +480,8 @@ class Cli:
         return 0
 
     def _print_summary(self, deployment: Deployment, kind: str, preview: bool, failed: bool, seconds: float) -> None:
+        from .engine import OP_DONE, OP_SYMBOLS
+
         lines = [""]
         root = next((res for res in deployment.current_resources() if res["type"] == "pulumi:pulumi:Stack"), None)
         if kind == "update" and root and root.get("outputs") and not self.args.switch("--suppress-outputs"):
@@ -488,9 +490,9 @@ class Cli:
             lines += [f"    {key}: {json.dumps(value)}" for key, value in shown.items()]
             lines.append("")
         lines.append("Resources:")
-        for op, symbol in (("create", "+"), ("update", "~"), ("delete", "-"), ("read", ">")):
+        for op, symbol in OP_SYMBOLS.items():
             if deployment.changes[op]:
-                label = f"to {op}" if preview else {"create": "created", "update": "updated", "delete": "deleted", "read": "read"}[op]
+                label = f"to {op}" if preview else OP_DONE[op]
                 lines.append(f"    {symbol} {deployment.changes[op]} {label}")
         if deployment.changes["same"]:
             lines.append(f"    {deployment.changes['same']} unchanged")

@@ -44,9 +44,9 @@ from .project import Project, StackConfig
 ROOT_STACK_TYPE = "pulumi:pulumi:Stack"
 PROVIDER_TYPE_PREFIX = "pulumi:providers:"
 GRPC_OPTIONS = [("grpc.max_receive_message_length", 400 * 1024 * 1024), ("grpc.max_send_message_length", 400 * 1024 * 1024)]
-OP_SYMBOLS = {"create": "+", "update": "~", "delete": "-", "same": " ", "read": ">", "refresh": "~"}
-OP_DONE = {"create": "created", "update": "updated", "delete": "deleted", "same": "", "read": "read", "refresh": "refreshed"}
-OP_DOING = {"create": "creating", "update": "updating", "delete": "deleting", "read": "reading", "refresh": "refreshing"}
+OP_SYMBOLS = {"create": "+", "update": "~", "delete": "-", "read": ">"}
+OP_DONE = {"create": "created", "update": "updated", "delete": "deleted", "read": "read"}
+OP_DOING = {"create": "creating", "update": "updating", "delete": "deleting", "read": "reading"}
 LOG_SEVERITIES = {engine_pb2.DEBUG: "debug", engine_pb2.INFO: "info", engine_pb2.WARNING: "warning", engine_pb2.ERROR: "error"}
 
 
@@ -71,13 +71,10 @@ def to_struct(value: dict) -> struct_pb2.Struct:
     return struct
 
 
-
 class StepFailed(Exception):
     def __init__(self, resource: dict, op: str, reason: str) -> None:
         name = resource["urn"].rsplit("::", 1)[-1]
         super().__init__(f"{resource['urn']}: {OP_DOING[op]} {resource['type']} ({name}) failed: {reason}")
-        self.resource = resource
-        self.op = op
 
 
 @dataclass
@@ -148,9 +145,8 @@ def changed_keys(old_inputs: dict, new_inputs: dict, ignore_changes: list[str]) 
 class Deployment:
     """One `up`, `preview`, `destroy` or `refresh` of a stack."""
 
-    def __init__(self, settings: OperationSettings, kind: str, preview: bool) -> None:
+    def __init__(self, settings: OperationSettings, preview: bool) -> None:
         self.settings = settings
-        self.kind = kind
         self.preview = preview
         self.changes: Counter[str] = Counter()
         self.failure: StepFailed | None = None
@@ -161,8 +157,9 @@ class Deployment:
         latest = settings.backend.read_checkpoint(settings.stack)
         self.old_order = [properties.unseal(resource, self.crypter) for resource in latest.get("resources") or []]
         self.old = {resource["urn"]: resource for resource in self.old_order}
-        self.new: dict[str, dict] = {}
+        self.new: dict[str, dict] = {}  # this run's finished steps, by URN
         self.new_order: list[str] = []
+        self.registered: set[str] = set()  # URNs the program registered, finished or not
         self.deleted: set[str] = set()
         self.default_providers: dict[tuple[str, str], str] = {}
 
@@ -281,10 +278,10 @@ class Deployment:
         """Runs the step for one registration; returns the resource's new state (raises StepFailed)."""
         urn, type_token = resource["urn"], resource["type"]
         with self._mutex:
-            if urn in self.new:
+            if urn in self.registered:
                 raise ValueError(f"Duplicate resource URN '{urn}'; try giving it a unique name")
+            self.registered.add(urn)
             old = self.old.get(urn)
-            self.new[urn] = resource  # reserved; replaced by the final state below
         if old is None:
             op, keys = "create", []
         elif type_token == ROOT_STACK_TYPE:
@@ -301,8 +298,6 @@ class Deployment:
             _delay_resource_operation()
             if reason:
                 failure = StepFailed(resource, op, reason)
-                with self._mutex:
-                    del self.new[urn]
                 self._fail_step(metadata, failure)
                 raise failure
         now = _now()
@@ -325,6 +320,8 @@ class Deployment:
     def read(self, resource: dict) -> dict:
         """`Resource.get`: the simulated cloud's state of an existing resource, kept as external."""
         urn = resource["urn"]
+        with self._mutex:
+            self.registered.add(urn)
         old = self.old.get(urn)
         metadata = self._step_metadata("read", urn, resource["type"], old, resource, [])
         self._begin_step(metadata)
@@ -410,7 +407,7 @@ class Deployment:
         if self.failure or self.program_error:
             return
         for resource in reversed(self.old_order):
-            if resource["urn"] not in self.new:
+            if resource["urn"] not in self.registered:
                 self.delete(resource)
 
     def run_destroy(self) -> None:
