@@ -1,0 +1,270 @@
+"""playbooks/site.yml: lint, syntax, and real runs through configure_instance against an isolated SSH host."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from orchestrator.configure import ConfigureError, ConfigureSummary, configure_instance
+from orchestrator.sshkeys import generate_keypair
+from tests.sshhost import SshHost, free_port, ssh_host, write_private_key  # noqa: F401 (ssh_host is a fixture)
+from tests.test_agent import ReportServer, valid_token
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+AGENT_INTERVAL_S = 1
+
+# Stands in for goofys without FUSE or S3: it records how it was called and mounts a
+# tmpfs at the mount point, with the directory mode goofys would show.
+FAKE_GOOFYS = """#!/bin/sh
+echo "$*" >> /var/tmp/goofys-calls
+for mount_point; do :; done
+mount -t tmpfs -o mode=0755 fake-goofys "$mount_point"
+"""
+BOOTSTRAP_SCRIPT = """#!/bin/sh
+echo "hello from bootstrap"
+echo ran >> /var/tmp/bootstrap-runs
+"""
+
+
+def tool_env() -> dict:
+    return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def test_ansible_lint_passes():
+    result = subprocess.run(
+        [str(VENV_BIN / "ansible-lint"), "playbooks/"], cwd=REPO, env=tool_env(),
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_syntax_check_passes():
+    result = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "--syntax-check", "-i", "localhost,", "playbooks/site.yml"],
+        cwd=REPO, env=tool_env(), capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def auth_methods(host: SshHost) -> str:
+    """What sshd offers for login, from the client's debug output (e.g. 'publickey,password')."""
+    result = host.ssh("root", host.key_file, "true", extra_options=("-v", "-o", "PreferredAuthentications=none"))
+    for line in result.stderr.splitlines():
+        if "Authentications that can continue:" in line:
+            return line.rsplit(":", 1)[1].strip()
+    raise AssertionError(f"no authentication methods in ssh output: {result.stderr}")
+
+
+@dataclass
+class Configured:
+    host: SshHost
+    server: ReportServer
+    extravars: dict
+    workdir: Path
+    first: ConfigureSummary
+    second: ConfigureSummary
+    first_log: list[str]
+    second_log: list[str]
+    auth_methods_before: str
+    alice_key: Path
+    bob_key: Path
+
+
+def configure(host: SshHost, extravars: dict, workdir: Path, log: list[str], **overrides) -> ConfigureSummary:
+    arguments = dict(
+        host=host.host, port=host.port, ssh_user=host.user, private_key_pem=host.private_key_pem,
+        extravars=extravars, on_log=log.append, workdir=workdir, attempts=2, retry_delay_s=1,
+    )
+    return configure_instance(**{**arguments, **overrides})
+
+
+@pytest.fixture(scope="module")
+def configured(ssh_host, tmp_path_factory):
+    """The playbook run twice against a fresh host, with users, a mount, a bootstrap script and the agent."""
+    work = tmp_path_factory.mktemp("configure")
+    server = ReportServer()
+    fake_goofys = work / "fake-goofys"
+    fake_goofys.write_text(FAKE_GOOFYS)
+    alice_private, alice_public = generate_keypair("alice@test")
+    bob_private, bob_public = generate_keypair("bob@test")
+    extravars = {
+        "orch_ssh_users": [
+            {"name": "alice", "public_key": alice_public, "sudo": True},
+            {"name": "bob", "public_key": bob_public, "sudo": False},
+        ],
+        "orch_mounts": [{"bucket": "my-data", "path": "/mnt/data"}],
+        "orch_bootstrap_script": BOOTSTRAP_SCRIPT,
+        "orch_agent_url": server.url,
+        "orch_agent_token": valid_token("play-1"),
+        "orch_agent_instance": "play-1",
+        "orch_agent_interval": AGENT_INTERVAL_S,
+        "goofys_src": str(fake_goofys),
+        "agent_restart_delay_s": 1,
+    }
+    methods_before = auth_methods(ssh_host)
+    first_log: list[str] = []
+    second_log: list[str] = []
+    first = configure(ssh_host, extravars, work / "runs", first_log)
+    second = configure(ssh_host, extravars, work / "runs", second_log)
+    yield Configured(
+        host=ssh_host, server=server, extravars=extravars, workdir=work, first=first, second=second,
+        first_log=first_log, second_log=second_log, auth_methods_before=methods_before,
+        alice_key=write_private_key(work, "alice_key", alice_private),
+        bob_key=write_private_key(work, "bob_key", bob_private),
+    )
+    server.stop()
+
+
+def test_first_run_changes_the_host_and_streams_its_log(configured):
+    assert configured.first.changed > 0 and configured.first.attempts == 1
+    assert any(line.startswith("PLAY RECAP") for line in configured.first_log)
+    assert any("TASK [agent : Write the agent config]" in line for line in configured.first_log)
+    token = configured.extravars["orch_agent_token"]
+    assert not any(token in line for line in configured.first_log), "the agent token must not reach the log"
+
+
+def test_second_run_changes_nothing(configured):
+    assert configured.second.changed == 0, "\n".join(configured.second_log)
+    assert configured.second.ok > 0
+
+
+def test_users_keys_and_sudo(configured):
+    host = configured.host
+    alice = host.ssh("alice", configured.alice_key, "id -un && sudo -n true && echo SUDO_OK")
+    assert alice.returncode == 0 and alice.stdout.split() == ["alice", "SUDO_OK"], alice.stderr
+    bob = host.ssh("bob", configured.bob_key, "id -un")
+    assert bob.returncode == 0 and bob.stdout.strip() == "bob", bob.stderr
+    bob_sudo = host.ssh("bob", configured.bob_key, "sudo -n true")
+    assert bob_sudo.returncode != 0
+    keys = host.root / "home/alice/.ssh/authorized_keys"
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o600
+    assert configured.extravars["orch_ssh_users"][0]["public_key"] in keys.read_text()
+    assert not (host.root / "etc/sudoers.d/orch-bob").exists()
+
+
+def test_password_login_is_off(configured):
+    assert "password" in configured.auth_methods_before.split(",")  # the stock sshd offered it
+    assert auth_methods(configured.host) == "publickey"  # and the reloaded sshd no longer does
+
+
+def test_agent_runs_supervised_and_reports(configured):
+    host, server = configured.host, configured.server
+    config = host.root / "etc/orch-agent/config.json"
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert json.loads(config.read_text()) == {
+        "url": server.url, "token": configured.extravars["orch_agent_token"],
+        "instance": "play-1", "interval": AGENT_INTERVAL_S,
+    }
+    report = server.wait_for_reports(1, timeout_s=30)[-1]
+    assert report["instance"] == "play-1" and report["agent_version"]
+
+    # The supervisor starts the agent again when it dies.
+    agent_pid_file = host.root / "run/orch-agent/agent.pid"
+    killed_pid = agent_pid_file.read_text().strip()
+    assert host.run(f"kill {killed_pid}").returncode == 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and agent_pid_file.read_text().strip() == killed_pid:
+        time.sleep(0.2)
+    assert agent_pid_file.read_text().strip() != killed_pid, "the supervisor did not restart the agent"
+    reports_after_kill = len(server.reports)
+    server.wait_for_reports(reports_after_kill + 1, timeout_s=30)
+
+    # And something starts the supervisor at boot.
+    if host.run("command -v crontab").returncode == 0:
+        boot_entry = host.run("crontab -l").stdout
+    else:
+        boot_entry = (host.root / "etc/rc.local").read_text()
+    assert "/opt/orch-agent/supervise.sh" in boot_entry
+
+
+def test_bootstrap_ran_once_and_kept_its_output(configured):
+    root = configured.host.root
+    assert (root / "var/tmp/bootstrap-runs").read_text() == "ran\n"
+    log = (root / "var/log/orch-bootstrap.log").read_text()
+    assert "hello from bootstrap" in log and "exited with status 0" in log
+    assert any("TASK [bootstrap : Run the bootstrap script]" in line for line in configured.second_log)
+
+
+def test_goofys_installed_and_bucket_mounted_once(configured):
+    host = configured.host
+    assert (host.root / "usr/local/bin/goofys").read_text() == FAKE_GOOFYS
+    assert host.run("mountpoint -q /mnt/data").returncode == 0
+    calls = (host.root / "var/tmp/goofys-calls").read_text().splitlines()
+    assert len(calls) == 1 and calls[0].endswith("my-data /mnt/data"), calls
+    assert "/usr/local/bin/goofys#my-data /mnt/data fuse" in (host.root / "etc/fstab").read_text()
+
+
+def test_failing_task_raises_with_task_and_host(configured):
+    extravars = {**configured.extravars, "orch_agent_url": ""}
+    with pytest.raises(ConfigureError) as error:
+        configure(configured.host, extravars, configured.workdir / "runs", [])
+    message = str(error.value)
+    assert "task 'Check the agent settings' failed on 127.0.0.1" in message
+    assert "orch_agent_url, orch_agent_token and orch_agent_instance are required" in message
+
+
+def test_unreachable_host_is_retried_then_given_up(configured, tmp_path):
+    log: list[str] = []
+    started = time.monotonic()
+    with pytest.raises(ConfigureError) as error:
+        configure(configured.host, configured.extravars, tmp_path, log, port=free_port(), attempts=2, retry_delay_s=1)
+    assert "unreachable" in str(error.value) and "gave up after 2 attempts" in str(error.value)
+    assert any("retrying in 1s (attempt 1/2)" in line for line in log)
+    assert time.monotonic() - started >= 1
+    assert list(tmp_path.iterdir()) == [], "the run's temp dir (with the private key) must be removed"
+
+
+def forward_later(listen_port: int, target_port: int, delay_s: float) -> threading.Thread:
+    """Accept connections on listen_port only after delay_s, relaying them to target_port:
+    an sshd that comes up while configuration is already trying to reach it."""
+
+    def relay(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            # Pass the end of the stream on, so each side sees the other hang up.
+            try:
+                sink.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def serve() -> None:
+        time.sleep(delay_s)
+        with socket.create_server(("127.0.0.1", listen_port)) as listener:
+            listener.settimeout(60)
+            while True:
+                try:
+                    client, _ = listener.accept()
+                except TimeoutError:
+                    return
+                upstream = socket.create_connection(("127.0.0.1", target_port))
+                threading.Thread(target=relay, args=(client, upstream), daemon=True).start()
+                threading.Thread(target=relay, args=(upstream, client), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_host_that_comes_up_late_is_configured_after_retries(configured, tmp_path):
+    late_port = free_port()
+    forward_later(late_port, configured.host.port, delay_s=2)
+    log: list[str] = []
+
+    summary = configure(configured.host, configured.extravars, tmp_path, log, port=late_port, attempts=5, retry_delay_s=2)
+
+    assert summary.attempts > 1 and summary.changed == 0, log
