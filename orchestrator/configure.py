@@ -131,7 +131,6 @@ def configure_instance(
             "ANSIBLE_RETRY_FILES_ENABLED": "0",
             "ANSIBLE_LOCAL_TEMP": str(run_dir / "ansible-tmp"),
             "ANSIBLE_SSH_CONTROL_PATH_DIR": control_dir,
-            "ANSIBLE_ROLES_PATH": str(PLAYBOOKS_DIR / "roles"),
             "PATH": _path_with_ansible(),
         }
         private_data_dir = run_dir / "runner"
