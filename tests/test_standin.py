@@ -51,7 +51,11 @@ def backend_dir(standin_env: dict) -> Path:
 
 def multi_cloud_program() -> None:
     ami = aws.ec2.get_ami(most_recent=True, owners=["099720109477"], filters=[{"name": "name", "values": ["ubuntu*"]}])
-    group = aws.ec2.SecurityGroup("ssh", description="ssh", ingress=[{"protocol": "tcp", "from_port": 22, "to_port": 22, "cidr_blocks": ["0.0.0.0/0"]}])
+    group = aws.ec2.SecurityGroup(
+        "ssh",
+        description="ssh",
+        ingress=[{"protocol": "tcp", "from_port": 22, "to_port": 22, "cidr_blocks": ["0.0.0.0/0"]}],
+    )
     key = aws.ec2.KeyPair("admin", public_key="ssh-ed25519 AAAA test")
     instance = aws.ec2.Instance(
         "vm",
@@ -168,7 +172,9 @@ def web_program(instance_type: str, with_key_pair: bool):
         group = aws.ec2.SecurityGroup("web", description="web")
         if with_key_pair:
             aws.ec2.KeyPair("deployer", public_key="ssh-ed25519 AAAA deployer")
-        instance = aws.ec2.Instance("web", ami="ami-0abc", instance_type=instance_type, vpc_security_group_ids=[group.id])
+        instance = aws.ec2.Instance(
+            "web", ami="ami-0abc", instance_type=instance_type, vpc_security_group_ids=[group.id]
+        )
         pulumi.export("instance_id", instance.id)
 
     return program
@@ -192,7 +198,9 @@ def test_update_changes_only_the_changed_resource_and_deletes_removed_ones(stand
     assert instance_step.op == auto.OpType.UPDATE and instance_step.diffs == ["instanceType"]
     assert steps[("aws:ec2/securityGroup:SecurityGroup", "web")].op == auto.OpType.SAME
     assert steps[("aws:ec2/keyPair:KeyPair", "deployer")].op == auto.OpType.DELETE
-    assert [e.summary_event.resource_changes for e in events if e.summary_event] == [{"update": 1, "delete": 1, "same": 3}]
+    assert [e.summary_event.resource_changes for e in events if e.summary_event] == [
+        {"update": 1, "delete": 1, "same": 3}
+    ]
 
     by_type = resources_by_type(stack)
     assert "aws:ec2/keyPair:KeyPair" not in by_type
@@ -227,7 +235,9 @@ def test_two_stacks_up_in_parallel_from_two_threads(standin_env, pulumi_command)
         except BaseException as error:  # noqa: BLE001 - reported by the assertion below
             errors.append(error)
 
-    threads = [threading.Thread(target=run, args=(f"parallel-{i}", f"t3.{size}")) for i, size in enumerate(("micro", "large"))]
+    threads = [
+        threading.Thread(target=run, args=(f"parallel-{i}", f"t3.{size}")) for i, size in enumerate(("micro", "large"))
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -291,7 +301,13 @@ def test_lock_of_a_dead_process_is_taken_over_and_cancel_removes_a_live_one(stan
 def failing_program(instance_tags: dict):
     def program() -> None:
         group = aws.ec2.SecurityGroup("base", description="created before the instance")
-        aws.ec2.Instance("doomed-web", ami="ami-0abc", instance_type="t3.micro", vpc_security_group_ids=[group.id], tags=instance_tags)
+        aws.ec2.Instance(
+            "doomed-web",
+            ami="ami-0abc",
+            instance_type="t3.micro",
+            vpc_security_group_ids=[group.id],
+            tags=instance_tags,
+        )
 
     return program
 
@@ -386,7 +402,9 @@ def test_secrets_are_encrypted_at_rest_and_shown_with_show_secrets(standin_env, 
     outputs = stack.up().outputs
     assert outputs["token"].secret and outputs["token"].value == "hunter2"
     assert not outputs["kind"].secret and outputs["kind"].value == "instance"
-    stack_outputs = next(r for r in stack.export_stack().deployment["resources"] if r["type"] == "pulumi:pulumi:Stack")["outputs"]
+    stack_outputs = next(r for r in stack.export_stack().deployment["resources"] if r["type"] == "pulumi:pulumi:Stack")[
+        "outputs"
+    ]
     assert json.loads(stack_outputs["token"]["plaintext"]) == "hunter2"
 
     checkpoint = backend_dir(standin_env) / ".pulumi" / "stacks" / PROJECT / "secrets.json"

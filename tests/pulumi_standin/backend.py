@@ -146,7 +146,9 @@ class FileBackend:
         directory = self.history_dir(stack)
         if not directory.is_dir():
             return []
-        paths = sorted(directory.glob("*.history.json"), key=lambda path: int(path.name.rsplit("-", 1)[1].split(".")[0]))
+        paths = sorted(
+            directory.glob("*.history.json"), key=lambda path: int(path.name.rsplit("-", 1)[1].split(".")[0])
+        )
         return [json.loads(path.read_text(encoding="utf-8")) for path in reversed(paths)]
 
     # --- locks -------------------------------------------------------------------------------

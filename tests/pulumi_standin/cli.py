@@ -447,14 +447,17 @@ class Cli:
         settings.event_log.emit(
             preludeEvent={
                 "config": {
-                    key: "[secret]" if entry.secret else str(entry.value) for key, entry in settings.config.values.items()
+                    key: "[secret]" if entry.secret else str(entry.value)
+                    for key, entry in settings.config.values.items()
                 }
             }
         )
         started = time.time()
         deployment = Deployment(settings, preview)
         try:
-            {"update": deployment.run_update, "destroy": deployment.run_destroy, "refresh": deployment.run_refresh}[kind]()
+            {"update": deployment.run_update, "destroy": deployment.run_destroy, "refresh": deployment.run_refresh}[
+                kind
+            ]()
         except StepFailed:
             pass  # recorded on the deployment; the summary and history report it
         failed = deployment.failure is not None or deployment.program_error is not None
@@ -486,7 +489,11 @@ class Cli:
         root = next((res for res in deployment.current_resources() if res["type"] == "pulumi:pulumi:Stack"), None)
         if kind == "update" and root and root.get("outputs") and not self.args.switch("--suppress-outputs"):
             lines.append("Outputs:")
-            shown = properties.plain(root["outputs"]) if self.args.switch("--show-secrets") else properties.masked(root["outputs"])
+            shown = (
+                properties.plain(root["outputs"])
+                if self.args.switch("--show-secrets")
+                else properties.masked(root["outputs"])
+            )
             lines += [f"    {key}: {json.dumps(value)}" for key, value in shown.items()]
             lines.append("")
         lines.append("Resources:")
@@ -511,7 +518,8 @@ class Cli:
             "message": settings.message,
             "environment": {"exec.kind": settings.exec_kind},
             "config": {
-                key: {"secure": entry.value} if entry.secret else entry.value for key, entry in settings.config.values.items()
+                key: {"secure": entry.value} if entry.secret else entry.value
+                for key, entry in settings.config.values.items()
             },
             "result": "failed" if failed else "succeeded",
             "endTime": int(ended),

@@ -43,11 +43,19 @@ from .project import Project, StackConfig
 
 ROOT_STACK_TYPE = "pulumi:pulumi:Stack"
 PROVIDER_TYPE_PREFIX = "pulumi:providers:"
-GRPC_OPTIONS = [("grpc.max_receive_message_length", 400 * 1024 * 1024), ("grpc.max_send_message_length", 400 * 1024 * 1024)]
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", 400 * 1024 * 1024),
+    ("grpc.max_send_message_length", 400 * 1024 * 1024),
+]
 OP_SYMBOLS = {"create": "+", "update": "~", "delete": "-", "read": ">"}
 OP_DONE = {"create": "created", "update": "updated", "delete": "deleted", "read": "read"}
 OP_DOING = {"create": "creating", "update": "updating", "delete": "deleting", "read": "reading"}
-LOG_SEVERITIES = {engine_pb2.DEBUG: "debug", engine_pb2.INFO: "info", engine_pb2.WARNING: "warning", engine_pb2.ERROR: "error"}
+LOG_SEVERITIES = {
+    engine_pb2.DEBUG: "debug",
+    engine_pb2.INFO: "info",
+    engine_pb2.WARNING: "warning",
+    engine_pb2.ERROR: "error",
+}
 
 
 def _normalize_numbers(value):
@@ -120,7 +128,11 @@ def injected_failure(op: str, type_token: str, name: str, inputs: dict) -> str |
             requested = value.get("standin-fail")
         elif isinstance(value, list):  # docker labels: [{label, value}]
             requested = next(
-                (entry.get("value") for entry in value if isinstance(entry, dict) and entry.get("label") == "standin-fail"),
+                (
+                    entry.get("value")
+                    for entry in value
+                    if isinstance(entry, dict) and entry.get("label") == "standin-fail"
+                ),
                 None,
             )
         else:
@@ -180,7 +192,10 @@ class Deployment:
         resources = [properties.seal(resource, self.crypter) for resource in self.current_resources()]
         deployment = {"manifest": manifest(self.settings.cli_version)}
         if self.settings.config.encryption_salt:
-            deployment["secrets_providers"] = {"type": "passphrase", "state": {"salt": self.settings.config.encryption_salt}}
+            deployment["secrets_providers"] = {
+                "type": "passphrase",
+                "state": {"salt": self.settings.config.encryption_salt},
+            }
         if resources:
             deployment["resources"] = resources
         deployment["metadata"] = {}
@@ -197,7 +212,9 @@ class Deployment:
             self.settings.out.write(line + "\n")
             self.settings.out.flush()
 
-    def _step_metadata(self, op: str, urn: str, type_token: str, old: dict | None, new: dict | None, keys: list[str]) -> dict:
+    def _step_metadata(
+        self, op: str, urn: str, type_token: str, old: dict | None, new: dict | None, keys: list[str]
+    ) -> dict:
         def state(resource: dict | None) -> dict | None:
             if resource is None:
                 return None
@@ -260,7 +277,9 @@ class Deployment:
 
     # --- steps -------------------------------------------------------------------------------
 
-    def _simulate(self, resource: dict, resource_id: str | None, additional_secret_outputs: list[str]) -> tuple[str, dict]:
+    def _simulate(
+        self, resource: dict, resource_id: str | None, additional_secret_outputs: list[str]
+    ) -> tuple[str, dict]:
         """The simulated cloud's id and outputs; outputs of secret inputs stay secret."""
         inputs = resource["inputs"]
         if resource["type"].startswith(PROVIDER_TYPE_PREFIX):
@@ -305,7 +324,9 @@ class Deployment:
             resource["id"] = old.get("id", "")
             resource["outputs"] = old.get("outputs", {})
         elif resource.get("custom"):
-            resource["id"], resource["outputs"] = self._simulate(resource, old.get("id") if old else None, additional_secret_outputs)
+            resource["id"], resource["outputs"] = self._simulate(
+                resource, old.get("id") if old else None, additional_secret_outputs
+            )
         else:
             resource["outputs"] = old.get("outputs", {}) if old else {}
         resource["created"] = old.get("created", now) if old else now
@@ -356,7 +377,9 @@ class Deployment:
             if version:
                 inputs["version"] = version
             state = self.register(
-                {"urn": urn, "custom": True, "type": PROVIDER_TYPE_PREFIX + package, "inputs": inputs, "parent": ""}, [], []
+                {"urn": urn, "custom": True, "type": PROVIDER_TYPE_PREFIX + package, "inputs": inputs, "parent": ""},
+                [],
+                [],
             )
             reference = f"{urn}::{state['id']}"
             self.default_providers[(package, version)] = reference
@@ -461,7 +484,9 @@ class ResourceMonitor(resource_pb2_grpc.ResourceMonitorServicer):
             "type": request.type,
             "inputs": from_struct(request.object),
             "parent": request.parent,
-            "provider": self._provider_reference(request.type, request.provider, request.version) if request.custom else "",
+            "provider": (
+                self._provider_reference(request.type, request.provider, request.version) if request.custom else ""
+            ),
             "dependencies": list(request.dependencies),
             "propertyDependencies": {key: list(deps.urns) for key, deps in request.propertyDependencies.items()},
         }
@@ -470,7 +495,9 @@ class ResourceMonitor(resource_pb2_grpc.ResourceMonitorServicer):
         if request.deletedWith:
             resource["deletedWith"] = request.deletedWith
         try:
-            state = self.deployment.register(resource, list(request.ignoreChanges), list(request.additionalSecretOutputs))
+            state = self.deployment.register(
+                resource, list(request.ignoreChanges), list(request.additionalSecretOutputs)
+            )
         except StepFailed:
             self._abort_if_failed(context)
             raise
@@ -569,7 +596,10 @@ def run_program(deployment: Deployment) -> str | None:
         pwd=os.getcwd(),
         program=".",
         args=[address],
-        config={key: entry.value if isinstance(entry.value, str) else json.dumps(entry.value) for key, entry in config.items()},
+        config={
+            key: entry.value if isinstance(entry.value, str) else json.dumps(entry.value)
+            for key, entry in config.items()
+        },
         configSecretKeys=[key for key, entry in config.items() if entry.secret],
         dryRun=deployment.preview,
         parallel=settings.parallel,

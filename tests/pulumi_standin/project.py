@@ -161,6 +161,7 @@ class StackConfig:
         document.update(self.other_settings)
         if self.values:
             document["config"] = {
-                key: {"secure": entry.value} if entry.secret else entry.value for key, entry in sorted(self.values.items())
+                key: {"secure": entry.value} if entry.secret else entry.value
+                for key, entry in sorted(self.values.items())
             }
         self.path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")

@@ -247,7 +247,9 @@ def _gcp_instance(resource: SimulatedResource, resource_id: str) -> dict:
 
 
 def _gcp_zonal_id(kind: str) -> Callable[[SimulatedResource], str]:
-    return lambda resource: f"projects/{_gcp_project(resource)}/zones/{_gcp_zone(resource)}/{kind}/{resource.physical_name('name')}"
+    return (
+        lambda resource: f"projects/{_gcp_project(resource)}/zones/{_gcp_zone(resource)}/{kind}/{resource.physical_name('name')}"
+    )
 
 
 def _gcp_disk(resource: SimulatedResource, resource_id: str) -> dict:
@@ -351,7 +353,10 @@ def _azure_network_interface(resource: SimulatedResource, resource_id: str) -> d
     configurations[0]["privateIPAddress"] = resource.private_ip()
     configurations[0].setdefault("privateIPAllocationMethod", "Dynamic")
     configurations[0]["provisioningState"] = "Succeeded"
-    return {"ipConfigurations": configurations, "macAddress": "00-0D-3A-" + "-".join(resource.hex(6, "mac")[i : i + 2].upper() for i in range(0, 6, 2))}
+    return {
+        "ipConfigurations": configurations,
+        "macAddress": "00-0D-3A-" + "-".join(resource.hex(6, "mac")[i : i + 2].upper() for i in range(0, 6, 2)),
+    }
 
 
 def _azure_virtual_machine(resource: SimulatedResource, resource_id: str) -> dict:
@@ -378,7 +383,10 @@ def _azure_disk_copy(resource: SimulatedResource, resource_id: str) -> dict:
 
 def _docker_remote_image(resource: SimulatedResource, resource_id: str) -> dict:
     digest = "sha256:" + resource.hex(64, "digest")
-    return {"imageId": "sha256:" + resource.hex(64), "repoDigest": f"{resource.inputs.get('name', resource.name)}@{digest}"}
+    return {
+        "imageId": "sha256:" + resource.hex(64),
+        "repoDigest": f"{resource.inputs.get('name', resource.name)}@{digest}",
+    }
 
 
 def _docker_container(resource: SimulatedResource, resource_id: str) -> dict:
@@ -394,7 +402,9 @@ def _docker_container(resource: SimulatedResource, resource_id: str) -> dict:
     return {
         "name": resource.physical_name("name"),
         "ports": ports,
-        "networkDatas": [{"networkName": "bridge", "ipAddress": address, "gateway": "172.17.0.1", "ipPrefixLength": 16}],
+        "networkDatas": [
+            {"networkName": "bridge", "ipAddress": address, "gateway": "172.17.0.1", "ipPrefixLength": 16}
+        ],
         "hostname": resource_id[:12],
     }
 
