@@ -14,6 +14,8 @@ log = logging.getLogger("orch")
 
 def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pika narrates every connection step at INFO.
+    logging.getLogger("pika").setLevel(logging.WARNING)
 
 
 def serve(host: str, port: int) -> int:

@@ -1,8 +1,8 @@
 """The Pulumi programs: one module per cloud, all with the same interface, routed by cloud name.
 
 Each cloud module (`stacks/<cloud>.py`) defines
-`instance_program(instance, *, admin_public_key, base_image_id)` and
-`snapshot_program(snapshot, *, source)`; adding a cloud is adding a module
+`instance_program(instance, *, admin_public_key, base_image_id)`,
+`snapshot_program(snapshot, *, source)` and `SDK_MODULES` (the SDK submodules it uses); adding a cloud is adding a module
 (and its entry in `stacks.catalog`). Modules are imported on first use, so a
 process only loads the SDKs of the clouds it drives.
 """
@@ -10,6 +10,7 @@ process only loads the SDKs of the clouds it drives.
 from __future__ import annotations
 
 import importlib
+import threading
 from collections.abc import Callable
 from types import ModuleType
 
@@ -17,10 +18,20 @@ from stacks.catalog import CLOUDS
 from stacks.spec import InstanceDoc, SnapshotDoc
 
 
+_sdk_load_lock = threading.Lock()
+
+
 def cloud_module(cloud: str) -> ModuleType:
     if cloud not in CLOUDS:
         raise ValueError(f"unknown cloud {cloud!r} (one of {', '.join(CLOUDS)})")
-    return importlib.import_module(f"stacks.{cloud}")
+    with _sdk_load_lock:
+        module = importlib.import_module(f"stacks.{cloud}")
+        for name in module.SDK_MODULES:
+            # The SDKs load submodules lazily on first attribute access, and
+            # that load is not thread-safe (a second thread can see the module
+            # half-executed): any attribute lookup finishes it, here, once.
+            hasattr(importlib.import_module(name), "_loaded_by_orch")
+    return module
 
 
 def instance_program(

@@ -9,6 +9,8 @@ from stacks import common
 from stacks.catalog import AWS, aws_architecture
 from stacks.spec import InstanceDoc, SnapshotDoc
 
+SDK_MODULES = ("pulumi_aws.ec2",)
+
 ROOT_VOLUME_TYPE = "gp3"
 
 

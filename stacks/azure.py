@@ -16,6 +16,8 @@ from stacks import common
 from stacks.catalog import AZURE
 from stacks.spec import InstanceDoc, SnapshotDoc
 
+SDK_MODULES = ("pulumi_azure_native.compute", "pulumi_azure_native.network", "pulumi_azure_native.resources")
+
 VNET_PREFIX = "10.0.0.0/16"
 SUBNET_PREFIX = "10.0.1.0/24"
 OS_DISK_TYPE = "StandardSSD_LRS"

@@ -14,6 +14,8 @@ from stacks import common
 from stacks.catalog import DOCKER, DOCKER_SIZES
 from stacks.spec import InstanceDoc, SnapshotDoc
 
+SDK_MODULES = ()
+
 # Runs as the container's command: installs sshd (and python3 for Ansible)
 # when the image lacks them (a snapshot image already has them), authorizes
 # the login keys for root, creates the spec's users, then runs sshd.

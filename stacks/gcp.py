@@ -11,6 +11,8 @@ from stacks import common
 from stacks.catalog import GCP, GCP_ACCELERATOR_TYPES
 from stacks.spec import InstanceDoc, SnapshotDoc
 
+SDK_MODULES = ("pulumi_gcp.compute",)
+
 NETWORK = "default"
 BOOT_DISK_TYPE = "pd-balanced"
 # Firewall priorities (lower wins): the SSH allow rule beats the instance's deny-all rule,

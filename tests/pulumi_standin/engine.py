@@ -609,6 +609,12 @@ def run_program(deployment: Deployment) -> str | None:
     channel = grpc.insecure_channel(settings.client_address, options=GRPC_OPTIONS)
     try:
         response = language_pb2_grpc.LanguageRuntimeStub(channel).Run(request)
+    except grpc.RpcError as error:
+        # The language host raises instead of answering when the program was
+        # still awaiting a registration we refused after a failed step.
+        if deployment.failure is not None:
+            return None
+        return f"the program failed: {error.details()}"
     finally:
         channel.close()
     if deployment.failure is not None or not (response.error or response.bail):
