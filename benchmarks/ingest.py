@@ -37,7 +37,7 @@ def agent_report(instance: str, ts: float) -> dict:
         "load": [0.5, 0.4, 0.3],
         "cpu_percent": 37.5,
         "memory": {"total": 16_000_000_000, "used": 6_000_000_000},
-        "disk": {"/": {"total": 100_000_000_000, "used": 40_000_000_000}},
+        "disk": [{"mount": "/", "total": 100_000_000_000, "used": 40_000_000_000}],
         "gpus": [
             {"index": 0, "name": "NVIDIA A10G", "utilization_percent": 80, "memory_total": 23028,
              "memory_used": 12000, "temperature_c": 61}

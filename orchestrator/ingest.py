@@ -24,6 +24,7 @@ from orchestrator.settings import Settings
 
 log = logging.getLogger("orch.ingest")
 
+# How long a token check is cached; a revocation takes effect within this time.
 TOKEN_CACHE_S = 5.0
 FLUSH_INTERVAL_S = 0.25
 MAX_BUFFER = 200_000
@@ -55,6 +56,22 @@ def _number(report: dict, key: str, *, minimum: float | None = None, maximum: fl
         raise ReportRejected(422, f"{key}: {value} is out of range")
 
 
+def report_time(report: dict) -> dt.datetime:
+    """The report's `ts` (ISO 8601, or seconds since the epoch) as naive UTC."""
+    value = report.get("ts")
+    try:
+        if isinstance(value, str):
+            parsed = dt.datetime.fromisoformat(value)
+            if parsed.tzinfo is None:
+                raise ValueError
+            return parsed.astimezone(dt.UTC).replace(tzinfo=None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+            return dt.datetime.fromtimestamp(value, dt.UTC).replace(tzinfo=None)
+    except (ValueError, OverflowError, OSError):
+        pass
+    raise ReportRejected(422, f"ts: {value!r} is not an ISO 8601 time with a zone or seconds since the epoch")
+
+
 def validate_report(report: object, instance: str) -> dict:
     """Check a report's shape; returns it. Raises ReportRejected naming the field."""
     if not isinstance(report, dict):
@@ -63,7 +80,7 @@ def validate_report(report: object, instance: str) -> dict:
         raise ReportRejected(
             403, f"instance: this agent token is for {instance!r}, the report is for {report.get('instance')!r}"
         )
-    _number(report, "ts", minimum=0)
+    report_time(report)
     _number(report, "uptime_s", minimum=0)
     _number(report, "cpu_percent", minimum=0, maximum=100)
     load = report.get("load")
@@ -73,8 +90,12 @@ def validate_report(report: object, instance: str) -> dict:
     if not isinstance(memory, dict) or not all(isinstance(memory.get(k), int) for k in ("total", "used")):
         raise ReportRejected(422, "memory: must be an object with integer total and used")
     disk = report.get("disk")
-    if not isinstance(disk, dict):
-        raise ReportRejected(422, "disk: must be an object of mount -> {total, used}")
+    if not isinstance(disk, list) or not all(
+        isinstance(d, dict) and isinstance(d.get("mount"), str) and isinstance(d.get("total"), int)
+        and isinstance(d.get("used"), int)
+        for d in disk
+    ):
+        raise ReportRejected(422, "disk: must be a list of {mount, total, used}")
     gpus = report.get("gpus")
     if not isinstance(gpus, list) or not all(isinstance(g, dict) for g in gpus):
         raise ReportRejected(422, "gpus: must be a list of objects")
@@ -104,6 +125,10 @@ class AgentIngest:
             raise ReportRejected(401, str(error)) from None
         instance = claims["sub"]
         state = self._token_state(instance)
+        if state.token_hash != token_hash(token):
+            # Perhaps a token newer than the cached one (renewed, or minted by
+            # `orch token create` elsewhere): check MongoDB before refusing.
+            state = self._token_state(instance, refresh=True)
         if state.status == "missing":
             raise ReportRejected(401, f"token revoked: instance {instance!r} does not exist")
         if state.status == "deleted" or state.token_hash is None:
@@ -159,12 +184,12 @@ class AgentIngest:
         if not batch:
             return
         samples = []
-        latest: dict[str, tuple[dict, dt.datetime]] = {}
+        latest: dict[str, tuple[dict, dt.datetime, dt.datetime]] = {}
         for instance, report, received in batch:
-            ts = dt.datetime.fromtimestamp(report["ts"], dt.UTC).replace(tzinfo=None)
+            ts = report_time(report)
             samples.append({"instance": instance, "ts": ts, "report": report, "received_at": received})
-            if instance not in latest or report["ts"] >= latest[instance][0]["ts"]:
-                latest[instance] = (report, received)
+            if instance not in latest or ts >= latest[instance][2]:
+                latest[instance] = (report, received, ts)
         try:
             MetricSample._get_collection().insert_many(samples, ordered=False)
             Instance._get_collection().bulk_write(
@@ -173,7 +198,7 @@ class AgentIngest:
                         {"name": name},
                         {"$set": {"health.last_report_at": received, "health.last_report": report}},
                     )
-                    for name, (report, received) in latest.items()
+                    for name, (report, received, _) in latest.items()
                 ],
                 ordered=False,
             )

@@ -22,7 +22,7 @@ def report(instance: str, ts: float | None = None, cpu: float = 12.5) -> dict:
         "load": [0.1, 0.2, 0.3],
         "cpu_percent": cpu,
         "memory": {"total": 8_000_000_000, "used": 2_000_000_000},
-        "disk": {"/": {"total": 100_000_000_000, "used": 10_000_000_000}},
+        "disk": [{"mount": "/", "total": 100_000_000_000, "used": 10_000_000_000}],
         "gpus": [
             {"index": 0, "name": "NVIDIA A10G", "utilization_percent": 40, "memory_total": 23028,
              "memory_used": 1024, "temperature_c": 51}
@@ -127,6 +127,14 @@ def test_malformed_reports_name_the_field(agent_service):
     assert response.status_code == 422 and "cpu_percent" in response.json()["detail"]
     response = post_report(live, token, {"reports": []})
     assert response.status_code == 422 and "reports" in response.json()["detail"]
+    bad = report("box-b")
+    bad["ts"] = "yesterday"
+    response = post_report(live, token, bad)
+    assert response.status_code == 422 and "ts" in response.json()["detail"]
+    # The agent's own format: ISO 8601 times are accepted as well as epoch seconds.
+    iso = report("box-b")
+    iso["ts"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    assert post_report(live, token, iso).status_code == 202
 
 
 def test_agent_token_renewal_and_revocation_on_delete(agent_service):

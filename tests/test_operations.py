@@ -128,7 +128,7 @@ def test_request_accepted_while_broker_is_down_runs_when_it_is_back(tmp_path, mo
     proxied_url = amqp_url.replace(f"{broker.hostname}:{broker.port or 5672}", f"127.0.0.1:{proxy.listen_port}")
     live = start_service(tmp_path, mongo_url, ORCH_AMQP_URL=proxied_url)
     try:
-        live.start_worker(ORCH_AMQP_URL=amqp_url)
+        live.start_worker()  # the worker reaches the broker through the same (down) proxy
         with live.client("alice") as client:
             assert client.get("/healthz").json()["broker"] is False
             response = client.post("/api/v1/instances", json=instance_doc("patient", "gcp"))

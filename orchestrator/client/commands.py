@@ -1,0 +1,569 @@
+"""The client subcommands of `orch`: apply, diff, delete, get, describe, logs, stack, metrics, schema, validate."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import functools
+import re
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from orchestrator.client import render, specfiles
+from orchestrator.client.api import PREVIEW_TIMEOUT_S, ApiClient
+from orchestrator.client.config import resolve
+from orchestrator.client.errors import ClientError, ExitCode
+from orchestrator.client.specfiles import ParsedDocument
+from stacks.spec import json_schema
+
+POLL_INTERVAL_S = 0.5
+FINISHED = ("succeeded", "failed")
+# Instance states from which no operation will move it on by itself.
+SETTLED_INSTANCE = ("running", "failed", "deleted")
+OUTPUT_FORMATS = ("table", "json", "yaml")
+DURATION = re.compile(r"^(\d+)([smhd])$")
+DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+EXIT_CODES_HELP = """\
+exit codes:
+  0  success (diff: no differences)
+  1  an operation failed (diff: there are differences)
+  2  invalid spec file or usage
+  3  the service cannot be reached
+  4  not authorized (401/403: missing, expired or wrong token)
+  5  the API refused the request (another 4xx: not found, conflict, invalid)
+  6  the service failed (5xx)
+
+The service is --url, else ORCH_URL, else `url` in $XDG_CONFIG_HOME/orch/config.yaml
+(~/.config/orch/config.yaml), else http://127.0.0.1:8000; the token likewise
+(--token, ORCH_TOKEN, `token`)."""
+
+
+def _out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _handles_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """A ClientError becomes its line(s) on stderr and its exit code; Ctrl-C leaves operations running."""
+
+    @functools.wraps(command)
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except ClientError as error:
+            for line in error.message.splitlines():
+                _note(f"error: {line}")
+            return error.exit_code
+        except KeyboardInterrupt:
+            _note("interrupted: operations already started go on on the server")
+            return ExitCode.INTERRUPTED
+
+    return handler
+
+
+def _usage_error(message: str) -> ClientError:
+    return ClientError(message, ExitCode.INVALID)
+
+
+def _api(args: argparse.Namespace) -> ApiClient:
+    return ApiClient(resolve(args.url, args.token))
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _print_as(data: Any, output: str, table: Callable[[], str]) -> None:
+    if output == "json":
+        _out(render.as_json(data))
+    elif output == "yaml":
+        _out(render.as_yaml(data))
+    else:
+        _out(table())
+
+
+def _validated(api: ApiClient, files: list[str]) -> list[ParsedDocument]:
+    """Every document of the files, validated offline first (a bad spec needs no server), then for this deployment's clouds."""
+    documents = specfiles.load(files, sys.stdin)
+    specfiles.validate(documents)
+    return specfiles.validate(documents, enabled_clouds=api.get("/features")["clouds"])
+
+
+def _document_body(item: ParsedDocument) -> dict:
+    """The document as written, with `labels` explicit: labels removed from a file are removed from the instance."""
+    return {**item.source.data, "labels": item.source.data.get("labels") or {}}
+
+
+def _stored_view(instance: dict) -> dict:
+    return {"labels": instance.get("labels") or {}, "spec": instance.get("spec") or {}}
+
+
+def _wanted_view(item: ParsedDocument) -> dict:
+    canonical = item.doc.to_dict()
+    return {"labels": canonical.get("labels") or {}, "spec": canonical["spec"]}
+
+
+def _exists(resource: dict | None) -> bool:
+    return resource is not None and resource.get("status") != "deleted"
+
+
+# ---------------------------------------------------------------- following operations
+
+
+class Operations:
+    """Operations this command started or waits on, followed once each (with progress when `show`)."""
+
+    def __init__(self, api: ApiClient, *, show: bool):
+        self.api = api
+        self.show = show
+        self.started: list[tuple[str, str]] = []  # (ref, operation id) in the order they were started
+        self.results: dict[str, dict] = {}  # operation id -> the finished operation
+
+    def add(self, ref: str, operation: dict) -> None:
+        self.started.append((ref, operation["id"]))
+
+    def finish(self, ref: str, operation_id: str) -> dict:
+        """Poll the operation until it ends: steps and log lines as they come when showing progress."""
+        if operation_id in self.results:
+            return self.results[operation_id]
+        offset, step_states, announced = 0, {}, False
+        while True:
+            op = self.api.get(f"/operations/{operation_id}", log_offset=offset)
+            if self.show:
+                if not announced:
+                    _out(f"{ref}: {op['kind']} operation {operation_id}")
+                    announced = True
+                for step in op.get("steps") or []:
+                    if step_states.get(step["name"]) != step["status"]:
+                        step_states[step["name"]] = step["status"]
+                        _out(f"  [{step['name']}] {step['status']}")
+                for line in op.get("logs") or []:
+                    _out(f"  | {line}")
+            offset += len(op.get("logs") or [])
+            if op["status"] in FINISHED:
+                break
+            time.sleep(POLL_INTERVAL_S)
+        if self.show:
+            _out(f"{ref}: {op['kind']} {op['status']}" + (f": {op['error']}" if op.get("error") else ""))
+        self.results[operation_id] = op
+        return op
+
+    def finish_all(self) -> bool:
+        """Follow every started operation to its end; True when all succeeded."""
+        return all(self.finish(ref, op_id)["status"] == "succeeded" for ref, op_id in self.started)
+
+
+def _started(ref: str, verb: str, operation: dict) -> None:
+    _out(f"{ref} {verb} (operation {operation['id']})")
+
+
+# ---------------------------------------------------------------- apply
+
+
+class Applier:
+    def __init__(self, api: ApiClient, operations: Operations):
+        self.api = api
+        self.operations = operations
+
+    def apply(self, item: ParsedDocument) -> None:
+        if item.doc.kind == "Instance":
+            self.apply_instance(item)
+        else:
+            self.apply_snapshot(item)
+
+    def apply_instance(self, item: ParsedDocument) -> None:
+        name = item.doc.name
+        stored = self.api.get_optional(f"/instances/{name}")
+        if not _exists(stored):
+            result = self.api.post("/instances", _document_body(item))
+            _started(item.ref, "created", result["operation"])
+        elif _stored_view(stored) == _wanted_view(item):
+            _out(f"{item.ref} unchanged")
+            return
+        else:
+            result = self.api.patch(f"/instances/{name}", _document_body(item))
+            if result["operation"] is None:  # the service's own comparison has the last word
+                _out(f"{item.ref} unchanged")
+                return
+            _started(item.ref, "configured", result["operation"])
+        self.operations.add(item.ref, result["operation"])
+
+    def apply_snapshot(self, item: ParsedDocument) -> None:
+        snapshot = item.doc
+        stored = self.api.get_optional(f"/snapshots/{snapshot.name}")
+        if _exists(stored):
+            if stored["instance"] != snapshot.instance:
+                raise ClientError(
+                    f"{item.ref} exists and was taken of instance {stored['instance']}, not {snapshot.instance}: "
+                    "snapshots cannot change; delete it first",
+                    ExitCode.REFUSED,
+                )
+            _out(f"{item.ref} unchanged")
+            return
+        self._wait_until_running(item.ref, snapshot.instance)
+        result = self.api.post(f"/instances/{snapshot.instance}/snapshots", {"name": snapshot.name})
+        _started(item.ref, "created", result["operation"])
+        self.operations.add(item.ref, result["operation"])
+
+    def _wait_until_running(self, ref: str, instance_name: str) -> None:
+        """A snapshot needs a running instance: wait for the operation that is creating or changing it."""
+        instance = self.api.get(f"/instances/{instance_name}")
+        if instance["status"] not in SETTLED_INSTANCE and instance.get("operation_id"):
+            if not self.operations.show:
+                _note(f"{ref}: waiting for instance/{instance_name} to be running")
+            self.operations.finish(f"instance/{instance_name}", instance["operation_id"])
+            instance = self.api.get(f"/instances/{instance_name}")
+        if instance["status"] != "running":
+            reason = f" ({instance['status_reason']})" if instance.get("status_reason") else ""
+            raise ClientError(
+                f"{ref} cannot be taken: instance/{instance_name} is {instance['status']}{reason}", ExitCode.FAILED
+            )
+
+
+@_handles_errors
+def apply_command(args: argparse.Namespace) -> int:
+    with _api(args) as api:
+        parsed = _validated(api, args.files)
+        operations = Operations(api, show=args.wait)
+        applier = Applier(api, operations)
+        for item in parsed:
+            applier.apply(item)
+        if args.wait and not operations.finish_all():
+            return ExitCode.FAILED
+    return ExitCode.OK
+
+
+# ---------------------------------------------------------------- diff
+
+
+def _diff_instance(api: ApiClient, item: ParsedDocument) -> bool:
+    stored = api.get_optional(f"/instances/{item.doc.name}")
+    wanted = _wanted_view(item)
+    if not _exists(stored):
+        _out(f"{item.ref} (new instance)")
+        for line in render.document_diff(None, item.doc.to_dict(), "/dev/null", item.source.source):
+            _out(line)
+        return True
+    if _stored_view(stored) == wanted:
+        return False
+    preview = api.post(f"/instances/{item.doc.name}/preview", _document_body(item), timeout=PREVIEW_TIMEOUT_S)
+    _out(f"{item.ref} (changed: {render.changes_summary(preview.get('changes') or {})})")
+    for line in render.preview_lines(preview):
+        _out(line)
+    for line in render.document_diff(_stored_view(stored), wanted, f"{item.ref} (stored)", item.source.source):
+        _out(line)
+    return True
+
+
+def _diff_snapshot(api: ApiClient, item: ParsedDocument) -> bool:
+    if _exists(api.get_optional(f"/snapshots/{item.doc.name}")):
+        return False
+    _out(f"{item.ref} (new snapshot of instance/{item.doc.instance})")
+    for line in render.document_diff(None, item.doc.to_dict(), "/dev/null", item.source.source):
+        _out(line)
+    return True
+
+
+@_handles_errors
+def diff_command(args: argparse.Namespace) -> int:
+    with _api(args) as api:
+        changed = False
+        for item in _validated(api, args.files):
+            differs = _diff_instance(api, item) if item.doc.kind == "Instance" else _diff_snapshot(api, item)
+            changed = changed or differs
+    return ExitCode.FAILED if changed else ExitCode.OK
+
+
+# ---------------------------------------------------------------- delete
+
+
+def _targets_from_files(files: list[str]) -> list[tuple[str, str]]:
+    """(kind, name) of every document, last first; deleting needs only a kind and a name, not a valid spec."""
+    targets, problems = [], []
+    for document in specfiles.load(files, sys.stdin):
+        if document.kind is None:
+            problems.append(document.problem("kind", "expected Instance or Snapshot"))
+        elif document.name is None:
+            problems.append(document.problem("name", "required"))
+        else:
+            targets.append((document.kind.lower(), document.name))
+    if problems:
+        raise specfiles.SpecFileError(problems)
+    return targets[::-1]
+
+
+class Deleter:
+    def __init__(self, api: ApiClient, operations: Operations):
+        self.api = api
+        self.operations = operations
+        self.missing: list[str] = []
+        # snapshot name -> deletions started here of instances made from it (the service refuses until they end)
+        self.based_on: dict[str, list[tuple[str, str]]] = {}
+
+    def delete(self, kind: str, name: str) -> None:
+        ref = f"{kind}/{name}"
+        path = f"/instances/{name}" if kind == "instance" else f"/snapshots/{name}"
+        stored = self.api.get_optional(path)
+        if not _exists(stored):
+            self.missing.append(ref)
+            return
+        if stored["status"] == "deleting":
+            _out(f"{ref} already deleting (operation {stored['operation_id']})")
+            self.operations.started.append((ref, stored["operation_id"]))
+            return
+        if kind == "snapshot":
+            self._wait_for_dependents(ref, name, stored)
+        result = self.api.delete(path)
+        _started(ref, "deleting", result["operation"])
+        self.operations.add(ref, result["operation"])
+        base = (stored.get("spec") or {}).get("from_snapshot") if kind == "instance" else None
+        if base:
+            self.based_on.setdefault(base, []).append((ref, result["operation"]["id"]))
+
+    def _wait_for_dependents(self, ref: str, name: str, stored: dict) -> None:
+        waits = list(self.based_on.get(name, []))
+        if stored["status"] == "pending" and stored.get("operation_id"):  # still being taken
+            waits.append((ref, stored["operation_id"]))
+        for waited_ref, operation_id in waits:
+            if not self.operations.show:
+                _note(f"{ref}: waiting for {waited_ref} (operation {operation_id})")
+            self.operations.finish(waited_ref, operation_id)
+
+
+@_handles_errors
+def delete_command(args: argparse.Namespace) -> int:
+    if args.files and (args.kind or args.names):
+        raise _usage_error("give either -f FILE or KIND NAME..., not both")
+    if not args.files and not (args.kind and args.names):
+        raise _usage_error("give -f FILE, or `instance NAME...` or `snapshot NAME...`")
+    targets = _targets_from_files(args.files) if args.files else [(args.kind, name) for name in args.names]
+    with _api(args) as api:
+        operations = Operations(api, show=args.wait)
+        deleter = Deleter(api, operations)
+        for kind, name in targets:
+            deleter.delete(kind, name)
+        failed = False
+        if args.wait:
+            for ref, operation_id in operations.started:
+                if operations.finish(ref, operation_id)["status"] == "succeeded":
+                    _out(f"{ref} deleted")
+                else:
+                    failed = True
+    for ref in deleter.missing:
+        _note(f"{'' if args.ignore_not_found else 'error: '}{ref} not found")
+    if failed:
+        return ExitCode.FAILED
+    return ExitCode.REFUSED if deleter.missing and not args.ignore_not_found else ExitCode.OK
+
+
+# ---------------------------------------------------------------- get, describe, logs, stack, metrics
+
+
+@_handles_errors
+def get_command(args: argparse.Namespace) -> int:
+    instances = args.resource.startswith("instance")
+    filters = {"--cloud": args.cloud, "--status": args.status, "-l": args.label}
+    if not instances and any(filters.values()):
+        raise _usage_error(f"{', '.join(k for k, v in filters.items() if v)} filter instances, not snapshots")
+    if instances and args.instance:
+        raise _usage_error("--instance filters snapshots")
+    if args.name and (any(filters.values()) or args.instance):
+        raise _usage_error("filters apply to listings, not to one NAME")
+    if args.label and not re.fullmatch(r"[^=,]+=[^=,]*", args.label):
+        raise _usage_error(f"-l {args.label}: expected key=value")
+    collection = "/instances" if instances else "/snapshots"
+    table = render.instances_table if instances else render.snapshots_table
+    with _api(args) as api:
+        if args.name:
+            item = api.get(f"{collection}/{args.name}")
+            _print_as(item, args.output, lambda: table([item], _now()))
+            return ExitCode.OK
+        if instances:
+            items = api.get_all(collection, cloud=args.cloud, status=args.status, label=args.label)
+        else:
+            items = api.get_all(collection, instance=args.instance)
+    _print_as(items, args.output, lambda: table(items, _now()))
+    return ExitCode.OK
+
+
+@_handles_errors
+def describe_command(args: argparse.Namespace) -> int:
+    with _api(args) as api:
+        instance = api.get(f"/instances/{args.name}")
+        operation = api.get_optional(f"/operations/{instance['operation_id']}") if instance.get("operation_id") else None
+        snapshots = api.get_all("/snapshots", instance=args.name)
+    _out(render.describe_instance(instance, operation, snapshots, _now()))
+    return ExitCode.OK
+
+
+@_handles_errors
+def logs_command(args: argparse.Namespace) -> int:
+    with _api(args) as api:
+        offset = 0
+        while True:
+            op = api.get(f"/operations/{args.operation_id}", log_offset=offset)
+            for line in op.get("logs") or []:
+                _out(line)
+            offset += len(op.get("logs") or [])
+            if not args.follow or op["status"] in FINISHED:
+                break
+            time.sleep(POLL_INTERVAL_S)
+    if op["status"] == "failed":
+        _note(f"operation {args.operation_id} failed: {op.get('error')}")
+        if args.follow:
+            return ExitCode.FAILED
+    return ExitCode.OK
+
+
+@_handles_errors
+def stack_command(args: argparse.Namespace) -> int:
+    with _api(args) as api:
+        stack = api.get(f"/instances/{args.name}/stack")
+    _print_as(stack, args.output, lambda: render.stack_text(stack))
+    return ExitCode.OK
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """`30s`, `15m`, `2h`, `7d`."""
+    match = DURATION.fullmatch(text)
+    if match is None:
+        raise _usage_error(f"--since {text}: expected a duration like 30s, 15m, 2h or 7d")
+    return dt.timedelta(**{DURATION_UNITS[match.group(2)]: int(match.group(1))})
+
+
+@_handles_errors
+def metrics_command(args: argparse.Namespace) -> int:
+    since = (_now() - parse_duration(args.since)).isoformat() if args.since else None
+    with _api(args) as api:
+        body = api.get(f"/instances/{args.name}/metrics", since=since, limit=args.limit)
+    samples = body["samples"]
+    _print_as(samples, args.output, lambda: render.metrics_table(samples))
+    return ExitCode.OK
+
+
+# ---------------------------------------------------------------- offline: schema, validate
+
+
+@_handles_errors
+def schema_command(args: argparse.Namespace) -> int:
+    _out(render.as_json(json_schema()))
+    return ExitCode.OK
+
+
+@_handles_errors
+def validate_command(args: argparse.Namespace) -> int:
+    for item in specfiles.validate(specfiles.load(args.files, sys.stdin)):
+        _out(f"{item.source.source}: {item.source.label()}: valid")
+    return ExitCode.OK
+
+
+# ---------------------------------------------------------------- the parser
+
+
+def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register the client subcommands; each handler(args) returns the exit code."""
+    connection = argparse.ArgumentParser(add_help=False)
+    connection.add_argument("--url", help="the service's URL (else ORCH_URL, the config file, http://127.0.0.1:8000)")
+    connection.add_argument("--token", help="a user token (else ORCH_TOKEN, the config file)")
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("-o", "--output", choices=OUTPUT_FORMATS, default="table", help="output format (default: table)")
+
+    def files_argument(parser: argparse.ArgumentParser, *, required: bool, verb: str) -> None:
+        parser.add_argument(
+            "-f", "--filename", dest="files", action="append", required=required, default=[], metavar="FILE|DIR|-",
+            help=f"a spec file to {verb}, a directory of them (*.yaml, *.yml, *.json, sorted) or - for stdin; repeatable",
+        )
+
+    def command(name: str, handler: Callable, help_text: str, description: str, parents: list) -> argparse.ArgumentParser:
+        parser = subparsers.add_parser(
+            name, help=help_text, description=description, epilog=EXIT_CODES_HELP, parents=parents,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        parser.set_defaults(handler=handler)
+        return parser
+
+    apply = command(
+        "apply", apply_command, "create or update instances and snapshots from spec files",
+        "Create or update every document, in file order. Every document is validated before anything changes.\n"
+        "An instance is created when it does not exist, updated when its document differs from the stored one,\n"
+        "and left alone when it is unchanged. A snapshot is taken when it does not exist, once its instance is running.",
+        [connection],
+    )
+    files_argument(apply, required=True, verb="apply")
+    apply.add_argument("--wait", action="store_true", help="follow the operations to their end; exit 1 if one fails")
+
+    diff = command(
+        "diff", diff_command, "show what apply would change (a Pulumi preview; changes nothing)",
+        "Show what `orch apply` would change: each changed instance's resources from a Pulumi preview\n"
+        "(+ create, ~ update, +- replace, - delete) and the diff of its document; new instances and snapshots\n"
+        "in full. Nothing changes on the server. Like `kubectl diff`: exit 0 with no differences, 1 with some.",
+        [connection],
+    )
+    files_argument(diff, required=True, verb="compare")
+
+    delete = command(
+        "delete", delete_command, "delete instances and snapshots",
+        "Delete what the spec files define (last document first, so instances made from a snapshot go before it),\n"
+        "or the instances or snapshots named.",
+        [connection],
+    )
+    files_argument(delete, required=False, verb="delete what it defines")
+    delete.add_argument("kind", nargs="?", choices=("instance", "snapshot"), help="what to delete by name")
+    delete.add_argument("names", nargs="*", metavar="NAME")
+    delete.add_argument("--wait", action="store_true", help="follow the deletions to their end; exit 1 if one fails")
+    delete.add_argument("--ignore-not-found", action="store_true", help="exit 0 when something named does not exist")
+
+    get = command(
+        "get", get_command, "list instances or snapshots, or show one",
+        "A table of instances or snapshots (or one by NAME); -o json prints exactly the API's JSON:\n"
+        "the item for one NAME, the list of items for a listing.",
+        [connection, output],
+    )
+    get.add_argument("resource", choices=("instances", "instance", "snapshots", "snapshot"))
+    get.add_argument("name", nargs="?", metavar="NAME")
+    get.add_argument("--cloud", help="instances on this cloud")
+    get.add_argument("--status", help="instances in this status")
+    get.add_argument("-l", "--label", metavar="KEY=VALUE", help="instances with this label")
+    get.add_argument("--instance", metavar="NAME", help="snapshots of this instance")
+
+    describe = command(
+        "describe", describe_command, "an instance in detail",
+        "An instance's spec, outputs, health, last operation and snapshots.", [connection],
+    )
+    describe.add_argument("resource", choices=("instance",))
+    describe.add_argument("name", metavar="NAME")
+
+    logs = command(
+        "logs", logs_command, "an operation's log (Pulumi and Ansible output)",
+        "Print an operation's log lines; with --follow, until it ends (exit 1 if it failed).", [connection],
+    )
+    logs.add_argument("operation_id", metavar="OPERATION_ID")
+    logs.add_argument("--follow", action="store_true", help="keep printing lines until the operation ends")
+
+    stack = command(
+        "stack", stack_command, "an instance's Pulumi stack: resources and outputs",
+        "The resources (type, name, id) and outputs of the instance's stack.", [connection, output],
+    )
+    stack.add_argument("name", metavar="NAME")
+
+    metrics = command(
+        "metrics", metrics_command, "an instance's reported metrics",
+        "The samples the instance's agent reported (CPU, load, memory, GPUs).", [connection, output],
+    )
+    metrics.add_argument("name", metavar="NAME")
+    metrics.add_argument("--since", metavar="DURATION", help="only samples newer than this: 30s, 15m, 2h, 7d")
+    metrics.add_argument("--limit", type=int, default=1000, help="at most this many samples, the newest (default 1000)")
+
+    command("schema", schema_command, "print the JSON Schema of spec documents", "The JSON Schema of Instance and Snapshot documents.", [])
+
+    validate = command(
+        "validate", validate_command, "check spec files offline",
+        "Check spec files without a server: every problem with its file, document, line and field.", [],
+    )
+    files_argument(validate, required=True, verb="check")
