@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from orchestrator import __version__, server
+from orchestrator.client.commands import add_client_commands
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--instance", help="an agent token for instance NAME (admin, for debugging an agent)")
     create.add_argument("--admin", action="store_true", help="with --user: an admin token")
     create.set_defaults(handler=lambda args: server.create_token(args.user, args.admin, args.instance))
+    add_client_commands(commands)
     return parser
 
 
