@@ -1,0 +1,95 @@
+"""Provisioning with configuration, end to end: stand-in up -> Ansible over SSH -> agent reports to the service.
+
+The "instance" is the isolated SSH host of tests/sshhost.py: the stand-in reports
+the docker target's mapped SSH port as that host's port, and the agent the
+playbook installs there reports back to the running service over loopback.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+
+import pymongo
+
+from orchestrator.sshkeys import generate_keypair
+from tests.live import instance_doc, start_service, wait_operation
+from tests.sshhost import ssh_host, write_private_key  # noqa: F401 (fixture)
+
+BOOTSTRAP = "#!/bin/bash\necho bootstrapped-$(hostname) >> /root/bootstrap-runs\n"
+
+
+def _authorize_admin_key(live, host, name: str) -> None:
+    """Do what the docker target's entrypoint does in a real container: authorize the service's key."""
+    client = pymongo.MongoClient(live.env["ORCH_MONGODB_URL"])
+    try:
+        key = client.get_default_database()["instances"].find_one({"name": name})["admin_public_key"]
+    finally:
+        client.close()
+    result = host.run(f"printf '%s\\n' {shlex.quote(key)} >> /root/.ssh/authorized_keys")
+    assert result.returncode == 0, result.stderr
+
+
+def test_provision_configures_the_host_and_waits_for_the_agent(ssh_host, tmp_path, mongo_url):  # noqa: F811
+    live = start_service(
+        tmp_path,
+        mongo_url,
+        PULUMI_STANDIN_SSH_PORT=str(ssh_host.port),
+        ORCH_AGENT_INTERVAL_S="2",
+        ORCH_AGENT_FIRST_REPORT_TIMEOUT_S="90",
+    )
+    alice_private, alice_public = generate_keypair("alice@test")
+    bob_private, bob_public = generate_keypair("bob@test")
+    doc = instance_doc(
+        "configured-1",
+        "docker",
+        configure=True,
+        ssh_users=[
+            {"name": "alice", "public_key": alice_public, "sudo": True},
+            {"name": "bob", "public_key": bob_public, "sudo": False},
+        ],
+        bootstrap_script=BOOTSTRAP,
+    )
+    try:
+        with live.client("alice") as client:
+            created = client.post("/api/v1/instances", json=doc)
+            assert created.status_code == 202, created.text
+            _authorize_admin_key(live, ssh_host, "configured-1")
+            op = wait_operation(client, created.json()["operation"]["id"], timeout=400)
+            assert op["status"] == "succeeded", (op["error"], op["logs"][-30:])
+            assert [s["name"] for s in op["steps"]] == [
+                "pulumi up",
+                "configure: ansible",
+                "wait for the agent's first report",
+            ]
+            assert any("TASK [" in line for line in op["logs"]), "Ansible's events reach the operation log"
+
+            instance = client.get("/api/v1/instances/configured-1").json()
+            assert instance["status"] == "running"
+            assert instance["health"]["state"] == "healthy"
+            report = instance["health"]["last_report"]
+            assert report["instance"] == "configured-1"
+            assert report["gpus"] == [] and report["memory"]["total"] > 0
+
+            # The users exist with the right sudo, and log in with their own keys.
+            work = tmp_path / "keys"
+            work.mkdir()
+            alice_key = write_private_key(work, "alice", alice_private)
+            bob_key = write_private_key(work, "bob", bob_private)
+            assert ssh_host.ssh("alice", alice_key, "sudo -n true").returncode == 0
+            bob = ssh_host.ssh("bob", bob_key, "sudo -n true")
+            assert bob.returncode != 0 and ssh_host.ssh("bob", bob_key, "true").returncode == 0
+
+            # The bootstrap script ran once.
+            assert ssh_host.run("cat /root/bootstrap-runs").stdout.count("bootstrapped-") == 1
+
+            # The agent keeps reporting: samples accumulate over its interval.
+            time.sleep(5)
+            samples = client.get("/api/v1/instances/configured-1/metrics").json()["samples"]
+            assert len(samples) >= 2 and all(s["instance"] == "configured-1" for s in samples)
+
+            # Deleting the instance revokes the agent's token.
+            deleted = client.delete("/api/v1/instances/configured-1").json()["operation"]
+            assert wait_operation(client, deleted["id"])["status"] == "succeeded"
+    finally:
+        live.stop()
