@@ -21,7 +21,11 @@ class NotFound(ClientError):
 
 
 def _detail(response: httpx.Response) -> str:
-    """The API's reason for an error: `detail`, with Litestar's per-parameter messages when it has them."""
+    """The API's reason for an error on one line: `detail`, with Litestar's per-parameter messages when it has them."""
+    return " ".join(_full_detail(response).split())
+
+
+def _full_detail(response: httpx.Response) -> str:
     try:
         body = response.json()
     except ValueError:

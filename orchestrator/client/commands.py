@@ -139,12 +139,16 @@ class Operations:
                 if not announced:
                     _out(f"{ref}: {op['kind']} operation {operation_id}")
                     announced = True
-                for step in op.get("steps") or []:
-                    if step_states.get(step["name"]) != step["status"]:
-                        step_states[step["name"]] = step["status"]
-                        _out(f"  [{step['name']}] {step['status']}")
+                # A step's start before the log lines of this poll, its end after them: the order they happened in.
+                changed = [s for s in op.get("steps") or [] if step_states.get(s["name"]) != s["status"]]
+                for step in changed:
+                    step_states[step["name"]] = step["status"]
+                for step in (s for s in changed if s["status"] not in FINISHED):
+                    _out(f"  [{step['name']}] {step['status']}")
                 for line in op.get("logs") or []:
                     _out(f"  | {line}")
+                for step in (s for s in changed if s["status"] in FINISHED):
+                    _out(f"  [{step['name']}] {step['status']}")
             offset += len(op.get("logs") or [])
             if op["status"] in FINISHED:
                 break
@@ -220,7 +224,7 @@ class Applier:
             self.operations.finish(f"instance/{instance_name}", instance["operation_id"])
             instance = self.api.get(f"/instances/{instance_name}")
         if instance["status"] != "running":
-            reason = f" ({instance['status_reason']})" if instance.get("status_reason") else ""
+            reason = f" ({' '.join(instance['status_reason'].split())})" if instance.get("status_reason") else ""
             raise ClientError(
                 f"{ref} cannot be taken: instance/{instance_name} is {instance['status']}{reason}", ExitCode.FAILED
             )

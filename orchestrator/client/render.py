@@ -132,7 +132,7 @@ def describe_instance(instance: dict, operation: dict | None, snapshots: list[di
                 ("Updated", instance.get("updated_at")),
             ]
         ),
-        "Spec:\n" + _indented(as_yaml(instance.get("spec") or {})),
+        "Spec:\n" + _indented(as_yaml(without_nulls(instance.get("spec") or {}))),
     ]
     outputs = instance.get("outputs") or {}
     sections.append("Outputs:\n" + (_indented(as_yaml(outputs)) if outputs else f"  {NONE}"))
@@ -170,10 +170,19 @@ def describe_instance(instance: dict, operation: dict | None, snapshots: list[di
     return "\n".join(sections)
 
 
+def without_nulls(data: Any) -> Any:
+    """The document without its unset (null) fields, which only add noise when reading it."""
+    if isinstance(data, dict):
+        return {key: without_nulls(value) for key, value in data.items() if value is not None}
+    if isinstance(data, list):
+        return [without_nulls(item) for item in data]
+    return data
+
+
 def document_diff(stored: dict | None, wanted: dict, stored_name: str, wanted_name: str) -> list[str]:
-    """A unified diff of two documents as YAML; every line added when there is no stored one."""
-    before = as_yaml(stored).splitlines() if stored is not None else []
-    after = as_yaml(wanted).splitlines()
+    """A unified diff of two documents as YAML (unset fields left out); every line added when there is no stored one."""
+    before = as_yaml(without_nulls(stored)).splitlines() if stored is not None else []
+    after = as_yaml(without_nulls(wanted)).splitlines()
     return list(difflib.unified_diff(before, after, stored_name, wanted_name, lineterm=""))
 
 
@@ -193,8 +202,12 @@ def preview_lines(preview: dict) -> list[str]:
 
 
 def changes_summary(changes: dict) -> str:
-    counts = {op: n for op, n in (changes or {}).items() if n}
-    return ", ".join(f"{n} to {op}" if op != "same" else f"{n} unchanged" for op, n in counts.items()) or "no resources"
+    """`1 to update, 3 unchanged` from a preview's counts per op."""
+    counts = [(op, n) for op, n in (changes or {}).items() if n and op != "same"]
+    parts = [f"{n} to {op}" for op, n in counts]
+    if (changes or {}).get("same"):
+        parts.append(f"{changes['same']} unchanged")
+    return ", ".join(parts) or "no resources"
 
 
 def stack_text(stack: dict) -> str:
