@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import jwt
 import pytest
 
 from orchestrator.auth import mint_agent_token
-from tests.live import JWT_SECRET, ORCH, REPO, instance_doc, start_service, wait_operation
+from tests.live import JWT_SECRET, ORCH, REPO, free_port, instance_doc, start_service, wait_operation
+from tests.tcpproxy import TcpProxy
+from tests.test_agent import BASE_PATH, FAKE_NVIDIA_SMI, agent_env, python, run_once  # noqa: F401 (fixture)
 
 
 def report(instance: str, ts: float | None = None, cpu: float = 12.5) -> dict:
@@ -151,3 +155,62 @@ def test_agent_token_renewal_and_revocation_on_delete(agent_service):
     time.sleep(5.5)  # past the service's 5 s token cache
     response = post_report(live, new_token, report("box-b"))
     assert response.status_code == 401 and "revoked" in response.json()["detail"]
+
+
+def _agent_config(tmp_path, url: str, token: str, instance: str, interval: float) -> Path:
+    path = tmp_path / "agent.json"
+    path.write_text(json.dumps({"url": url, "token": token, "instance": instance, "interval": interval}))
+    return path
+
+
+def _samples(live, instance: str) -> list[dict]:
+    with live.client("alice") as client:
+        return client.get(f"/api/v1/instances/{instance}/metrics").json()["samples"]
+
+
+def test_agent_reports_to_the_live_service_with_gpu_figures(python, agent_service, tmp_path):
+    live = agent_service
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text(FAKE_NVIDIA_SMI)
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    config = _agent_config(tmp_path, live.url, agent_token_for(live, "box-a"), "box-a", 30)
+    before = len(_samples(live, "box-a"))
+    result = run_once(python, config, path=f"{bin_dir}:{BASE_PATH}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    deadline = time.monotonic() + 10
+    while len(samples := _samples(live, "box-a")) == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    gpus = samples[-1]["gpus"]
+    assert [(g["index"], g["name"], g["utilization_percent"]) for g in gpus] == [
+        (0, "NVIDIA A10G", 37),
+        (1, "NVIDIA A10G", None),
+    ]
+
+
+def test_agent_buffers_while_the_service_is_down_and_delivers_when_back(python, agent_service, tmp_path):
+    live = agent_service
+    proxy = TcpProxy(target_port=int(live.url.rsplit(":", 1)[1]), listen_port=free_port())
+    config = _agent_config(
+        tmp_path, f"http://127.0.0.1:{proxy.listen_port}", agent_token_for(live, "box-a"), "box-a", 0.5
+    )
+    before = len(_samples(live, "box-a"))
+    agent = subprocess.Popen(
+        [python, "-m", "agent", "--config", str(config)],
+        cwd=REPO, env=agent_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        time.sleep(3)  # several intervals while the service cannot be reached
+        assert len(_samples(live, "box-a")) == before
+        proxy.up()
+        deadline = time.monotonic() + 30
+        while len(samples := _samples(live, "box-a")) < before + 5 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        agent.terminate()
+        log = agent.communicate(timeout=10)[0]
+        proxy.down()
+    delivered = samples[before:]
+    assert len(delivered) >= 5, log
+    times = [s["ts"] for s in delivered]
+    assert times == sorted(times), "buffered reports are delivered oldest first"
