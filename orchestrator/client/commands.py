@@ -125,8 +125,8 @@ class Operations:
         self.started: list[tuple[str, str]] = []  # (ref, operation id) in the order they were started
         self.results: dict[str, dict] = {}  # operation id -> the finished operation
 
-    def add(self, ref: str, operation: dict) -> None:
-        self.started.append((ref, operation["id"]))
+    def add(self, ref: str, operation_id: str) -> None:
+        self.started.append((ref, operation_id))
 
     def finish(self, ref: str, operation_id: str) -> dict:
         """Poll the operation until it ends: steps and log lines as they come when showing progress."""
@@ -145,8 +145,9 @@ class Operations:
                     step_states[step["name"]] = step["status"]
                 for step in (s for s in changed if s["status"] not in FINISHED):
                     _out(f"  [{step['name']}] {step['status']}")
-                for line in op.get("logs") or []:
-                    _out(f"  | {line}")
+                for entry in op.get("logs") or []:
+                    for line in entry.splitlines() or [""]:
+                        _out(f"  | {line}")
                 for step in (s for s in changed if s["status"] in FINISHED):
                     _out(f"  [{step['name']}] {step['status']}")
             offset += len(op.get("logs") or [])
@@ -154,7 +155,9 @@ class Operations:
                 break
             time.sleep(POLL_INTERVAL_S)
         if self.show:
-            _out(f"{ref}: {op['kind']} {op['status']}" + (f": {op['error']}" if op.get("error") else ""))
+            _out(f"{ref}: {op['kind']} {op['status']}" + (":" if op.get("error") else ""))
+            for line in (op.get("error") or "").splitlines():
+                _out(f"    {line}")
         self.results[operation_id] = op
         return op
 
@@ -165,6 +168,14 @@ class Operations:
 
 def _started(ref: str, verb: str, operation: dict) -> None:
     _out(f"{ref} {verb} (operation {operation['id']})")
+
+
+def _unchanged(ref: str, stored: dict) -> None:
+    """Unchanged is not healthy: a failed instance or snapshot says so, and how to start over."""
+    if stored.get("status") == "failed":
+        _out(f"{ref} unchanged (status failed: delete it and apply again to start over)")
+    else:
+        _out(f"{ref} unchanged")
 
 
 # ---------------------------------------------------------------- apply
@@ -188,15 +199,15 @@ class Applier:
             result = self.api.post("/instances", _document_body(item))
             _started(item.ref, "created", result["operation"])
         elif _stored_view(stored) == _wanted_view(item):
-            _out(f"{item.ref} unchanged")
+            _unchanged(item.ref, stored)
             return
         else:
             result = self.api.patch(f"/instances/{name}", _document_body(item))
             if result["operation"] is None:  # the service's own comparison has the last word
-                _out(f"{item.ref} unchanged")
+                _unchanged(item.ref, result["instance"])
                 return
             _started(item.ref, "configured", result["operation"])
-        self.operations.add(item.ref, result["operation"])
+        self.operations.add(item.ref, result["operation"]["id"])
 
     def apply_snapshot(self, item: ParsedDocument) -> None:
         snapshot = item.doc
@@ -208,12 +219,12 @@ class Applier:
                     "snapshots cannot change; delete it first",
                     ExitCode.REFUSED,
                 )
-            _out(f"{item.ref} unchanged")
+            _unchanged(item.ref, stored)
             return
         self._wait_until_running(item.ref, snapshot.instance)
         result = self.api.post(f"/instances/{snapshot.instance}/snapshots", {"name": snapshot.name})
         _started(item.ref, "created", result["operation"])
-        self.operations.add(item.ref, result["operation"])
+        self.operations.add(item.ref, result["operation"]["id"])
 
     def _wait_until_running(self, ref: str, instance_name: str) -> None:
         """A snapshot needs a running instance: wait for the operation that is creating or changing it."""
@@ -319,13 +330,13 @@ class Deleter:
             return
         if stored["status"] == "deleting":
             _out(f"{ref} already deleting (operation {stored['operation_id']})")
-            self.operations.started.append((ref, stored["operation_id"]))
+            self.operations.add(ref, stored["operation_id"])
             return
         if kind == "snapshot":
             self._wait_for_dependents(ref, name, stored)
         result = self.api.delete(path)
         _started(ref, "deleting", result["operation"])
-        self.operations.add(ref, result["operation"])
+        self.operations.add(ref, result["operation"]["id"])
         base = (stored.get("spec") or {}).get("from_snapshot") if kind == "instance" else None
         if base:
             self.based_on.setdefault(base, []).append((ref, result["operation"]["id"]))
