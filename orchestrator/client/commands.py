@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import functools
+import os
 import re
 import sys
 import time
@@ -63,6 +64,11 @@ def _handles_errors(command: Callable[[argparse.Namespace], int]) -> Callable[[a
         except KeyboardInterrupt:
             _note("interrupted: operations already started go on on the server")
             return ExitCode.INTERRUPTED
+        except BrokenPipeError:
+            # The reader went away (`orch get instances | head`): stop quietly, like other Unix tools,
+            # and keep Python from failing again when it flushes stdout at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return ExitCode.BROKEN_PIPE
 
     return handler
 

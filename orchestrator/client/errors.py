@@ -20,6 +20,8 @@ class ExitCode(IntEnum):
     SERVER_ERROR = 6
     # Ctrl-C while following operations: they go on on the server.
     INTERRUPTED = 130
+    # Standard output closed by its reader (128 + SIGPIPE, as a shell reports it).
+    BROKEN_PIPE = 141
 
 
 class ClientError(Exception):

@@ -57,7 +57,8 @@ def as_json(data: Any) -> str:
 
 
 def as_yaml(data: Any) -> str:
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True).rstrip("\n")
+    # Wide enough that SSH keys and URLs stay on one line.
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True, width=4096).rstrip("\n")
 
 
 def instances_table(items: list[dict], now: dt.datetime) -> str:
