@@ -99,28 +99,40 @@ def test_apply_reapply_diff_update_delete(orch, service, tmp_path):
     assert orch("delete", "-f", path, "--ignore-not-found").code == 0
 
 
-def test_instance_then_snapshot_of_it_from_one_file(orch, service, tmp_path):
+def test_instance_snapshot_and_instance_from_it_in_one_file(orch, service, tmp_path):
+    restored = instance_doc("cli-snap-restored", from_snapshot="cli-snap-1", image=None)
     path = spec_file(
-        tmp_path, "pair.yaml", instance_doc("cli-snap-src"), {"kind": "Snapshot", "name": "cli-snap-1", "instance": "cli-snap-src"}
+        tmp_path, "chain.yaml",
+        instance_doc("cli-snap-src"), {"kind": "Snapshot", "name": "cli-snap-1", "instance": "cli-snap-src"}, restored,
     )
     applied = orch("apply", "-f", path)
     assert applied.code == 0, applied
-    # The snapshot was requested only once the instance's create had finished: the service accepted it.
-    operation_id(applied.out, "instance/cli-snap-src", "created")
+    # Each document was sent once the one it needs was ready: the service accepted all three.
+    source_op = operation_id(applied.out, "instance/cli-snap-src", "created")
     snapshot_op = operation_id(applied.out, "snapshot/cli-snap-1", "created")
-    assert "snapshot/cli-snap-1: waiting for instance/cli-snap-src to be running" in applied.err
+    restored_op = operation_id(applied.out, "instance/cli-snap-restored", "created")
+    assert applied.err.splitlines() == [
+        f"snapshot/cli-snap-1: waiting for instance/cli-snap-src (operation {source_op})",
+        f"instance/cli-snap-restored: waiting for snapshot/cli-snap-1 (operation {snapshot_op})",
+    ]
     with service.client("alice") as client:
-        assert wait_operation(client, snapshot_op)["status"] == "succeeded"
-        assert orch("apply", "-f", path).out == "instance/cli-snap-src unchanged\nsnapshot/cli-snap-1 unchanged\n"
+        assert wait_operation(client, restored_op)["status"] == "succeeded"
+        assert orch("apply", "-f", path).out == (
+            "instance/cli-snap-src unchanged\nsnapshot/cli-snap-1 unchanged\ninstance/cli-snap-restored unchanged\n"
+        )
 
         listed = orch("get", "snapshots", "--instance", "cli-snap-src", "-o", "json")
         api = client.get("/api/v1/snapshots", params={"instance": "cli-snap-src"}).json()["items"]
         assert json.loads(listed.out) == api and api[0]["status"] == "available"
 
-        deleted = orch("delete", "-f", path, "--wait")
+        # Last document first; the snapshot only once the instance made from it is gone (the service insists).
+        deleted = orch("delete", "-f", path)
         assert deleted.code == 0, deleted
-        # Last document first: the snapshot, then the instance.
-        assert deleted.out.index("snapshot/cli-snap-1 deleting") < deleted.out.index("instance/cli-snap-src deleting")
+        refs = re.findall(r"^(\S+) deleting", deleted.out, re.MULTILINE)
+        assert refs == ["instance/cli-snap-restored", "snapshot/cli-snap-1", "instance/cli-snap-src"]
+        assert deleted.err.startswith("snapshot/cli-snap-1: waiting for instance/cli-snap-restored (operation ")
+        for op_id in re.findall(r"\(operation (\w+)\)", deleted.out):
+            assert wait_operation(client, op_id)["status"] == "succeeded"
         assert client.get("/api/v1/snapshots/cli-snap-1").json()["status"] == "deleted"
         assert client.get("/api/v1/instances/cli-snap-src").json()["status"] == "deleted"
 

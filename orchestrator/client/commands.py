@@ -201,6 +201,9 @@ class Applier:
     def apply_instance(self, item: ParsedDocument) -> None:
         name = item.doc.name
         stored = self.api.get_optional(f"/instances/{name}")
+        changes = not _exists(stored) or _stored_view(stored) != _wanted_view(item)
+        if changes and item.doc.spec.from_snapshot:
+            self._wait_for_snapshot(item.ref, item.doc.spec.from_snapshot)
         if not _exists(stored):
             result = self.api.post("/instances", _document_body(item))
             _started(item.ref, "created", result["operation"])
@@ -232,13 +235,39 @@ class Applier:
         _started(item.ref, "created", result["operation"])
         self.operations.add(item.ref, result["operation"]["id"])
 
+    def _started_here(self, ref: str) -> str | None:
+        """The last operation this apply started on `ref`."""
+        ids = [op_id for started_ref, op_id in self.operations.started if started_ref == ref]
+        return ids[-1] if ids else None
+
+    def _wait_for(self, ref: str, waited_ref: str, operation_id: str) -> None:
+        if not self.operations.show:
+            _note(f"{ref}: waiting for {waited_ref} (operation {operation_id})")
+        self.operations.finish(waited_ref, operation_id)
+
+    def _wait_for_snapshot(self, ref: str, snapshot_name: str) -> None:
+        """An instance made from a snapshot needs it available: wait while it is being taken."""
+        snapshot_ref = f"snapshot/{snapshot_name}"
+        pending = self._started_here(snapshot_ref)
+        if pending is None:
+            stored = self.api.get_optional(f"/snapshots/{snapshot_name}")
+            pending = stored.get("operation_id") if stored and stored["status"] == "pending" else None
+        if pending:
+            self._wait_for(ref, snapshot_ref, pending)
+
     def _wait_until_running(self, ref: str, instance_name: str) -> None:
-        """A snapshot needs a running instance: wait for the operation that is creating or changing it."""
+        """A snapshot needs a running instance: wait for the operation creating or changing it.
+
+        That is the one this apply started (an update leaves the instance `running` until a worker takes
+        it, and the snapshot must be of the updated disk), else whatever operation has it in motion.
+        """
+        instance_ref = f"instance/{instance_name}"
         instance = self.api.get(f"/instances/{instance_name}")
-        if instance["status"] not in SETTLED_INSTANCE and instance.get("operation_id"):
-            if not self.operations.show:
-                _note(f"{ref}: waiting for instance/{instance_name} to be running")
-            self.operations.finish(f"instance/{instance_name}", instance["operation_id"])
+        pending = self._started_here(instance_ref)
+        if pending is None and instance["status"] not in SETTLED_INSTANCE:
+            pending = instance.get("operation_id")
+        if pending:
+            self._wait_for(ref, instance_ref, pending)
             instance = self.api.get(f"/instances/{instance_name}")
         if instance["status"] != "running":
             reason = f" ({' '.join(instance['status_reason'].split())})" if instance.get("status_reason") else ""
