@@ -102,8 +102,11 @@ def test_apply_reapply_diff_update_delete(orch, service, tmp_path):
 def test_instance_snapshot_and_instance_from_it_in_one_file(orch, service, tmp_path):
     restored = instance_doc("cli-snap-restored", from_snapshot="cli-snap-1", image=None)
     path = spec_file(
-        tmp_path, "chain.yaml",
-        instance_doc("cli-snap-src"), {"kind": "Snapshot", "name": "cli-snap-1", "instance": "cli-snap-src"}, restored,
+        tmp_path,
+        "chain.yaml",
+        instance_doc("cli-snap-src"),
+        {"kind": "Snapshot", "name": "cli-snap-1", "instance": "cli-snap-src"},
+        restored,
     )
     applied = orch("apply", "-f", path)
     assert applied.code == 0, applied
@@ -145,7 +148,10 @@ def test_a_spec_that_fails_validation_changes_nothing(orch, service, tmp_path):
         result = orch(command, "-f", path)
         assert result.code == ExitCode.INVALID, result
         assert result.out == ""
-        assert result.err == f"error: {path}: document 2 (instance cli-invalid-2), line {line}: spec.disk_gb: must be at least 1\n"
+        assert (
+            result.err
+            == f"error: {path}: document 2 (instance cli-invalid-2), line {line}: spec.disk_gb: must be at least 1\n"
+        )
     with service.client("alice") as client:
         assert client.get("/api/v1/instances/cli-invalid-1").status_code == 404
 
@@ -179,9 +185,19 @@ def test_get_describe_stack_logs_metrics_match_the_api(orch, service, tmp_path, 
 
         described = orch("describe", "instance", "cli-json-a", user=user)
         assert described.code == 0
-        for expected in ("Name:       cli-json-a", "Status:     running", "machine_type: small", "Outputs:",
-                         "  public_ip: ", "Health:", "  State:       unknown", "Last operation:",
-                         f"  ID:      {one['operation_id']}", "  Steps:   pulumi up (succeeded)", "Snapshots:\n  <none>"):
+        for expected in (
+            "Name:       cli-json-a",
+            "Status:     running",
+            "machine_type: small",
+            "Outputs:",
+            "  public_ip: ",
+            "Health:",
+            "  State:       unknown",
+            "Last operation:",
+            f"  ID:      {one['operation_id']}",
+            "  Steps:   pulumi up (succeeded)",
+            "Snapshots:\n  <none>",
+        ):
             assert expected in described.out, expected
 
         stack_api = client.get("/api/v1/instances/cli-json-a/stack").json()
@@ -195,7 +211,10 @@ def test_get_describe_stack_logs_metrics_match_the_api(orch, service, tmp_path, 
             assert (logs.code, logs.out.splitlines()) == (0, op["logs"])
 
         metrics = orch("metrics", "cli-json-a", "--since", "1h", "-o", "json", user=user)
-        assert (metrics.code, json.loads(metrics.out)) == (0, client.get("/api/v1/instances/cli-json-a/metrics").json()["samples"])
+        assert (metrics.code, json.loads(metrics.out)) == (
+            0,
+            client.get("/api/v1/instances/cli-json-a/metrics").json()["samples"],
+        )
 
         other_user = orch("describe", "instance", "cli-json-a", user="someone-else")
         assert (other_user.code, other_user.err) == (ExitCode.REFUSED, "error: instance 'cli-json-a' not found\n")
@@ -216,7 +235,10 @@ def test_a_failing_operation_exits_1_with_its_error(orch, tmp_path):
     assert "simulated failure" in error and all(line.startswith("    ") for line in error.splitlines()), result.out
     op_id = operation_id(result.out, "instance/cli-fail", "created")
     again = orch("apply", "-f", path)
-    assert (again.code, again.out) == (0, "instance/cli-fail unchanged (status failed: delete it and apply again to start over)\n")
+    assert (again.code, again.out) == (
+        0,
+        "instance/cli-fail unchanged (status failed: delete it and apply again to start over)\n",
+    )
     followed = orch("logs", op_id, "--follow")
     assert followed.code == ExitCode.FAILED and followed.err.startswith(f"operation {op_id} failed: ")
 
@@ -225,7 +247,11 @@ def test_server_errors_are_one_line_with_distinct_exit_codes(orch, service, tmp_
     unreachable = orch("get", "instances", url=f"http://127.0.0.1:{free_port()}")
     bad_token = orch("get", "instances", token="not-a-token")
     refused = orch("get", "instance", "cli-no-such-instance")
-    path = spec_file(tmp_path, "from-snapshot.yaml", instance_doc("cli-from-missing", from_snapshot="cli-no-such-snapshot", image=None))
+    path = spec_file(
+        tmp_path,
+        "from-snapshot.yaml",
+        instance_doc("cli-from-missing", from_snapshot="cli-no-such-snapshot", image=None),
+    )
     refused_spec = orch("apply", "-f", path)
     results = [unreachable, bad_token, refused, refused_spec]
     assert [r.code for r in results] == [ExitCode.UNREACHABLE, ExitCode.AUTH, ExitCode.REFUSED, ExitCode.REFUSED]

@@ -76,7 +76,11 @@ def test_a_missing_field_points_at_its_parent_and_an_unknown_one_at_itself(tmp_p
 
 
 def test_documents_without_a_name_or_kind_are_described_by_position(tmp_path):
-    path = write(tmp_path, "spec.yaml", INSTANCE + "---\nkind: Snapshot\ninstance: train-1\n---\n- a list\n---\nkind: Pod\nname: x\n")
+    path = write(
+        tmp_path,
+        "spec.yaml",
+        INSTANCE + "---\nkind: Snapshot\ninstance: train-1\n---\n- a list\n---\nkind: Pod\nname: x\n",
+    )
     assert validate_errors(path) == [
         f"{path}: document 2 (snapshot), line 14: name: required",
         f"{path}: document 3, line 17: document: expected an object, got a list",
@@ -126,7 +130,9 @@ def test_directories_stdin_and_missing_files(tmp_path):
     stdin = io.StringIO("kind: Snapshot\nname: from-stdin\ninstance: train-1\n")
     documents = specfiles.load([str(specs), "-"], stdin)
     assert [(d.source.rsplit("/", 1)[-1], d.name) for d in documents] == [
-        ("a.yml", "train-1"), ("b.yaml", "snap-b"), ("<stdin>", "from-stdin")
+        ("a.yml", "train-1"),
+        ("b.yaml", "snap-b"),
+        ("<stdin>", "from-stdin"),
     ]
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -144,7 +150,8 @@ def test_a_name_defined_twice_is_an_error(tmp_path):
     with pytest.raises(specfiles.SpecFileError) as caught:
         specfiles.validate(specfiles.load([first, second], io.StringIO()))
     assert caught.value.problems == [
-        f"{second}: document 1 (instance train-1), line 2: name: instance train-1 is already defined by {first}: document 1 (instance train-1)"
+        f"{second}: document 1 (instance train-1), line 2: name: instance train-1 is already defined by {first}: "
+        "document 1 (instance train-1)"
     ]
 
 
@@ -165,12 +172,15 @@ def test_validate_command_reports_every_document_and_exit_codes(tmp_path, capsys
         f"{good}: document 1 (instance train-1): valid",
         f"{good}: document 2 (snapshot snap-1): valid",
     ]
-    bad = write(tmp_path, "bad.yaml", INSTANCE + "---\n" + INSTANCE.replace("train-1", "train-2").replace("small", "huge"))
+    bad = write(
+        tmp_path, "bad.yaml", INSTANCE + "---\n" + INSTANCE.replace("train-1", "train-2").replace("small", "huge")
+    )
     assert main(["validate", "-f", bad]) == ExitCode.INVALID == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.splitlines() == [
-        f"error: {bad}: document 2 (instance train-2), line 20: spec.machine_type: 'huge' is not a docker machine type (one of small, medium, large, xlarge)"
+        f"error: {bad}: document 2 (instance train-2), line 20: spec.machine_type: "
+        "'huge' is not a docker machine type (one of small, medium, large, xlarge)"
     ]
 
 
@@ -218,8 +228,12 @@ def test_config_file_under_home_without_xdg(tmp_path):
 
 @pytest.mark.parametrize(
     "text, message",
-    [("url: [unclosed", "not valid YAML"), ("- a list", "expected a mapping"), ("user: x", "unknown key(s) user"),
-     ("token: 12", "token must be a string")],
+    [
+        ("url: [unclosed", "not valid YAML"),
+        ("- a list", "expected a mapping"),
+        ("user: x", "unknown key(s) user"),
+        ("token: 12", "token must be a string"),
+    ],
 )
 def test_bad_config_file_is_one_clear_error(tmp_path, capsys, monkeypatch, text, message):
     config = tmp_path / "orch" / "config.yaml"
@@ -251,12 +265,24 @@ def api_answering(status: int, body: object = None, *, text: str | None = None, 
         (401, {"status_code": 401, "detail": "token expired"}, ExitCode.AUTH, "not authorized (401): token expired"),
         (403, {"status_code": 403, "detail": "admins only"}, ExitCode.AUTH, "not authorized (403): admins only"),
         (404, {"status_code": 404, "detail": "instance 'x' not found"}, ExitCode.REFUSED, "instance 'x' not found"),
-        (409, {"status_code": 409, "detail": "instance 'x'\nalready exists"}, ExitCode.REFUSED,
-         "the API refused the request (409): instance 'x' already exists"),
-        (400, {"status_code": 400, "detail": "Validation failed", "extra": [{"key": "limit", "message": "too big"}]},
-         ExitCode.REFUSED, "the API refused the request (400): Validation failed (limit: too big)"),
-        (500, {"status_code": 500, "detail": "Internal Server Error"}, ExitCode.SERVER_ERROR,
-         "the orch service failed (500): Internal Server Error"),
+        (
+            409,
+            {"status_code": 409, "detail": "instance 'x'\nalready exists"},
+            ExitCode.REFUSED,
+            "the API refused the request (409): instance 'x' already exists",
+        ),
+        (
+            400,
+            {"status_code": 400, "detail": "Validation failed", "extra": [{"key": "limit", "message": "too big"}]},
+            ExitCode.REFUSED,
+            "the API refused the request (400): Validation failed (limit: too big)",
+        ),
+        (
+            500,
+            {"status_code": 500, "detail": "Internal Server Error"},
+            ExitCode.SERVER_ERROR,
+            "the orch service failed (500): Internal Server Error",
+        ),
     ],
 )
 def test_api_errors_map_to_exit_codes(status, body, code, text):
@@ -285,7 +311,14 @@ def test_unreachable_service():
 
 
 def test_exit_codes_are_distinct():
-    codes = [ExitCode.FAILED, ExitCode.INVALID, ExitCode.UNREACHABLE, ExitCode.AUTH, ExitCode.REFUSED, ExitCode.SERVER_ERROR]
+    codes = [
+        ExitCode.FAILED,
+        ExitCode.INVALID,
+        ExitCode.UNREACHABLE,
+        ExitCode.AUTH,
+        ExitCode.REFUSED,
+        ExitCode.SERVER_ERROR,
+    ]
     assert len(set(codes)) == len(codes) and ExitCode.OK not in codes
 
 
@@ -309,10 +342,16 @@ def test_table_and_age():
         "b             10.0.0.1",
     ]
     now = dt.datetime(2025, 1, 2, 12, 0, 0, tzinfo=dt.UTC)
-    assert [render.age(t, now) for t in ("2025-01-02T11:59:15+00:00", "2025-01-02T11:48:00+00:00",
-                                         "2025-01-02T07:00:00Z", "2024-12-30T12:00:00+00:00", None)] == [
-        "45s", "12m", "5h", "3d", "<none>"
-    ]
+    assert [
+        render.age(t, now)
+        for t in (
+            "2025-01-02T11:59:15+00:00",
+            "2025-01-02T11:48:00+00:00",
+            "2025-01-02T07:00:00Z",
+            "2024-12-30T12:00:00+00:00",
+            None,
+        )
+    ] == ["45s", "12m", "5h", "3d", "<none>"]
 
 
 def test_preview_lines_show_changes_and_fold_replacements():
@@ -320,8 +359,20 @@ def test_preview_lines_show_changes_and_fold_replacements():
         "changes": {"same": 2, "update": 1, "replace": 1},
         "steps": [
             {"op": "same", "urn": "u1", "type": "t:a", "name": "a", "diff": []},
-            {"op": "update", "urn": "u2", "type": "docker:index/container:Container", "name": "web", "diff": ["memory"]},
-            {"op": "create-replacement", "urn": "u3", "type": "aws:ec2/instance:Instance", "name": "vm", "diff": ["ami"]},
+            {
+                "op": "update",
+                "urn": "u2",
+                "type": "docker:index/container:Container",
+                "name": "web",
+                "diff": ["memory"],
+            },
+            {
+                "op": "create-replacement",
+                "urn": "u3",
+                "type": "aws:ec2/instance:Instance",
+                "name": "vm",
+                "diff": ["ami"],
+            },
             {"op": "replace", "urn": "u3", "type": "aws:ec2/instance:Instance", "name": "vm", "diff": ["ami"]},
             {"op": "create", "urn": "u4", "type": "aws:ec2/eip:Eip", "name": "ip", "diff": []},
             {"op": "delete", "urn": "u5", "type": "aws:ec2/volume:Volume", "name": "old", "diff": []},

@@ -76,7 +76,9 @@ class ApiClient:
             raise ClientError(f"cannot reach the orch service at {self.url}: {reason}", ExitCode.UNREACHABLE) from None
         status = response.status_code
         if status in (401, 403):
-            hint = "" if self.has_token else " (no token: pass --token, set ORCH_TOKEN, or put token in the config file)"
+            hint = (
+                "" if self.has_token else " (no token: pass --token, set ORCH_TOKEN, or put token in the config file)"
+            )
             raise ClientError(f"not authorized ({status}): {_detail(response)}{hint}", ExitCode.AUTH)
         if status == 404:
             raise NotFound(_detail(response))

@@ -95,7 +95,7 @@ def _print_as(data: Any, output: str, table: Callable[[], str]) -> None:
 
 
 def _validated(api: ApiClient, files: list[str]) -> list[ParsedDocument]:
-    """Every document of the files, validated offline first (a bad spec needs no server), then for this deployment's clouds."""
+    """Every document of the files, validated offline (a bad spec needs no server), then for the service's clouds."""
     documents = specfiles.load(files, sys.stdin)
     specfiles.validate(documents)
     return specfiles.validate(documents, enabled_clouds=api.get("/features")["clouds"])
@@ -446,7 +446,9 @@ def get_command(args: argparse.Namespace) -> int:
 def describe_command(args: argparse.Namespace) -> int:
     with _api(args) as api:
         instance = api.get(f"/instances/{args.name}")
-        operation = api.get_optional(f"/operations/{instance['operation_id']}") if instance.get("operation_id") else None
+        operation = (
+            api.get_optional(f"/operations/{instance['operation_id']}") if instance.get("operation_id") else None
+        )
         snapshots = api.get_all("/snapshots", instance=args.name)
     _out(render.describe_instance(instance, operation, snapshots, _now()))
     return ExitCode.OK
@@ -522,34 +524,54 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
     connection.add_argument("--url", help="the service's URL (else ORCH_URL, the config file, http://127.0.0.1:8000)")
     connection.add_argument("--token", help="a user token (else ORCH_TOKEN, the config file)")
     output = argparse.ArgumentParser(add_help=False)
-    output.add_argument("-o", "--output", choices=OUTPUT_FORMATS, default="table", help="output format (default: table)")
+    output.add_argument(
+        "-o", "--output", choices=OUTPUT_FORMATS, default="table", help="output format (default: table)"
+    )
 
     def files_argument(parser: argparse.ArgumentParser, *, required: bool, verb: str) -> None:
         parser.add_argument(
-            "-f", "--filename", dest="files", action="append", required=required, default=[], metavar="FILE|DIR|-",
-            help=f"a spec file to {verb}, a directory of them (*.yaml, *.yml, *.json, sorted) or - for stdin; repeatable",
+            "-f",
+            "--filename",
+            dest="files",
+            action="append",
+            required=required,
+            default=[],
+            metavar="FILE|DIR|-",
+            help=f"a spec file to {verb}, a directory of them (*.yaml, *.yml, *.json, sorted) or - for stdin;"
+            " repeatable",
         )
 
-    def command(name: str, handler: Callable, help_text: str, description: str, parents: list) -> argparse.ArgumentParser:
+    def command(
+        name: str, handler: Callable, help_text: str, description: str, parents: list
+    ) -> argparse.ArgumentParser:
         parser = subparsers.add_parser(
-            name, help=help_text, description=description, epilog=EXIT_CODES_HELP, parents=parents,
+            name,
+            help=help_text,
+            description=description,
+            epilog=EXIT_CODES_HELP,
+            parents=parents,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         parser.set_defaults(handler=handler)
         return parser
 
     apply = command(
-        "apply", apply_command, "create or update instances and snapshots from spec files",
+        "apply",
+        apply_command,
+        "create or update instances and snapshots from spec files",
         "Create or update every document, in file order. Every document is validated before anything changes.\n"
         "An instance is created when it does not exist, updated when its document differs from the stored one,\n"
-        "and left alone when it is unchanged. A snapshot is taken when it does not exist, once its instance is running.",
+        "and left alone when it is unchanged. A snapshot is taken when it does not exist, once its instance\n"
+        "is running; an instance from a snapshot is created once that snapshot is available.",
         [connection],
     )
     files_argument(apply, required=True, verb="apply")
     apply.add_argument("--wait", action="store_true", help="follow the operations to their end; exit 1 if one fails")
 
     diff = command(
-        "diff", diff_command, "show what apply would change (a Pulumi preview; changes nothing)",
+        "diff",
+        diff_command,
+        "show what apply would change (a Pulumi preview; changes nothing)",
         "Show what `orch apply` would change: each changed instance's resources from a Pulumi preview\n"
         "(+ create, ~ update, +- replace, - delete) and the diff of its document; new instances and snapshots\n"
         "in full. Nothing changes on the server. Like `kubectl diff`: exit 0 with no differences, 1 with some.",
@@ -558,7 +580,9 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
     files_argument(diff, required=True, verb="compare")
 
     delete = command(
-        "delete", delete_command, "delete instances and snapshots",
+        "delete",
+        delete_command,
+        "delete instances and snapshots",
         "Delete what the spec files define (last document first, so instances made from a snapshot go before it),\n"
         "or the instances or snapshots named.",
         [connection],
@@ -570,7 +594,9 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
     delete.add_argument("--ignore-not-found", action="store_true", help="exit 0 when something named does not exist")
 
     get = command(
-        "get", get_command, "list instances or snapshots, or show one",
+        "get",
+        get_command,
+        "list instances or snapshots, or show one",
         "A table of instances or snapshots (or one by NAME); -o json prints exactly the API's JSON:\n"
         "the item for one NAME, the list of items for a listing.",
         [connection, output],
@@ -583,37 +609,58 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
     get.add_argument("--instance", metavar="NAME", help="snapshots of this instance")
 
     describe = command(
-        "describe", describe_command, "an instance in detail",
-        "An instance's spec, outputs, health, last operation and snapshots.", [connection],
+        "describe",
+        describe_command,
+        "an instance in detail",
+        "An instance's spec, outputs, health, last operation and snapshots.",
+        [connection],
     )
     describe.add_argument("resource", choices=("instance",))
     describe.add_argument("name", metavar="NAME")
 
     logs = command(
-        "logs", logs_command, "an operation's log (Pulumi and Ansible output)",
-        "Print an operation's log lines; with --follow, until it ends (exit 1 if it failed).", [connection],
+        "logs",
+        logs_command,
+        "an operation's log (Pulumi and Ansible output)",
+        "Print an operation's log lines; with --follow, until it ends (exit 1 if it failed).",
+        [connection],
     )
     logs.add_argument("operation_id", metavar="OPERATION_ID")
     logs.add_argument("--follow", action="store_true", help="keep printing lines until the operation ends")
 
     stack = command(
-        "stack", stack_command, "an instance's Pulumi stack: resources and outputs",
-        "The resources (type, name, id) and outputs of the instance's stack.", [connection, output],
+        "stack",
+        stack_command,
+        "an instance's Pulumi stack: resources and outputs",
+        "The resources (type, name, id) and outputs of the instance's stack.",
+        [connection, output],
     )
     stack.add_argument("name", metavar="NAME")
 
     metrics = command(
-        "metrics", metrics_command, "an instance's reported metrics",
-        "The samples the instance's agent reported (CPU, load, memory, GPUs).", [connection, output],
+        "metrics",
+        metrics_command,
+        "an instance's reported metrics",
+        "The samples the instance's agent reported (CPU, load, memory, GPUs).",
+        [connection, output],
     )
     metrics.add_argument("name", metavar="NAME")
     metrics.add_argument("--since", metavar="DURATION", help="only samples newer than this: 30s, 15m, 2h, 7d")
     metrics.add_argument("--limit", type=int, default=1000, help="at most this many samples, the newest (default 1000)")
 
-    command("schema", schema_command, "print the JSON Schema of spec documents", "The JSON Schema of Instance and Snapshot documents.", [])
+    command(
+        "schema",
+        schema_command,
+        "print the JSON Schema of spec documents",
+        "The JSON Schema of Instance and Snapshot documents.",
+        [],
+    )
 
     validate = command(
-        "validate", validate_command, "check spec files offline",
-        "Check spec files without a server: every problem with its file, document, line and field.", [],
+        "validate",
+        validate_command,
+        "check spec files offline",
+        "Check spec files without a server: every problem with its file, document, line and field.",
+        [],
     )
     files_argument(validate, required=True, verb="check")

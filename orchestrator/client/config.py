@@ -45,7 +45,9 @@ def read_config_file(path: Path) -> dict[str, str]:
         raise ClientError(f"{path}: expected a mapping with keys {', '.join(CONFIG_KEYS)}", ExitCode.INVALID)
     unknown = sorted(str(key) for key in data if key not in CONFIG_KEYS)
     if unknown:
-        raise ClientError(f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(CONFIG_KEYS)})", ExitCode.INVALID)
+        raise ClientError(
+            f"{path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(CONFIG_KEYS)})", ExitCode.INVALID
+        )
     for key, value in data.items():
         if not isinstance(value, str):
             raise ClientError(f"{path}: {key} must be a string", ExitCode.INVALID)

@@ -63,8 +63,15 @@ def as_yaml(data: Any) -> str:
 
 def instances_table(items: list[dict], now: dt.datetime) -> str:
     rows = [
-        (i["name"], i.get("cloud"), i.get("region"), i.get("status"), (i.get("health") or {}).get("state"),
-         i.get("public_ip"), age(i.get("created_at"), now))
+        (
+            i["name"],
+            i.get("cloud"),
+            i.get("region"),
+            i.get("status"),
+            (i.get("health") or {}).get("state"),
+            i.get("public_ip"),
+            age(i.get("created_at"), now),
+        )
         for i in items
     ]
     return table(INSTANCE_COLUMNS, rows)
@@ -72,8 +79,15 @@ def instances_table(items: list[dict], now: dt.datetime) -> str:
 
 def snapshots_table(items: list[dict], now: dt.datetime) -> str:
     rows = [
-        (s["name"], s.get("instance"), s.get("cloud"), s.get("region"), s.get("status"), s.get("image_id"),
-         age(s.get("created_at"), now))
+        (
+            s["name"],
+            s.get("instance"),
+            s.get("cloud"),
+            s.get("region"),
+            s.get("status"),
+            s.get("image_id"),
+            age(s.get("created_at"), now),
+        )
         for s in items
     ]
     return table(SNAPSHOT_COLUMNS, rows)
@@ -85,7 +99,9 @@ def _indented(text: str, prefix: str = "  ") -> str:
 
 def _fields(pairs: Sequence[tuple[str, Any]], prefix: str = "") -> str:
     width = max(len(key) for key, _ in pairs) + 2
-    return "\n".join(f"{prefix}{(key + ':').ljust(width)}{NONE if value in (None, '', {}, []) else value}" for key, value in pairs)
+    return "\n".join(
+        f"{prefix}{(key + ':').ljust(width)}{NONE if value in (None, '', {}, []) else value}" for key, value in pairs
+    )
 
 
 def _report_summary(report: dict) -> str:
@@ -142,7 +158,11 @@ def describe_instance(instance: dict, operation: dict | None, snapshots: list[di
     sections.append(
         "Health:\n"
         + _fields(
-            [("State", health.get("state")), ("Last report", health.get("last_report_at")), ("Metrics", _report_summary(report))],
+            [
+                ("State", health.get("state")),
+                ("Last report", health.get("last_report_at")),
+                ("Metrics", _report_summary(report)),
+            ],
             prefix="  ",
         )
     )

@@ -169,7 +169,9 @@ def load(paths: Iterable[str], stdin: TextIO) -> list[SourceDocument]:
             if path.is_dir():
                 files = _spec_files(path)
                 if not files:
-                    problems.append(f"{argument}: no {', '.join('*' + s for s in SPEC_SUFFIXES)} files in this directory")
+                    problems.append(
+                        f"{argument}: no {', '.join('*' + s for s in SPEC_SUFFIXES)} files in this directory"
+                    )
                 sources = [(str(file), file.read_text) for file in files]
             else:
                 sources = [(argument, path.read_text)]
@@ -193,7 +195,9 @@ def load(paths: Iterable[str], stdin: TextIO) -> list[SourceDocument]:
     return documents
 
 
-def validate(documents: Iterable[SourceDocument], *, enabled_clouds: Iterable[str] | None = None) -> list[ParsedDocument]:
+def validate(
+    documents: Iterable[SourceDocument], *, enabled_clouds: Iterable[str] | None = None
+) -> list[ParsedDocument]:
     """Every document validated (all problems reported together), or SpecFileError; names must be unique per kind."""
     parsed: list[ParsedDocument] = []
     problems: list[str] = []
@@ -206,7 +210,11 @@ def validate(documents: Iterable[SourceDocument], *, enabled_clouds: Iterable[st
             continue
         first = defined.setdefault((doc.kind, doc.name), document)
         if first is not document:
-            problems.append(document.problem("name", f"{doc.kind.lower()} {doc.name} is already defined by {first.source}: {first.label()}"))
+            problems.append(
+                document.problem(
+                    "name", f"{doc.kind.lower()} {doc.name} is already defined by {first.source}: {first.label()}"
+                )
+            )
             continue
         parsed.append(ParsedDocument(document, doc))
     if problems:
