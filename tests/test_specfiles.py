@@ -401,3 +401,68 @@ def test_durations():
     assert parse_duration("7d") == dt.timedelta(days=7)
     with pytest.raises(ClientError):
         parse_duration("1w")
+
+
+REPORT = {
+    "instance": "train-1",
+    "ts": "2025-01-02T11:59:30Z",
+    "uptime_s": 600,
+    "load": [0.5, 0.25, 0.1],
+    "cpu_percent": 12.5,
+    "memory": {"total": 8 * 1024**3, "used": 2 * 1024**3},
+    "disk": [{"mount": "/", "total": 100 * 1024**3, "used": 10 * 1024**3}],
+    "gpus": [
+        {
+            "index": 0,
+            "name": "NVIDIA A10G",
+            "utilization_percent": 87,
+            "memory_total": 24 * 1024**3,
+            "memory_used": 6 * 1024**3,
+            "temperature_c": 61,
+        }
+    ],
+    "agent_version": "0.1.0",
+}
+
+
+def test_metrics_table_and_describe_show_agent_reports():
+    assert render.metrics_table([REPORT]).splitlines() == [
+        "TIME                   CPU%   LOAD           MEMORY          GPU-UTIL   GPU-MEMORY",
+        "2025-01-02T11:59:30Z   12.5   0.5 0.25 0.1   2.0GiB/8.0GiB   87%        6.0GiB/24.0GiB",
+    ]
+    instance = {
+        "name": "train-1",
+        "owner": "alice",
+        "labels": {"team": "ml"},
+        "spec": {"cloud": "aws", "zone": None},
+        "status": "running",
+        "status_reason": None,
+        "cloud": "aws",
+        "region": "us-east-1",
+        "public_ip": "198.51.100.7",
+        "outputs": {"public_ip": "198.51.100.7"},
+        "generation": 1,
+        "operation_id": "op1",
+        "created_at": "2025-01-02T11:00:00+00:00",
+        "updated_at": "2025-01-02T11:01:00+00:00",
+        "health": {"state": "healthy", "last_report_at": "2025-01-02T11:59:30+00:00", "last_report": REPORT},
+    }
+    operation = {
+        "id": "op1",
+        "kind": "create",
+        "status": "succeeded",
+        "error": None,
+        "updated_at": None,
+        "steps": [{"name": "pulumi up", "status": "succeeded"}, {"name": "configure: ansible", "status": "succeeded"}],
+    }
+    page = render.describe_instance(instance, operation, [], dt.datetime(2025, 1, 2, 12, 0, tzinfo=dt.UTC))
+    for expected in (
+        "Labels:     team=ml",
+        "Created:    2025-01-02T11:00:00+00:00 (1h ago)",
+        "Spec:\n  cloud: aws\nOutputs:",
+        "  State:       healthy",
+        "  Metrics:     cpu 12.5%, load 0.5 0.25 0.1, memory 2.0GiB/8.0GiB, gpu0 87%",
+        "  Steps:   pulumi up (succeeded), configure: ansible (succeeded)",
+        "Snapshots:\n  <none>",
+    ):
+        assert expected in page, expected
