@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.loadgen import build_request, run_load  # noqa: E402
 from orchestrator.auth import mint_agent_token, token_hash  # noqa: E402
-from orchestrator.models import Instance, MetricSample  # noqa: E402
+from orchestrator.models import Instance, MetricBatch  # noqa: E402
 from tests.live import JWT_SECRET, free_port, start_service  # noqa: E402
 
 
@@ -115,8 +115,8 @@ def main() -> None:
             baseline = run_load(
                 "127.0.0.1", bare_port, build_requests(bare_port, agents, args.reports, args.batch), args.concurrency
             )
-            time.sleep(1)  # let the flusher write the last batch
-            stored = MetricSample.objects.count()
+            time.sleep(2)  # let the flusher write the last batch
+            stored = MetricBatch.objects.sum("count")
         finally:
             bare.terminate()
             live.stop()

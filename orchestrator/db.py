@@ -8,7 +8,7 @@ import mongoengine
 from pymongo.errors import PyMongoError
 
 from orchestrator.embedded_store import EmbeddedStore
-from orchestrator.models import Instance, Lock, MetricSample, Operation, Snapshot
+from orchestrator.models import Instance, Lock, MetricBatch, Operation, Snapshot
 from orchestrator.settings import Settings, SettingsError
 
 DEFAULT_DB = "orch"
@@ -38,7 +38,7 @@ def connect(settings: Settings) -> EmbeddedStore | None:
     )
     try:
         mongoengine.get_db().command("ping")
-        for document in (Instance, Snapshot, Operation, Lock, MetricSample):
+        for document in (Instance, Snapshot, Operation, Lock, MetricBatch):
             document.ensure_indexes()
     except PyMongoError as error:
         raise SettingsError(f"MongoDB at ORCH_MONGODB_URL={url} is unreachable: {error.__class__.__name__}") from None

@@ -1,32 +1,38 @@
 """Agent report ingestion: token checks per request, storage in batches.
 
 A report is authenticated and validated on the request path, then buffered;
-a flusher thread writes the buffered samples with one insert_many and the
-latest report per instance with one bulk_write, so storage cost is paid per
-batch rather than per report.
+a flusher thread stores each flush's reports as one compressed batch document
+and keeps the latest report per instance in memory, writing it to the
+instance documents at a bounded rate. Storage cost is paid per batch rather
+than per report.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import math
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 
+from bson import Binary
 from pymongo import UpdateOne
 from pymongo.errors import PyMongoError
 
 from orchestrator.auth import TokenError, bearer_token, decode_agent_token, mint_agent_token, token_hash
-from orchestrator.models import Instance, MetricSample, utcnow
+from orchestrator.models import Instance, MetricBatch, utcnow
 from orchestrator.settings import Settings
 
 log = logging.getLogger("orch.ingest")
 
 # How long a token check is cached; a revocation takes effect within this time.
 TOKEN_CACHE_S = 5.0
-FLUSH_INTERVAL_S = 0.25
+FLUSH_INTERVAL_S = 0.5
+# Instance documents updated with their latest report per flush (see _persist_health).
+HEALTH_WRITES_PER_FLUSH = 100
 MAX_BUFFER = 200_000
 MAX_REPORTS_PER_REQUEST = 500
 RENEW_WITHIN = dt.timedelta(days=7)
@@ -39,6 +45,15 @@ class ReportRejected(Exception):
         super().__init__(detail)
         self.status_code = status_code
         self.detail = detail
+
+
+@dataclass
+class _Latest:
+    ts: dt.datetime
+    received_at: dt.datetime
+    report: dict
+    persisted: bool
+    first_written: bool = False
 
 
 @dataclass
@@ -109,6 +124,7 @@ class AgentIngest:
         self.settings = settings
         self._tokens: dict[str, _TokenState] = {}
         self._buffer: list[tuple[str, dict, dt.datetime]] = []
+        self._latest: dict[str, _Latest] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._flush_loop, name="ingest-flush", daemon=True)
@@ -116,37 +132,45 @@ class AgentIngest:
 
     # -- authentication ---------------------------------------------------
 
-    def authenticate(self, authorization: str | None) -> tuple[str, str]:
-        """Return (instance name, token) of a valid, unrevoked agent token."""
+    def authenticate(self, authorization: str | None, *, may_query: bool = True) -> tuple[str, str] | None:
+        """Return (instance name, token) of a valid, unrevoked agent token.
+
+        With may_query=False it answers from the token cache alone and returns
+        None when MongoDB must be asked (so an event loop can ask off-thread).
+        """
         try:
             token = bearer_token(authorization)
             claims = decode_agent_token(self.settings.jwt_secret, token)
         except TokenError as error:
             raise ReportRejected(401, str(error)) from None
         instance = claims["sub"]
-        state = self._token_state(instance)
-        if state.token_hash != token_hash(token):
-            # Perhaps a token newer than the cached one (renewed, or minted by
-            # `orch token create` elsewhere): check MongoDB before refusing.
-            state = self._token_state(instance, refresh=True)
+        digest = token_hash(token)
+        state = self._cached_state(instance)
+        if state is None or state.token_hash != digest:
+            # Not cached, stale, or a token newer than the cached one (renewed,
+            # or minted by `orch token create` elsewhere): ask MongoDB.
+            if not may_query:
+                return None
+            state = self._token_state(instance)
         if state.status == "missing":
             raise ReportRejected(401, f"token revoked: instance {instance!r} does not exist")
         if state.status == "deleted" or state.token_hash is None:
             raise ReportRejected(401, f"token revoked: instance {instance!r} was deleted or its token withdrawn")
-        if state.token_hash != token_hash(token):
+        if state.token_hash != digest:
             raise ReportRejected(401, f"token revoked: a newer token was issued for instance {instance!r}")
         return instance, token
 
-    def _token_state(self, instance: str, refresh: bool = False) -> _TokenState:
-        now = time.monotonic()
+    def _cached_state(self, instance: str) -> _TokenState | None:
         state = self._tokens.get(instance)
-        if refresh or state is None or now - state.fetched_at > TOKEN_CACHE_S:
-            row = Instance.objects(name=instance).only("agent_token_hash", "status").first()
-            if row is None:
-                state = _TokenState(None, "missing", now)
-            else:
-                state = _TokenState(row.agent_token_hash, row.status, now)
-            self._tokens[instance] = state
+        if state is None or time.monotonic() - state.fetched_at > TOKEN_CACHE_S:
+            return None
+        return state
+
+    def _token_state(self, instance: str) -> _TokenState:
+        row = Instance.objects(name=instance).only("agent_token_hash", "status").first()
+        now = time.monotonic()
+        state = _TokenState(None, "missing", now) if row is None else _TokenState(row.agent_token_hash, row.status, now)
+        self._tokens[instance] = state
         return state
 
     def renew(self, instance: str) -> tuple[str, dt.datetime]:
@@ -155,7 +179,7 @@ class AgentIngest:
         Instance.objects(name=instance).update_one(
             set__agent_token_hash=token_hash(token), set__agent_token_expires_at=expires.replace(tzinfo=None)
         )
-        self._token_state(instance, refresh=True)
+        self._token_state(instance)
         return token, expires
 
     # -- reports ----------------------------------------------------------
@@ -179,36 +203,91 @@ class AgentIngest:
             self.flush()
 
     def flush(self) -> None:
+        """Store the buffered reports as one batch, then persist some of the latest health."""
         with self._lock:
             batch, self._buffer = self._buffer, []
-        if not batch:
+        if batch:
+            rows = []
+            times = []
+            for instance, report, received in batch:
+                ts = report_time(report)
+                times.append(ts)
+                rows.append([instance, ts.isoformat(), report])
+                current = self._latest.get(instance)
+                if current is None or ts >= current.ts:
+                    written = current.first_written if current else False
+                    self._latest[instance] = _Latest(ts, received, report, persisted=False, first_written=written)
+            document = {
+                "flushed_at": utcnow(),
+                "instances": sorted({row[0] for row in rows}),
+                "ts_min": min(times),
+                "ts_max": max(times),
+                "count": len(rows),
+                "data": Binary(zlib.compress(json.dumps(rows, separators=(",", ":")).encode(), 1)),
+            }
+            try:
+                MetricBatch._get_collection().insert_one(document)
+            except PyMongoError as error:
+                log.error("could not store %d agent reports: %s", len(batch), error)
+        self._persist_health()
+
+    def _persist_health(self) -> None:
+        """Write the newest report of some instances to their documents, first reports first.
+
+        Reads in this process see every report at once (latest()); what is
+        written here is for other processes (workers waiting for a first
+        report, other API replicas), capped per flush so storage keeps up.
+        """
+        pending = [(name, entry) for name, entry in list(self._latest.items()) if not entry.persisted]
+        if not pending:
             return
-        samples = []
-        latest: dict[str, tuple[dict, dt.datetime, dt.datetime]] = {}
-        for instance, report, received in batch:
-            ts = report_time(report)
-            samples.append({"instance": instance, "ts": ts, "report": report, "received_at": received})
-            if instance not in latest or ts >= latest[instance][2]:
-                latest[instance] = (report, received, ts)
+        pending.sort(key=lambda item: (item[1].first_written, item[1].received_at))
+        chosen = pending[:HEALTH_WRITES_PER_FLUSH]
         try:
-            MetricSample._get_collection().insert_many(samples, ordered=False)
             Instance._get_collection().bulk_write(
                 [
                     UpdateOne(
                         {"name": name},
-                        {"$set": {"health.last_report_at": received, "health.last_report": report}},
+                        {"$set": {"health.last_report_at": entry.received_at, "health.last_report": entry.report}},
                     )
-                    for name, (report, received, _) in latest.items()
+                    for name, entry in chosen
                 ],
                 ordered=False,
             )
         except PyMongoError as error:
-            log.error("could not store %d agent reports: %s", len(batch), error)
+            log.error("could not store the health of %d instances: %s", len(chosen), error)
+            return
+        for name, entry in chosen:
+            entry.persisted = True
+            entry.first_written = True
+
+    def latest(self, instance: str) -> tuple[dt.datetime, dict] | None:
+        """(received_at, report) of the newest report this process has seen for the instance."""
+        entry = self._latest.get(instance)
+        return (entry.received_at, entry.report) if entry else None
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
         self.flush()
+
+
+def read_samples(instance: str, since: dt.datetime | None, until: dt.datetime | None, limit: int) -> list[dict]:
+    """The instance's reports with since <= ts <= until, oldest first, at most `limit` (the newest)."""
+    query: dict = {"instances": instance}
+    if since:
+        query["ts_max__gte"] = since
+    if until:
+        query["ts_min__lte"] = until
+    found: list[tuple[str, dict]] = []
+    since_iso = since.isoformat() if since else None
+    until_iso = until.isoformat() if until else None
+    for batch in MetricBatch.objects(**query).only("data"):
+        for name, ts, report in json.loads(zlib.decompress(batch.data)):
+            if name == instance and (since_iso is None or ts >= since_iso) and (until_iso is None or ts <= until_iso):
+                found.append((ts, report))
+    found.sort(key=lambda item: item[0])
+    return [report for _, report in found[-limit:]]
 
 
 def health_state(last_report_at: dt.datetime | None, interval_s: int, now: dt.datetime | None = None) -> str:

@@ -169,17 +169,25 @@ class Lock(me.Document):
     meta = {"collection": "locks"}
 
 
-class MetricSample(me.Document):
-    instance = me.StringField(required=True)
-    ts = me.DateTimeField(required=True)
-    report = me.DictField()
-    received_at = me.DateTimeField(default=utcnow)
+class MetricBatch(me.Document):
+    """The agent reports one flush stored, as one compressed blob.
+
+    One document per flush rather than per report keeps storage cost per
+    batch: 2,000 reports/s are two inserts a second, even on the embedded store.
+    """
+
+    flushed_at = me.DateTimeField(required=True)
+    instances = me.ListField(me.StringField())
+    ts_min = me.DateTimeField(required=True)
+    ts_max = me.DateTimeField(required=True)
+    count = me.IntField(required=True)
+    data = me.BinaryField(required=True)  # zlib(JSON [[instance, ts ISO, report], ...])
 
     meta = {
-        "collection": "metric_samples",
+        "collection": "metric_batches",
         "indexes": [
-            ("instance", "ts"),
+            ("instances", "ts_max"),
             # Samples expire after 7 days.
-            {"fields": ["received_at"], "expireAfterSeconds": 7 * 24 * 3600},
+            {"fields": ["flushed_at"], "expireAfterSeconds": 7 * 24 * 3600},
         ],
     }

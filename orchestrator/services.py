@@ -14,7 +14,8 @@ from mongoengine.errors import NotUniqueError
 
 from orchestrator.auth import Principal
 from orchestrator.engine import StackEngine
-from orchestrator.models import Health, Instance, MetricSample, Operation, Snapshot, utcnow
+from orchestrator.ingest import read_samples
+from orchestrator.models import Health, Instance, Operation, Snapshot, utcnow
 from orchestrator.settings import Settings
 from orchestrator.sshkeys import generate_keypair
 from stacks.spec import InstanceDoc, SpecError, parse_instance, parse_snapshot
@@ -261,13 +262,7 @@ class Orchestrator:
         limit: int = 1000,
     ) -> list[dict]:
         instance = self._instance(principal, name)
-        query: dict = {"instance": instance.name}
-        if since:
-            query["ts__gte"] = since
-        if until:
-            query["ts__lte"] = until
-        samples = MetricSample.objects(**query).order_by("-ts").limit(max(1, min(limit, 10000)))
-        return [sample.report for sample in reversed(list(samples))]
+        return read_samples(instance.name, since, until, max(1, min(limit, 10000)))
 
     # -- snapshots --------------------------------------------------------
 

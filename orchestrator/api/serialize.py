@@ -12,9 +12,16 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.replace(tzinfo=dt.UTC).isoformat() if value else None
 
 
-def instance_json(instance: Instance, report_interval_s: int) -> dict:
+def instance_json(
+    instance: Instance, report_interval_s: int, latest: tuple[dt.datetime, dict] | None = None
+) -> dict:
+    """`latest` is (received_at, report) from this process's ingest, when newer than the stored health."""
     health = instance.health
     last_at = health.last_report_at if health else None
+    last_report = dict(health.last_report or {}) if health else {}
+    fresh = latest is not None and latest[0] >= instance.created_at  # not a deleted namesake's
+    if fresh and (last_at is None or latest[0] > last_at):
+        last_at, last_report = latest
     return {
         "name": instance.name,
         "owner": instance.owner,
@@ -29,7 +36,7 @@ def instance_json(instance: Instance, report_interval_s: int) -> dict:
         "health": {
             "state": health_state(last_at, report_interval_s) if instance.status != "deleted" else "unknown",
             "last_report_at": _iso(last_at),
-            "last_report": dict(health.last_report or {}) if health else {},
+            "last_report": last_report,
         },
         "generation": instance.generation,
         "operation_id": instance.operation_id,
