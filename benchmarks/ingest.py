@@ -27,23 +27,7 @@ from benchmarks.loadgen import build_request, run_load  # noqa: E402
 from orchestrator.auth import mint_agent_token, token_hash  # noqa: E402
 from orchestrator.models import Instance, MetricBatch  # noqa: E402
 from tests.live import JWT_SECRET, free_port, start_service  # noqa: E402
-
-
-def agent_report(instance: str, ts: float) -> dict:
-    return {
-        "instance": instance,
-        "ts": ts,
-        "uptime_s": 86400.0,
-        "load": [0.5, 0.4, 0.3],
-        "cpu_percent": 37.5,
-        "memory": {"total": 16_000_000_000, "used": 6_000_000_000},
-        "disk": [{"mount": "/", "total": 100_000_000_000, "used": 40_000_000_000}],
-        "gpus": [
-            {"index": 0, "name": "NVIDIA A10G", "utilization_percent": 80, "memory_total": 23028,
-             "memory_used": 12000, "temperature_c": 61}
-        ],
-        "agent_version": "0.1.0",
-    }
+from tests.test_agent_api import report as agent_report  # noqa: E402
 
 
 def seed_agents(mongo_url: str, count: int) -> list[tuple[str, str]]:

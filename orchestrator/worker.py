@@ -286,16 +286,20 @@ class Worker:
                     )
                 time.sleep(1)
 
+    def _destroy(self, op: Operation, record: Instance | Snapshot, step: str, log_line: OperationLog) -> None:
+        """Destroy and remove the stack of an instance or snapshot, which is `deleting` meanwhile."""
+        if record.status != "deleting":
+            record.move_to("deleting")
+            record.save()
+        if op.attempts > 1:
+            self.engine.cancel(record.stack_name)
+        with self._step(op, step):
+            self.engine.destroy(record.stack_name, on_output=log_line)
+        record.reload()
+
     def _op_delete(self, op: Operation, log_line: OperationLog) -> None:
         instance = Instance.objects.get(name=op.target)
-        if instance.status != "deleting":
-            instance.move_to("deleting")
-            instance.save()
-        if op.attempts > 1:
-            self.engine.cancel(instance.stack_name)
-        with self._step(op, "pulumi destroy"):
-            self.engine.destroy(instance.stack_name, on_output=log_line)
-        instance.reload()
+        self._destroy(op, instance, "pulumi destroy", log_line)
         # Revoke the agent's token: reports for a deleted instance are refused.
         instance.agent_token_hash = None
         instance.admin_private_key = None
@@ -318,14 +322,7 @@ class Worker:
 
     def _op_snapshot_delete(self, op: Operation, log_line: OperationLog) -> None:
         snapshot = Snapshot.objects.get(name=op.target)
-        if snapshot.status != "deleting":
-            snapshot.move_to("deleting")
-            snapshot.save()
-        if op.attempts > 1:
-            self.engine.cancel(snapshot.stack_name)
-        with self._step(op, "pulumi destroy (snapshot)"):
-            self.engine.destroy(snapshot.stack_name, on_output=log_line)
-        snapshot.reload()
+        self._destroy(op, snapshot, "pulumi destroy (snapshot)", log_line)
         snapshot.move_to("deleted")
         snapshot.save()
 

@@ -33,11 +33,13 @@ def _resources_in_state(live, name: str) -> list[dict]:
     [
         ("aws", "aws:ec2/instance:Instance", "aws:ec2/instance:Instance"),
         ("azure", "azure-native:compute:VirtualMachine", "azure-native:compute:VirtualMachine"),
+        # A resource in the middle of the program: the ones before it exist when it fails.
+        ("azure", "azure-native:network:NetworkInterface", "azure-native:network:NetworkInterface"),
         ("gcp", "gcp:compute/instance:Instance", "gcp:compute/instance:Instance"),
     ],
 )
 def test_failed_provision_is_rolled_back(tmp_path, mongo_url, cloud, fail, failing_type):
-    """The instance resource fails after others were created: destroy removes them all."""
+    """A resource fails after others were created: destroy removes them all."""
     live = start_service(tmp_path, mongo_url, PULUMI_STANDIN_FAIL=fail)
     try:
         with live.client("alice") as client:
@@ -58,18 +60,23 @@ def test_failed_provision_is_rolled_back(tmp_path, mongo_url, cloud, fail, faili
         live.stop()
 
 
-def test_failure_at_a_later_resource_is_rolled_back(tmp_path, mongo_url):
-    """A label makes every labelled resource fail on create: the first one created before it is removed."""
-    live = start_service(tmp_path, mongo_url)
+def test_failed_snapshot_is_rolled_back_and_the_instance_keeps_running(tmp_path, mongo_url):
+    live = start_service(tmp_path, mongo_url, PULUMI_STANDIN_FAIL="aws:ec2/amiFromInstance:AmiFromInstance")
     try:
         with live.client("alice") as client:
-            doc = instance_doc("later-fail", "azure")
-            doc["labels"]["standin-fail"] = "create"
-            created = client.post("/api/v1/instances", json=doc).json()
-            op = wait_operation(client, created["operation"]["id"])
-            assert op["status"] == "failed" and op["error"]
-            assert client.get("/api/v1/instances/later-fail").json()["status"] == "failed"
-            assert _resources_in_state(live, "later-fail") == []
+            created = client.post("/api/v1/instances", json=instance_doc("keeps-running", "aws")).json()
+            assert wait_operation(client, created["operation"]["id"])["status"] == "succeeded"
+            taken = client.post("/api/v1/instances/keeps-running/snapshots", json={"name": "bad-snap"}).json()
+            op = wait_operation(client, taken["operation"]["id"])
+            assert op["status"] == "failed" and "aws:ec2/amiFromInstance:AmiFromInstance" in op["error"]
+            snapshot = client.get("/api/v1/snapshots/bad-snap").json()
+            assert snapshot["status"] == "failed" and snapshot["error"]
+            backend = Path(live.env["ORCH_PULUMI_BACKEND_URL"].removeprefix("file://"))
+            assert not list(backend.glob(".pulumi/stacks/*/snapshot-bad-snap.json"))
+            assert client.get("/api/v1/instances/keeps-running").json()["status"] == "running"
+            # A failed snapshot can be deleted.
+            op = client.delete("/api/v1/snapshots/bad-snap").json()["operation"]
+            assert wait_operation(client, op["id"])["status"] == "succeeded"
     finally:
         live.stop()
 

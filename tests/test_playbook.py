@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -18,6 +17,7 @@ import pytest
 from orchestrator.configure import ConfigureError, ConfigureSummary, configure_instance
 from orchestrator.sshkeys import generate_keypair
 from tests.sshhost import SshHost, free_port, ssh_host, write_private_key  # noqa: F401 (ssh_host is a fixture)
+from tests.tcpproxy import TcpProxy
 from tests.test_agent import ReportServer, valid_token
 
 REPO = Path(__file__).resolve().parent.parent
@@ -225,46 +225,17 @@ def test_unreachable_host_is_retried_then_given_up(configured, tmp_path):
     assert list(tmp_path.iterdir()) == [], "the run's temp dir (with the private key) must be removed"
 
 
-def forward_later(listen_port: int, target_port: int, delay_s: float) -> threading.Thread:
-    """Accept connections on listen_port only after delay_s, relaying them to target_port:
-    an sshd that comes up while configuration is already trying to reach it."""
-
-    def relay(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            # Pass the end of the stream on, so each side sees the other hang up.
-            try:
-                sink.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-
-    def serve() -> None:
-        time.sleep(delay_s)
-        with socket.create_server(("127.0.0.1", listen_port)) as listener:
-            listener.settimeout(60)
-            while True:
-                try:
-                    client, _ = listener.accept()
-                except TimeoutError:
-                    return
-                upstream = socket.create_connection(("127.0.0.1", target_port))
-                threading.Thread(target=relay, args=(client, upstream), daemon=True).start()
-                threading.Thread(target=relay, args=(upstream, client), daemon=True).start()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    return thread
-
-
 def test_host_that_comes_up_late_is_configured_after_retries(configured, tmp_path):
-    late_port = free_port()
-    forward_later(late_port, configured.host.port, delay_s=2)
+    # An sshd that comes up while configuration is already trying to reach it.
+    late = TcpProxy(target_port=configured.host.port, listen_port=free_port())
+    threading.Timer(2, late.up).start()
     log: list[str] = []
 
-    summary = configure(configured.host, configured.extravars, tmp_path, log, port=late_port, attempts=5, retry_delay_s=2)
+    try:
+        summary = configure(
+            configured.host, configured.extravars, tmp_path, log, port=late.listen_port, attempts=5, retry_delay_s=2
+        )
+    finally:
+        late.down()
 
     assert summary.attempts > 1 and summary.changed == 0, log
