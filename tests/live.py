@@ -96,7 +96,7 @@ class LiveService:
 
 def start_service(tmp: Path, mongo_url: str, **overrides: str) -> LiveService:
     port = free_port()
-    env = service_env(tmp, mongo_url, ORCH_PUBLIC_URL=f"http://127.0.0.1:{port}", **overrides)
+    env = service_env(tmp, mongo_url, **{"ORCH_PUBLIC_URL": f"http://127.0.0.1:{port}", **overrides})
     log_path = tmp / "service.log"
     log = open(log_path, "w")
     proc = subprocess.Popen(

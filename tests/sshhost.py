@@ -25,10 +25,11 @@ from orchestrator.sshkeys import generate_keypair
 CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SSHD_START_TIMEOUT_S = 20
 
-# Runs as pid 1 of the new namespaces. $1: work dir on this machine, $2: the sshd port.
+# Runs as pid 1 of the new namespaces. $1: work dir on this machine, $2: the sshd port,
+# $3: the init, "shell" or "systemd".
 NAMESPACE_INIT = r"""
 set -eu
-work=$1 port=$2
+work=$1 port=$2 init=$3
 layers=$work/layers root=$work/root
 # The upper layer lives on a tmpfs: overlayfs will not take an upper dir inside its lower
 # layer (/), and a tmpfs is gone with the namespace.
@@ -48,11 +49,45 @@ install -m 0600 "$work/authorized_keys" "$root/root/.ssh/authorized_keys"
 # A stock root login: this machine's own root dotfiles put pyenv shims on PATH, which
 # would make Ansible pick an interpreter no fresh instance has.
 cp /etc/skel/.bashrc /etc/skel/.profile "$root/root/"
-chroot "$root" /usr/sbin/sshd -D -e -p "$port" -o ListenAddress=127.0.0.1 \
-    -h /etc/ssh/orch_test_host_key -o PidFile=/run/sshd.pid 2>>"$work/sshd.log" &
+sshd_options="-p $port -o ListenAddress=127.0.0.1 -h /etc/ssh/orch_test_host_key"
+
+if [ "$init" = shell ]; then
+    chroot "$root" /usr/sbin/sshd -D -e $sshd_options -o PidFile=/run/sshd.pid 2>>"$work/sshd.log" &
+    echo READY
+    # As pid 1, the shell also reaps the processes that get orphaned in here (the agent's supervisor).
+    wait
+    exit
+fi
+
+# systemd as pid 1, booting only what a cloud image's sshd and the agent need. Everything
+# the stock targets pull in is masked: much of it reaches past these namespaces (kernel
+# settings, modules, binfmt, the clock, ports on the shared loopback).
+units=$root/etc/systemd/system
+for wanted in /lib/systemd/system /etc/systemd/system; do
+    for target in sysinit sockets timers basic paths; do
+        for unit in "$wanted/$target.target.wants"/*; do
+            [ -e "$unit" ] || [ -L "$unit" ] || continue
+            ln -sf /dev/null "$units/$(basename "$unit")"
+        done
+    done
+done
+for unit in local-fs.target swap.target tmp.mount; do ln -sf /dev/null "$units/$unit"; done
+printf 'SSHD_OPTS="%s -E /var/log/orch-test-sshd.log"\n' "$sshd_options" > "$root/etc/default/ssh"
+cat > "$units/orch-test.target" <<UNIT
+[Unit]
+Description=orch test host
+Wants=ssh.service
+AllowIsolate=yes
+UNIT
+# systemd gets a cgroup subtree of its own (made by the caller, removed after): a cgroup
+# namespace rooted there, with a cgroup2 hierarchy mounted over the machine's.
+echo $$ > "$work/cgroup/cgroup.procs"
 echo READY
-# As pid 1, the shell also reaps the processes that get orphaned in here (the agent's supervisor).
-wait
+exec >>"$work/systemd.log" 2>&1 </dev/null
+exec unshare --cgroup sh -c '
+    mount -t cgroup2 cgroup2 "$1/sys/fs/cgroup"
+    exec env container=orch-test chroot "$1" /lib/systemd/systemd --unit=orch-test.target
+' sh "$root"
 """
 
 
@@ -65,16 +100,15 @@ class SshHost:
     key_file: Path
     ns_pid: int
     work: Path
+    init: str
+    cgroup: Path | None
 
     @property
     def root(self) -> Path:
         """The host's / (the overlay), readable from this machine for assertions."""
+        if self.init == "systemd":  # systemd, pid 1 there, runs chrooted into the overlay
+            return Path(f"/proc/{self.ns_pid}/root")
         return Path(f"/proc/{self.ns_pid}/root{self.work}/root")
-
-    @property
-    def upper(self) -> Path:
-        """The overlay's upper layer: exactly the files written on the host."""
-        return Path(f"/proc/{self.ns_pid}/root{self.work}/layers/upper")
 
     def run(self, command: str, *, timeout: float = 60) -> subprocess.CompletedProcess:
         """Run a shell command as root inside the host (its namespaces and chroot)."""
@@ -104,10 +138,6 @@ class SshHost:
             timeout=60,
         )
 
-    def sshd_log(self) -> str:
-        path = self.work / "sshd.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -122,7 +152,7 @@ def write_private_key(directory: Path, name: str, private_key_pem: str) -> Path:
     return path
 
 
-def _wait_for_sshd(port: int, proc: subprocess.Popen, work: Path) -> None:
+def _wait_for_sshd(port: int, proc: subprocess.Popen, work: Path, init: str) -> None:
     deadline = time.monotonic() + SSHD_START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -134,11 +164,39 @@ def _wait_for_sshd(port: int, proc: subprocess.Popen, work: Path) -> None:
         except OSError:
             pass
         time.sleep(0.2)
-    log = (work / "sshd.log").read_text(errors="replace") if (work / "sshd.log").exists() else ""
-    raise RuntimeError(f"sshd did not answer on port {port} within {SSHD_START_TIMEOUT_S}s; sshd log: {log}")
+    log = work / ("systemd.log" if init == "systemd" else "sshd.log")
+    text = log.read_text(errors="replace") if log.exists() else ""
+    raise RuntimeError(f"sshd did not answer on port {port} within {SSHD_START_TIMEOUT_S}s; {log.name}: {text}")
 
 
-def start_ssh_host(work: Path) -> tuple[SshHost, subprocess.Popen]:
+def _own_cgroup_subtree(name: str) -> Path:
+    """A new cgroup below this process's own in the cgroup2 hierarchy, for systemd to manage."""
+    mounts = [line.split(" - ", 1) for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+    mount_points = [fields.split()[4] for fields, rest in mounts if rest.split()[0] == "cgroup2"]
+    current = [line[3:] for line in Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::")]
+    if not mount_points or not current:
+        pytest.fail("the systemd ssh host needs a cgroup2 hierarchy (none is mounted here)")
+    path = Path(mount_points[0] + current[0].rstrip("/")) / name
+    path.mkdir()
+    return path
+
+
+def _remove_cgroup_subtree(path: Path) -> None:
+    # A cgroup can be removed once its processes are gone, which the kernel finishes shortly after the kill.
+    deadline = time.monotonic() + 30
+    while path.exists():
+        try:
+            for directory in sorted((d for d in path.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
+                directory.rmdir()
+            path.rmdir()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def start_ssh_host(work: Path, init: str = "shell") -> tuple[SshHost, subprocess.Popen]:
+    """An isolated SSH host whose pid 1 is a plain shell (like a container) or systemd (like a cloud VM)."""
     missing = [tool for tool in ("unshare", "nsenter", "chroot", "ssh", "ssh-keygen") if shutil.which(tool) is None]
     if not Path("/usr/sbin/sshd").exists():
         missing.append("/usr/sbin/sshd")
@@ -156,9 +214,13 @@ def start_ssh_host(work: Path) -> tuple[SshHost, subprocess.Popen]:
     (work / "authorized_keys").write_text(public_key + "\n")
     key_file = write_private_key(work, "admin_key", private_key_pem)
     port = free_port()
+    cgroup = None
+    if init == "systemd":
+        cgroup = _own_cgroup_subtree(f"orch-sshhost-{port}")
+        (work / "cgroup").symlink_to(cgroup)
     proc = subprocess.Popen(
         ["unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private",
-         "bash", "-c", NAMESPACE_INIT, "orch-sshhost", str(work), str(port)],
+         "bash", "-c", NAMESPACE_INIT, "orch-sshhost", str(work), str(port), init],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -170,22 +232,26 @@ def start_ssh_host(work: Path) -> tuple[SshHost, subprocess.Popen]:
             raise RuntimeError(f"ssh host setup failed ({proc.returncode}): {proc.stderr.read()}")
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         ns_pid = int(children[0])
-        _wait_for_sshd(port, proc, work)
+        _wait_for_sshd(port, proc, work, init)
     except BaseException:
         proc.kill()
         proc.wait()
+        if cgroup:
+            _remove_cgroup_subtree(cgroup)
         raise
     host = SshHost(
         host="127.0.0.1", port=port, user="root", private_key_pem=private_key_pem,
-        key_file=key_file, ns_pid=ns_pid, work=work,
+        key_file=key_file, ns_pid=ns_pid, work=work, init=init, cgroup=cgroup,
     )
     return host, proc
 
 
-def stop_ssh_host(proc: subprocess.Popen) -> None:
+def stop_ssh_host(host: SshHost, proc: subprocess.Popen) -> None:
     # --kill-child: unshare's death kills the namespace's pid 1, and with it every process inside.
     proc.kill()
     proc.wait(timeout=30)
+    if host.cgroup:
+        _remove_cgroup_subtree(host.cgroup)
 
 
 @pytest.fixture(scope="module")
@@ -193,4 +259,12 @@ def ssh_host(tmp_path_factory):
     """A fresh, isolated SSH host (root login with `private_key_pem`) for one test module."""
     host, proc = start_ssh_host(tmp_path_factory.mktemp("sshhost"))
     yield host
-    stop_ssh_host(proc)
+    stop_ssh_host(host, proc)
+
+
+@pytest.fixture(scope="module")
+def systemd_ssh_host(tmp_path_factory):
+    """Like ssh_host, but booted by systemd as a cloud image is: services are systemd units."""
+    host, proc = start_ssh_host(tmp_path_factory.mktemp("systemdhost"), init="systemd")
+    yield host
+    stop_ssh_host(host, proc)

@@ -13,7 +13,7 @@ import time
 import pymongo
 
 from orchestrator.sshkeys import generate_keypair
-from tests.live import instance_doc, start_service, wait_operation
+from tests.live import free_port, instance_doc, start_service, wait_operation
 from tests.sshhost import ssh_host, write_private_key  # noqa: F401 (fixture)
 
 BOOTSTRAP = "#!/bin/bash\necho bootstrapped-$(hostname) >> /root/bootstrap-runs\n"
@@ -91,5 +91,37 @@ def test_provision_configures_the_host_and_waits_for_the_agent(ssh_host, tmp_pat
             # Deleting the instance revokes the agent's token.
             deleted = client.delete("/api/v1/instances/configured-1").json()["operation"]
             assert wait_operation(client, deleted["id"])["status"] == "succeeded"
+    finally:
+        live.stop()
+
+
+def test_agent_that_never_reports_fails_the_provision_and_rolls_it_back(ssh_host, tmp_path, mongo_url):  # noqa: F811
+    """The playbook succeeds, but the agent is told a service URL where nothing listens: no first report."""
+    live = start_service(
+        tmp_path,
+        mongo_url,
+        PULUMI_STANDIN_SSH_PORT=str(ssh_host.port),
+        ORCH_PUBLIC_URL=f"http://127.0.0.1:{free_port()}",
+        ORCH_AGENT_INTERVAL_S="1",
+        ORCH_AGENT_FIRST_REPORT_TIMEOUT_S="5",
+    )
+    try:
+        with live.client("alice") as client:
+            created = client.post("/api/v1/instances", json=instance_doc("silent-1", "docker", configure=True))
+            assert created.status_code == 202, created.text
+            _authorize_admin_key(live, ssh_host, "silent-1")
+            op = wait_operation(client, created.json()["operation"]["id"], timeout=400)
+            assert op["status"] == "failed"
+            assert op["error"].endswith("the agent sent no report within 5 s"), op["error"]
+            assert [(s["name"], s["status"]) for s in op["steps"]] == [
+                ("pulumi up", "succeeded"),
+                ("configure: ansible", "succeeded"),
+                ("wait for the agent's first report", "failed"),
+                ("rollback: pulumi destroy", "succeeded"),
+            ]
+            instance = client.get("/api/v1/instances/silent-1").json()
+            assert instance["status"] == "failed" and "no report" in instance["status_reason"]
+            backend = tmp_path / "pulumi-backend"
+            assert not list(backend.glob(".pulumi/stacks/*/instance-silent-1.json")), "the stack is removed"
     finally:
         live.stop()
