@@ -6,6 +6,10 @@ Inside, `/` is overlaid with an upper layer on a tmpfs and the host chroots into
 overlay: every file the playbook writes, every user it adds, lands in the tmpfs and
 vanishes with the namespace. Killing the namespace's first process ends every process
 started in it (sshd, the agent, its supervisor).
+
+The namespace's pid 1 is either a shell that starts sshd (a container, no init system)
+or systemd (a cloud VM: sshd is ssh.service, the agent becomes a unit). systemd runs in
+a cgroup namespace over a cgroup subtree made for it and removed afterwards.
 """
 
 from __future__ import annotations
