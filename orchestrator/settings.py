@@ -35,6 +35,18 @@ class Settings:
     agent_report_interval_s: int = 30
     agent_first_report_timeout_s: int = 600
     redispatch_after_s: int = 30
+    # Where instances get goofys: an http(s) URL they download from (a mirror for offline
+    # hosts), or a file on this machine copied to them; None: the playbook's release URL.
+    goofys_source: str | None = None
+
+    @property
+    def goofys_playbook_vars(self) -> dict[str, str]:
+        """The goofys role's variables for goofys_source."""
+        if self.goofys_source is None:
+            return {}
+        if urlparse(self.goofys_source).scheme in ("http", "https"):
+            return {"goofys_url": self.goofys_source}
+        return {"goofys_src": self.goofys_source}
 
     @property
     def pulumi_bin(self) -> str:
@@ -62,6 +74,16 @@ def _url_setting(env: dict, name: str, schemes: tuple[str, ...]) -> str | None:
     if raw is not None and urlparse(raw).scheme not in schemes:
         raise SettingsError(f"{name}={raw!r} must be a URL starting with one of: {', '.join(s + '://' for s in schemes)}")
     return raw
+
+
+def _goofys_source(env: dict) -> str | None:
+    raw = env.get("ORCH_GOOFYS_URL") or None
+    if raw is None or urlparse(raw).scheme in ("http", "https"):
+        return raw
+    path = Path(raw.removeprefix("file://")).resolve()
+    if not path.is_file():
+        raise SettingsError(f"ORCH_GOOFYS_URL={raw!r} is neither an http(s) URL nor a file on this machine")
+    return str(path)
 
 
 def _jwt_secret(env: dict, data_dir: Path) -> str:
@@ -113,4 +135,5 @@ def load_settings(env: dict | None = None) -> Settings:
         agent_report_interval_s=_int_setting(env, "ORCH_AGENT_INTERVAL_S", 30),
         agent_first_report_timeout_s=_int_setting(env, "ORCH_AGENT_FIRST_REPORT_TIMEOUT_S", 600),
         redispatch_after_s=_int_setting(env, "ORCH_REDISPATCH_AFTER_S", 30),
+        goofys_source=_goofys_source(env),
     )

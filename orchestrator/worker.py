@@ -260,6 +260,7 @@ class Worker:
             "orch_agent_token": token,
             "orch_agent_instance": instance.name,
             "orch_agent_interval": self.settings.agent_report_interval_s,
+            **self.settings.goofys_playbook_vars,
         }
         with self._step(op, "configure: ansible"):
             try:

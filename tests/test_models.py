@@ -40,11 +40,24 @@ def test_snapshot_state_machine():
         ({"ORCH_AMQP_URL": "redis://x"}, "ORCH_AMQP_URL"),
         ({"ORCH_PULUMI_COMMAND": "/nonexistent"}, "ORCH_PULUMI_COMMAND"),
         ({"ORCH_MAX_PARALLEL_OPERATIONS": "many"}, "ORCH_MAX_PARALLEL_OPERATIONS"),
+        ({"ORCH_GOOFYS_URL": "/nonexistent/goofys"}, "ORCH_GOOFYS_URL"),
+        ({"ORCH_GOOFYS_URL": "ftp://mirror/goofys"}, "ORCH_GOOFYS_URL"),
     ],
 )
 def test_bad_settings_name_the_variable(tmp_path, env, names):
     with pytest.raises(SettingsError, match=names):
         load_settings({"ORCH_DATA_DIR": str(tmp_path), **env})
+
+
+def test_goofys_source_is_a_download_url_or_a_local_file(tmp_path):
+    base = {"ORCH_DATA_DIR": str(tmp_path)}
+    assert load_settings(base).goofys_playbook_vars == {}
+    mirror = "http://mirror.internal/goofys"
+    assert load_settings({**base, "ORCH_GOOFYS_URL": mirror}).goofys_playbook_vars == {"goofys_url": mirror}
+    binary = tmp_path / "goofys"
+    binary.write_bytes(b"binary")
+    for given in (str(binary), f"file://{binary}"):
+        assert load_settings({**base, "ORCH_GOOFYS_URL": given}).goofys_playbook_vars == {"goofys_src": str(binary)}
 
 
 def _serve_error(tmp_path, **env) -> subprocess.CompletedProcess:

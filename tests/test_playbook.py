@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import stat
@@ -9,7 +10,9 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -241,6 +244,19 @@ def test_host_that_comes_up_late_is_configured_after_retries(configured, tmp_pat
     assert summary.attempts > 1 and summary.changed == 0, log
 
 
+@contextmanager
+def serving_directory(directory: Path):
+    """An HTTP server for the files in directory: a goofys mirror for hosts without Internet access."""
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(directory))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def agent_main_pid(host: SshHost) -> str:
     return host.run("systemctl show --property=MainPID --value orch-agent").stdout.strip()
 
@@ -248,11 +264,25 @@ def agent_main_pid(host: SshHost) -> str:
 def test_on_a_systemd_host_the_agent_is_a_unit_and_reruns_change_nothing(systemd_ssh_host, tmp_path):  # noqa: F811
     """The branch real cloud images take: the agent is a systemd unit, sshd is reloaded through systemd."""
     host = systemd_ssh_host
-    server = ReportServer()
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "goofys").write_text(FAKE_GOOFYS)
     alice_private, alice_public = generate_keypair("alice@test")
+    server = ReportServer()
+    with serving_directory(mirror) as mirror_url:
+        try:
+            _check_systemd_host(host, server, f"{mirror_url}/goofys", alice_private, alice_public, tmp_path)
+        finally:
+            server.stop()
+
+
+def _check_systemd_host(
+    host: SshHost, server: ReportServer, goofys_url: str, alice_private: str, alice_public: str, tmp_path: Path
+) -> None:
     extravars = {
         "orch_ssh_users": [{"name": "alice", "public_key": alice_public, "sudo": True}],
-        "orch_mounts": [],
+        "orch_mounts": [{"bucket": "models", "path": "/mnt/models"}],
+        "goofys_url": goofys_url,
         "orch_bootstrap_script": "",
         "orch_agent_url": server.url,
         "orch_agent_token": valid_token("unit-1"),
@@ -260,40 +290,40 @@ def test_on_a_systemd_host_the_agent_is_a_unit_and_reruns_change_nothing(systemd
         "orch_agent_interval": AGENT_INTERVAL_S,
         "agent_restart_delay_s": 1,
     }
-    try:
-        assert "password" in auth_methods(host).split(",")
-        first_log: list[str] = []
-        first = configure(host, extravars, tmp_path / "runs", first_log)
-        assert first.changed > 0
-        assert any("TASK [agent : Enable and start the agent]" in line for line in first_log)
-        second_log: list[str] = []
-        assert configure(host, extravars, tmp_path / "runs", second_log).changed == 0, "\n".join(second_log)
+    assert "password" in auth_methods(host).split(",")
+    first_log: list[str] = []
+    assert configure(host, extravars, tmp_path / "runs", first_log).changed > 0
+    assert any("TASK [agent : Enable and start the agent]" in line for line in first_log)
+    second_log: list[str] = []
+    assert configure(host, extravars, tmp_path / "runs", second_log).changed == 0, "\n".join(second_log)
 
-        assert host.run("systemctl is-enabled orch-agent").stdout.strip() == "enabled"
-        assert host.run("systemctl is-active orch-agent").stdout.strip() == "active"
-        assert not (host.root / "opt/orch-agent/supervise.sh").exists(), "no supervisor where systemd runs"
-        assert server.wait_for_reports(1, timeout_s=30)[-1]["instance"] == "unit-1"
+    assert host.run("systemctl is-enabled orch-agent").stdout.strip() == "enabled"
+    assert host.run("systemctl is-active orch-agent").stdout.strip() == "active"
+    assert not (host.root / "opt/orch-agent/supervise.sh").exists(), "no supervisor where systemd runs"
+    assert server.wait_for_reports(1, timeout_s=30)[-1]["instance"] == "unit-1"
 
-        # sshd was reloaded through systemd: password login is off.
-        assert auth_methods(host) == "publickey"
-        alice_key = write_private_key(tmp_path, "alice_key", alice_private)
-        assert host.ssh("alice", alice_key, "sudo -n true").returncode == 0
+    # goofys came from the mirror's URL and mounted the bucket.
+    assert (host.root / "usr/local/bin/goofys").read_text() == FAKE_GOOFYS
+    assert host.run("mountpoint -q /mnt/models").returncode == 0
 
-        # systemd restarts an agent that dies.
-        killed = agent_main_pid(host)
-        assert host.run(f"kill -9 {killed}").returncode == 0
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and agent_main_pid(host) in (killed, "0"):
-            time.sleep(0.2)
-        assert agent_main_pid(host) not in (killed, "0"), "systemd did not restart the agent"
+    # sshd was reloaded through systemd: password login is off.
+    assert auth_methods(host) == "publickey"
+    alice_key = write_private_key(tmp_path, "alice_key", alice_private)
+    assert host.ssh("alice", alice_key, "sudo -n true").returncode == 0
 
-        # A changed config (here the interval) makes the handler restart the unit to pick it up.
-        before = agent_main_pid(host)
-        changed = {**extravars, "orch_agent_interval": AGENT_INTERVAL_S + 1}
-        third_log: list[str] = []
-        assert configure(host, changed, tmp_path / "runs", third_log).changed > 0
-        assert any("RUNNING HANDLER [agent : Restart the agent with systemd]" in line for line in third_log)
-        assert agent_main_pid(host) != before
-        assert json.loads((host.root / "etc/orch-agent/config.json").read_text())["interval"] == AGENT_INTERVAL_S + 1
-    finally:
-        server.stop()
+    # systemd restarts an agent that dies.
+    killed = agent_main_pid(host)
+    assert host.run(f"kill -9 {killed}").returncode == 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and agent_main_pid(host) in (killed, "0"):
+        time.sleep(0.2)
+    assert agent_main_pid(host) not in (killed, "0"), "systemd did not restart the agent"
+
+    # A changed config (here the interval) makes the handler restart the unit to pick it up.
+    before = agent_main_pid(host)
+    changed = {**extravars, "orch_agent_interval": AGENT_INTERVAL_S + 1}
+    third_log: list[str] = []
+    assert configure(host, changed, tmp_path / "runs", third_log).changed > 0
+    assert any("RUNNING HANDLER [agent : Restart the agent with systemd]" in line for line in third_log)
+    assert agent_main_pid(host) != before
+    assert json.loads((host.root / "etc/orch-agent/config.json").read_text())["interval"] == AGENT_INTERVAL_S + 1
