@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import getpass
 import json
@@ -405,16 +406,26 @@ class Cli:
     # --- operations --------------------------------------------------------------------------
 
     def operation(self, kind: str, preview: bool) -> int:
-        # gRPC and the SDK's protobuf modules are imported only by the commands that deploy.
-        from .engine import OperationSettings
-        from .events import EventLog
-
         unsupported = sorted(UNSUPPORTED_OPERATION_FLAGS & set(self.args.flags))
         if unsupported:
             raise CliError(f"the Pulumi CLI stand-in does not support {', '.join(unsupported)}")
         stack = self.existing_stack()
         backend = self.backend
         config = self.stack_config(stack)
+        with contextlib.ExitStack() as program_host:
+            client_address = self.args.flag("--client")
+            if client_address is None and kind == "update":
+                # A local program (the CLI run by hand, not by the Automation API).
+                client_address = program_host.enter_context(self.project.program_host())
+            return self._locked_operation(stack, backend, config, client_address, kind, preview)
+
+    def _locked_operation(
+        self, stack: str, backend: FileBackend, config: StackConfig, client_address: str | None, kind: str, preview: bool
+    ) -> int:
+        # gRPC and the SDK's protobuf modules are imported only by the commands that deploy.
+        from .engine import OperationSettings
+        from .events import EventLog
+
         event_log = EventLog(self.args.flag("--event-log"))
         settings = OperationSettings(
             project=self.project,
@@ -425,7 +436,7 @@ class Cli:
             event_log=event_log,
             exec_kind=self.args.flag("--exec-kind") or "cli",
             message=self.args.flag("--message") or "",
-            client_address=self.args.flag("--client"),
+            client_address=client_address,
             parallel=int(self.args.flag("--parallel") or 16),
         )
         lock = None

@@ -422,10 +422,6 @@ class Deployment:
 
     def run_update(self) -> None:
         """`up` or `preview`: run the program, then delete what it no longer declares."""
-        if not self.settings.client_address:
-            raise RuntimeError(
-                "the Pulumi CLI stand-in runs inline programs only: it needs --client (the Automation API's language host)"
-            )
         self.program_error = run_program(self)
         if self.failure or self.program_error:
             return

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
+import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +62,54 @@ class Project:
     def full_key(self, key: str) -> str:
         """Config keys without a namespace belong to the project (`key` -> `<project>:key`)."""
         return key if ":" in key else f"{self.name}:{key}"
+
+    def program_file(self) -> Path:
+        """The file Python runs for the project: `main` (default: the project directory), `__main__.py` in a directory."""
+        main = self.directory / str(self.settings.get("main") or ".")
+        path = main / "__main__.py" if main.is_dir() else main
+        if not path.is_file():
+            raise ProjectError(f"the project's main {str(self.settings.get('main') or '.')!r} has no program: {path} is missing")
+        return path
+
+    def interpreter(self) -> str:
+        """The project's Python: its `virtualenv` option's, or python3 (the stand-in creates no virtualenv)."""
+        runtime = self.settings.get("runtime")
+        name = runtime.get("name") if isinstance(runtime, dict) else runtime
+        if name != "python":
+            raise ProjectError(f"the Pulumi CLI stand-in runs local programs of runtime python only, not {name!r}")
+        options = (runtime.get("options") or {}) if isinstance(runtime, dict) else {}
+        if options.get("virtualenv"):
+            python = self.directory / options["virtualenv"] / "bin" / "python"
+            if not python.exists():
+                raise ProjectError(f"the project's virtualenv has no interpreter: {python} is missing")
+            return str(python)
+        python3 = shutil.which("python3")
+        if python3 is None:
+            raise ProjectError("no python3 on PATH to run the project's program")
+        return python3
+
+    @contextlib.contextmanager
+    def program_host(self) -> Iterator[str]:
+        """The address of a language host running this project's program, for `up`/`preview` without --client."""
+        host = subprocess.Popen(
+            [self.interpreter(), str(Path(__file__).with_name("program_host.py")), str(self.program_file())],
+            cwd=self.directory,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            port = host.stdout.readline().strip()
+            if not port.isdigit():
+                raise ProjectError(f"the project's program host did not start (exit status {host.wait()})")
+            yield f"127.0.0.1:{port}"
+        finally:
+            host.stdin.close()
+            try:
+                host.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                host.kill()
+                host.wait()
 
     # The current stack is kept per project under PULUMI_HOME, as the CLI's workspace file.
     def _workspace_file(self) -> Path:
