@@ -35,8 +35,10 @@ class EngineError(Exception):
 
 
 def _stderr_tail(error: auto.errors.CommandError, lines: int = 15) -> str:
-    stderr = getattr(error, "stderr", None) or str(error)
-    kept = [line for line in stderr.strip().splitlines() if line.strip()]
+    # The SDK's message is the CLI's result: "\n code: N\n stdout: ...\n stderr: ...".
+    message = str(error)
+    _, marker, stderr = message.partition("\n stderr: ")
+    kept = [line for line in (stderr if marker else message).strip().splitlines() if line.strip()]
     return "\n".join(kept[-lines:])
 
 
@@ -116,7 +118,7 @@ class StackEngine:
         """Select a stack without running a program (raises StackNotFoundError when absent)."""
         return auto.select_stack(stack_name, project_name=PROJECT_NAME, program=lambda: None, opts=self._options())
 
-    def _retrying(self, action):
+    def _retrying(self, action, on_output: LogFn | None = None):
         """Run an Automation API call, retrying ConcurrentUpdateError with backoff."""
         for attempt in range(CONCURRENT_UPDATE_RETRIES):
             try:
@@ -124,7 +126,10 @@ class StackEngine:
             except auto.errors.ConcurrentUpdateError as error:
                 if attempt == CONCURRENT_UPDATE_RETRIES - 1:
                     raise EngineError(f"stack is locked by another update: {_stderr_tail(error, 3)}") from None
-                time.sleep(min(0.5 * 2**attempt, 8) + random.random() * 0.25)
+                delay = min(0.5 * 2**attempt, 8) + random.random() * 0.25
+                if on_output is not None:
+                    on_output(f"the stack is locked by another update; retrying in {delay:.1f} s")
+                time.sleep(delay)
             except auto.errors.CommandError as error:
                 raise EngineError(_stderr_tail(error)) from None
 
@@ -153,7 +158,7 @@ class StackEngine:
         self, instance: InstanceDoc, *, admin_public_key: str, base_image_id: str | None, on_output: LogFn
     ) -> dict:
         stack = self._instance_stack(instance, admin_public_key, base_image_id)
-        result = self._retrying(lambda: stack.up(on_output=on_output, color="never"))
+        result = self._retrying(lambda: stack.up(on_output=on_output, color="never"), on_output)
         return {key: value.value for key, value in result.outputs.items()}
 
     def preview_instance(
@@ -188,7 +193,7 @@ class StackEngine:
         stack = self._stack(f"snapshot-{snapshot.name}", program)
         config = self._config("snapshot", snapshot.to_dict(), source=source)
         self._retrying(lambda: stack.set_all_config(config))
-        result = self._retrying(lambda: stack.up(on_output=on_output, color="never"))
+        result = self._retrying(lambda: stack.up(on_output=on_output, color="never"), on_output)
         return {key: value.value for key, value in result.outputs.items()}
 
     def destroy(self, stack_name: str, *, on_output: LogFn) -> None:
@@ -199,7 +204,7 @@ class StackEngine:
             return
         except auto.errors.CommandError as error:
             raise EngineError(_stderr_tail(error)) from None
-        self._retrying(lambda: stack.destroy(on_output=on_output, color="never"))
+        self._retrying(lambda: stack.destroy(on_output=on_output, color="never"), on_output)
         self._retrying(lambda: stack.workspace.remove_stack(stack_name))
 
     def cancel(self, stack_name: str) -> None:

@@ -250,12 +250,13 @@ def test_two_stacks_up_in_parallel_from_two_threads(standin_env, pulumi_command)
     assert results["parallel-0"].outputs["instance_id"].value != results["parallel-1"].outputs["instance_id"].value
 
 
-def lock_dir(standin_env: dict, stack: str) -> Path:
-    return backend_dir(standin_env) / ".pulumi" / "locks" / "organization" / PROJECT / stack
+def lock_dir(standin_env: dict, stack: str, project: str = PROJECT) -> Path:
+    return backend_dir(standin_env) / ".pulumi" / "locks" / "organization" / project / stack
 
 
-def write_lock(standin_env: dict, stack: str, pid: int) -> Path:
-    directory = lock_dir(standin_env, stack)
+def write_lock(standin_env: dict, stack: str, pid: int, project: str = PROJECT) -> Path:
+    """A lock file on the stack as `pid` on this host would hold it."""
+    directory = lock_dir(standin_env, stack, project)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "held-by-test.json"
     lock = {"pid": pid, "username": "test", "hostname": socket.gethostname(), "timestamp": "2024-01-01T00:00:00Z"}
