@@ -87,3 +87,48 @@ def run_load(
 
     asyncio.run(main())
     return result
+
+
+def run_at_rate(
+    host: str, port: int, requests: list[bytes], rate: float, connections: int,
+    ok: set[int] = frozenset({200, 201, 202}),
+) -> LoadResult:
+    """Send the requests at a fixed arrival rate (open loop) over a pool of keep-alive connections.
+
+    Each latency counts from the request's scheduled send time, so time spent waiting for
+    a free connection while the service lags is part of it (no coordinated omission).
+    """
+    result = LoadResult(0, 0, 0.0, [])
+
+    async def main() -> None:
+        pending: asyncio.Queue = asyncio.Queue()
+
+        async def connection() -> None:
+            reader, writer = await asyncio.open_connection(host, port)
+            try:
+                while (item := await pending.get()) is not None:
+                    request, scheduled = item
+                    writer.write(request)
+                    status = await _read_response(reader)
+                    result.latencies_ms.append((time.perf_counter() - scheduled) * 1000)
+                    result.requests += 1
+                    if status not in ok:
+                        result.errors += 1
+            finally:
+                writer.close()
+
+        workers = [asyncio.create_task(connection()) for _ in range(connections)]
+        started = time.perf_counter()
+        for index, request in enumerate(requests):
+            scheduled = started + index / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            pending.put_nowait((request, scheduled))
+        for _ in workers:
+            pending.put_nowait(None)
+        await asyncio.gather(*workers)
+        result.seconds = time.perf_counter() - started
+
+    asyncio.run(main())
+    return result

@@ -28,8 +28,13 @@ from orchestrator.settings import Settings
 
 log = logging.getLogger("orch.ingest")
 
-# How long a token check is cached; a revocation takes effect within this time.
+# How long a token check is trusted. An agent reporting after that is still answered
+# from the cache while its check is refreshed in the background (in bulk, next flush),
+# so reports never wait on MongoDB for a known token, and a revocation takes effect
+# within TOKEN_CACHE_S plus a flush interval.
 TOKEN_CACHE_S = 5.0
+# Names per bulk token refresh query.
+TOKEN_REFRESH_CHUNK = 200
 FLUSH_INTERVAL_S = 0.5
 # Instance documents updated with their latest report per flush (see _persist_health).
 HEALTH_WRITES_PER_FLUSH = 100
@@ -123,6 +128,7 @@ class AgentIngest:
     def __init__(self, settings: Settings):
         self.settings = settings
         self._tokens: dict[str, _TokenState] = {}
+        self._stale_tokens: set[str] = set()
         self._buffer: list[tuple[str, dict, dt.datetime]] = []
         self._latest: dict[str, _Latest] = {}
         self._lock = threading.Lock()
@@ -145,13 +151,16 @@ class AgentIngest:
             raise ReportRejected(401, str(error)) from None
         instance = claims["sub"]
         digest = token_hash(token)
-        state = self._cached_state(instance)
+        state = self._tokens.get(instance)
         if state is None or state.token_hash != digest:
-            # Not cached, stale, or a token newer than the cached one (renewed,
-            # or minted by `orch token create` elsewhere): ask MongoDB.
+            # Not cached, or not the cached token (a newer one: renewed, or minted by
+            # `orch token create` elsewhere; or a revoked one): ask MongoDB.
             if not may_query:
                 return None
             state = self._token_state(instance)
+        elif time.monotonic() - state.fetched_at > TOKEN_CACHE_S:
+            with self._lock:
+                self._stale_tokens.add(instance)
         if state.status == "missing":
             raise ReportRejected(401, f"token revoked: instance {instance!r} does not exist")
         if state.status == "deleted" or state.token_hash is None:
@@ -160,18 +169,37 @@ class AgentIngest:
             raise ReportRejected(401, f"token revoked: a newer token was issued for instance {instance!r}")
         return instance, token
 
-    def _cached_state(self, instance: str) -> _TokenState | None:
-        state = self._tokens.get(instance)
-        if state is None or time.monotonic() - state.fetched_at > TOKEN_CACHE_S:
-            return None
-        return state
-
     def _token_state(self, instance: str) -> _TokenState:
-        row = Instance.objects(name=instance).only("agent_token_hash", "status").first()
+        return self._fetch_token_states([instance])[instance]
+
+    def _fetch_token_states(self, names: list[str]) -> dict[str, _TokenState]:
+        """Read the instances' current token hash and status into the cache."""
+        rows = Instance._get_collection().find(
+            {"name": {"$in": names}}, {"name": True, "agent_token_hash": True, "status": True}
+        )
+        found = {row["name"]: row for row in rows}
         now = time.monotonic()
-        state = _TokenState(None, "missing", now) if row is None else _TokenState(row.agent_token_hash, row.status, now)
-        self._tokens[instance] = state
-        return state
+        states = {}
+        for name in names:
+            row = found.get(name)
+            states[name] = (
+                _TokenState(None, "missing", now)
+                if row is None
+                else _TokenState(row.get("agent_token_hash"), row.get("status", ""), now)
+            )
+        self._tokens.update(states)
+        return states
+
+    def _refresh_stale_tokens(self) -> None:
+        with self._lock:
+            stale, self._stale_tokens = sorted(self._stale_tokens), set()
+        for start in range(0, len(stale), TOKEN_REFRESH_CHUNK):
+            try:
+                self._fetch_token_states(stale[start : start + TOKEN_REFRESH_CHUNK])
+            except PyMongoError as error:
+                # Kept stale: the next report asks again.
+                log.error("could not refresh %d agent token checks: %s", len(stale) - start, error)
+                return
 
     def renew(self, instance: str) -> tuple[str, dt.datetime]:
         """A new token for an agent whose current token is valid; the old one stops working."""
@@ -201,6 +229,7 @@ class AgentIngest:
     def _flush_loop(self) -> None:
         while not self._stop.wait(FLUSH_INTERVAL_S):
             self.flush()
+            self._refresh_stale_tokens()
 
     def flush(self) -> None:
         """Store the buffered reports as one batch, then persist some of the latest health."""
