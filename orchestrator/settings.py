@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 KNOWN_CLOUDS = ("aws", "gcp", "azure", "docker")
+MIN_JWT_SECRET_BYTES = 32
 
 
 class SettingsError(Exception):
@@ -88,7 +89,13 @@ def _goofys_source(env: dict) -> str | None:
 
 def _jwt_secret(env: dict, data_dir: Path) -> str:
     if env.get("ORCH_JWT_SECRET"):
-        return env["ORCH_JWT_SECRET"]
+        secret = env["ORCH_JWT_SECRET"]
+        # HS256 keys shorter than the hash output are brute-forceable (RFC 7518, section 3.2).
+        if len(secret.encode()) < MIN_JWT_SECRET_BYTES:
+            raise SettingsError(
+                f"ORCH_JWT_SECRET is {len(secret.encode())} bytes; it must be at least {MIN_JWT_SECRET_BYTES}"
+            )
+        return secret
     # Generated once and kept, so tokens survive a restart of the service.
     path = data_dir / "jwt-secret"
     if path.exists():

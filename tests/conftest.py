@@ -45,7 +45,7 @@ def mongo_db(mongo_url):
 
     name = f"orch_test_{uuid.uuid4().hex[:10]}"
     mongoengine.disconnect_all()
-    mongoengine.connect(db=name, host=mongo_url)
+    mongoengine.connect(db=name, host=mongo_url, uuidRepresentation="standard")
     yield name
     mongoengine.disconnect_all()
 

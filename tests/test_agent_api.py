@@ -90,7 +90,7 @@ def test_token_rejections_carry_their_cause(agent_service):
     live = agent_service
     now = dt.datetime.now(dt.UTC)
     token_a = agent_token_for(live, "box-a")
-    forged, _ = mint_agent_token("someone-elses-secret", "box-a")
+    forged, _ = mint_agent_token("someone-elses-secret-" + "y" * 32, "box-a")
     expired = jwt.encode({"sub": "box-a", "aud": "agent", "exp": now - dt.timedelta(hours=2)}, JWT_SECRET, "HS256")
     future = jwt.encode(
         {"sub": "box-a", "aud": "agent", "iat": now + dt.timedelta(hours=1), "exp": now + dt.timedelta(hours=2)},

@@ -42,6 +42,7 @@ def test_snapshot_state_machine():
         ({"ORCH_MAX_PARALLEL_OPERATIONS": "many"}, "ORCH_MAX_PARALLEL_OPERATIONS"),
         ({"ORCH_GOOFYS_URL": "/nonexistent/goofys"}, "ORCH_GOOFYS_URL"),
         ({"ORCH_GOOFYS_URL": "ftp://mirror/goofys"}, "ORCH_GOOFYS_URL"),
+        ({"ORCH_JWT_SECRET": "short"}, "ORCH_JWT_SECRET is 5 bytes; it must be at least 32"),
     ],
 )
 def test_bad_settings_name_the_variable(tmp_path, env, names):

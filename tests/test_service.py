@@ -160,7 +160,7 @@ def test_tenancy_and_token_rejections(service):
         assert "carol-box" in names
 
     now = dt.datetime.now(dt.UTC)
-    forged = mint_user_token("not-the-service-secret", "carol")
+    forged = mint_user_token("not-the-service-secret-" + "y" * 32, "carol")
     expired = jwt.encode(
         {"sub": "carol", "role": "user", "aud": "orch-api", "exp": now - dt.timedelta(hours=1)}, JWT_SECRET, "HS256"
     )
