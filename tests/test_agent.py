@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -18,7 +19,11 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PYTHON39 = "/root/.pyenv/versions/3.9.18/bin/python"
+# The oldest Python the agent supports: ORCH_TEST_PYTHON39, else pyenv's 3.9.18, else python3.9 on PATH.
+_PYENV_PYTHON39 = os.path.expanduser("~/.pyenv/versions/3.9.18/bin/python")
+PYTHON39 = os.environ.get("ORCH_TEST_PYTHON39") or (
+    _PYENV_PYTHON39 if os.access(_PYENV_PYTHON39, os.X_OK) else shutil.which("python3.9")
+)
 REPORT_PATH = "/api/v1/agent/report"
 TOKEN_PATH = "/api/v1/agent/token"
 # A PATH with the basics and no nvidia-smi.
@@ -107,8 +112,11 @@ def valid_token(instance: str = "test-1") -> str:
 @pytest.fixture(params=["python3.9", "python3.13"])
 def python(request) -> str:
     if request.param == "python3.9":
-        if not os.access(PYTHON39, os.X_OK):
-            pytest.fail(f"Python 3.9 not found at {PYTHON39}: the agent must be tested on the oldest Python it supports")
+        if PYTHON39 is None or not os.access(PYTHON39, os.X_OK):
+            pytest.fail(
+                "Python 3.9 not found (ORCH_TEST_PYTHON39, ~/.pyenv/versions/3.9.18, python3.9 on PATH): "
+                "the agent must be tested on the oldest Python it supports"
+            )
         return PYTHON39
     return sys.executable
 
