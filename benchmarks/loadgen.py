@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 
@@ -55,14 +55,20 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def _connection(host, port, next_request: Callable[[], bytes | None], ok: set[int], result: LoadResult):
+async def _connection(
+    host, port, next_request: Callable[[], Awaitable[tuple[bytes, float] | None]], ok: set[int], result: LoadResult
+):
+    """Send requests over one keep-alive connection until `next_request` gives None.
+
+    It gives (request, time its latency counts from).
+    """
     reader, writer = await asyncio.open_connection(host, port)
     try:
-        while (request := next_request()) is not None:
-            started = time.perf_counter()
+        while (item := await next_request()) is not None:
+            request, counted_from = item
             writer.write(request)
             status = await _read_response(reader)
-            result.latencies_ms.append((time.perf_counter() - started) * 1000)
+            result.latencies_ms.append((time.perf_counter() - counted_from) * 1000)
             result.requests += 1
             if status not in ok:
                 result.errors += 1
@@ -77,8 +83,9 @@ def run_load(
     queue = iter(requests)
     result = LoadResult(0, 0, 0.0, [])
 
-    def next_request() -> bytes | None:
-        return next(queue, None)
+    async def next_request() -> tuple[bytes, float] | None:
+        request = next(queue, None)
+        return None if request is None else (request, time.perf_counter())
 
     async def main() -> None:
         started = time.perf_counter()
@@ -102,22 +109,9 @@ def run_at_rate(
 
     async def main() -> None:
         pending: asyncio.Queue = asyncio.Queue()
-
-        async def connection() -> None:
-            reader, writer = await asyncio.open_connection(host, port)
-            try:
-                while (item := await pending.get()) is not None:
-                    request, scheduled = item
-                    writer.write(request)
-                    status = await _read_response(reader)
-                    result.latencies_ms.append((time.perf_counter() - scheduled) * 1000)
-                    result.requests += 1
-                    if status not in ok:
-                        result.errors += 1
-            finally:
-                writer.close()
-
-        workers = [asyncio.create_task(connection()) for _ in range(connections)]
+        workers = [
+            asyncio.create_task(_connection(host, port, pending.get, set(ok), result)) for _ in range(connections)
+        ]
         started = time.perf_counter()
         for index, request in enumerate(requests):
             scheduled = started + index / rate
