@@ -45,7 +45,7 @@ class Settings:
         """The goofys role's variables for goofys_source."""
         if self.goofys_source is None:
             return {}
-        if urlparse(self.goofys_source).scheme in ("http", "https"):
+        if _is_download_url(self.goofys_source):
             return {"goofys_url": self.goofys_source}
         return {"goofys_src": self.goofys_source}
 
@@ -77,9 +77,13 @@ def _url_setting(env: dict, name: str, schemes: tuple[str, ...]) -> str | None:
     return raw
 
 
+def _is_download_url(source: str) -> bool:
+    return urlparse(source).scheme in ("http", "https")
+
+
 def _goofys_source(env: dict) -> str | None:
     raw = env.get("ORCH_GOOFYS_URL") or None
-    if raw is None or urlparse(raw).scheme in ("http", "https"):
+    if raw is None or _is_download_url(raw):
         return raw
     path = Path(raw.removeprefix("file://")).resolve()
     if not path.is_file():
@@ -90,11 +94,10 @@ def _goofys_source(env: dict) -> str | None:
 def _jwt_secret(env: dict, data_dir: Path) -> str:
     if env.get("ORCH_JWT_SECRET"):
         secret = env["ORCH_JWT_SECRET"]
+        size = len(secret.encode())
         # HS256 keys shorter than the hash output are brute-forceable (RFC 7518, section 3.2).
-        if len(secret.encode()) < MIN_JWT_SECRET_BYTES:
-            raise SettingsError(
-                f"ORCH_JWT_SECRET is {len(secret.encode())} bytes; it must be at least {MIN_JWT_SECRET_BYTES}"
-            )
+        if size < MIN_JWT_SECRET_BYTES:
+            raise SettingsError(f"ORCH_JWT_SECRET is {size} bytes; it must be at least {MIN_JWT_SECRET_BYTES}")
         return secret
     # Generated once and kept, so tokens survive a restart of the service.
     path = data_dir / "jwt-secret"

@@ -14,6 +14,8 @@ from tests.live import instance_doc
 from tests.test_standin import write_lock
 from tests.test_stacks_mocks import ADMIN_KEY
 
+LOCK_RETRY_LINE = "the stack is locked by another update; retrying in"
+
 
 @pytest.fixture
 def engine(standin_env, tmp_path, monkeypatch) -> StackEngine:
@@ -33,12 +35,12 @@ def test_an_update_waits_for_a_stack_lock_held_elsewhere(engine, standin_env):
 
     def on_output(line: str) -> None:
         log.append(line)
-        if "the stack is locked by another update; retrying in" in line:
+        if LOCK_RETRY_LINE in line:
             lock.unlink(missing_ok=True)  # the other update ends while this one waits
 
     outputs = up(engine, "waits", on_output)
     assert outputs["cloud"] == "docker"
-    waited = [line for line in log if "the stack is locked by another update; retrying in" in line]
+    waited = [line for line in log if LOCK_RETRY_LINE in line]
     assert waited and any(line.startswith("Updating (instance-waits)") for line in log), log
 
 

@@ -65,10 +65,11 @@ class Project:
 
     def program_file(self) -> Path:
         """The file Python runs for the project: `main` (default: the project directory), `__main__.py` in a directory."""
-        main = self.directory / str(self.settings.get("main") or ".")
+        main_setting = str(self.settings.get("main") or ".")
+        main = self.directory / main_setting
         path = main / "__main__.py" if main.is_dir() else main
         if not path.is_file():
-            raise ProjectError(f"the project's main {str(self.settings.get('main') or '.')!r} has no program: {path} is missing")
+            raise ProjectError(f"the project's main {main_setting!r} has no program: {path} is missing")
         return path
 
     def interpreter(self) -> str:
