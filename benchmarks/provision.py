@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from pulumi import automation as auto  # noqa: E402
 
+from orchestrator.db import url_with_database  # noqa: E402
 from orchestrator.models import Instance  # noqa: E402
 from orchestrator.sshkeys import generate_keypair  # noqa: E402
 from stacks import instance_program  # noqa: E402
@@ -136,7 +137,7 @@ def _write_records(sqlite_path: Path, records: int) -> None:
 
 
 def list_latency(tmp: Path, mongo_url: str, requests: int) -> tuple[list[float], list[float]]:
-    live = start_service(tmp, mongo_url, ORCH_MONGODB_URL=mongo_url.rstrip("/") + "/" + LIST_DB)
+    live = start_service(tmp, mongo_url, ORCH_MONGODB_URL=url_with_database(mongo_url, LIST_DB))
     try:
         admin_latencies, user_latencies = [], []
         with live.client(token=live.admin_token) as admin, live.client("user-7") as user:

@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import re
 import sys
 
 from orchestrator import __version__, server
 from orchestrator.client.commands import add_client_commands
+
+
+TTL_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+
+
+def token_ttl(text: str) -> dt.timedelta:
+    """A token lifetime such as 90m, 12h or 7d."""
+    match = re.fullmatch(r"([0-9]{1,6})([mhd])", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a lifetime like 90m, 12h or 7d")
+    return dt.timedelta(**{TTL_UNITS[match[2]]: int(match[1])})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,15 +37,22 @@ def build_parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run a worker consuming operations from ORCH_AMQP_URL")
     worker.set_defaults(handler=lambda args: server.worker())
 
-    token = commands.add_parser("token", help="mint tokens with the service's signing key")
-    token_commands = token.add_subparsers(dest="token_command", metavar="create")
+    token = commands.add_parser("token", help="mint, list and revoke tokens (on the service's machine)")
+    token_commands = token.add_subparsers(dest="token_command", metavar="create|list|revoke")
     token_commands.required = True
     create = token_commands.add_parser("create", help="print a token as the last line")
     who = create.add_mutually_exclusive_group(required=True)
-    who.add_argument("--user", help="a user token for NAME")
+    who.add_argument("--user", help="a user token for NAME (recorded: see `orch token list`)")
     who.add_argument("--instance", help="an agent token for instance NAME (admin, for debugging an agent)")
     create.add_argument("--admin", action="store_true", help="with --user: an admin token")
-    create.set_defaults(handler=lambda args: server.create_token(args.user, args.admin, args.instance))
+    create.add_argument("--ttl", type=token_ttl, help="with --user: lifetime such as 90m, 12h, 7d (default 12h, at most 30d)")
+    create.set_defaults(handler=lambda args: server.create_token(args.user, args.admin, args.instance, args.ttl))
+    listing = token_commands.add_parser("list", help="user tokens minted by `token create --user`")
+    listing.add_argument("--all", action="store_true", help="include expired tokens (kept an hour after expiry)")
+    listing.set_defaults(handler=lambda args: server.list_tokens(args.all))
+    revoke = token_commands.add_parser("revoke", help="revoke a user token by its jti: the API refuses it from then on")
+    revoke.add_argument("jti")
+    revoke.set_defaults(handler=lambda args: server.revoke_token(args.jti))
     add_client_commands(commands)
     return parser
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlunparse
 
 import mongoengine
 from pymongo.errors import PyMongoError
 
 from orchestrator.embedded_store import EmbeddedStore
-from orchestrator.models import Instance, Lock, MetricBatch, Operation, Snapshot
-from orchestrator.settings import Settings, SettingsError
+from orchestrator.models import Instance, Lock, MetricBatch, Operation, Snapshot, UserToken
+from orchestrator.secretfield import install_store_key
+from orchestrator.settings import Settings, SettingsError, redact_url
 
 DEFAULT_DB = "orch"
 
@@ -19,29 +20,38 @@ def _database_name(url: str) -> str:
     return path or DEFAULT_DB
 
 
+def url_with_database(url: str, database: str) -> str:
+    """url naming database as its path, its query options (credential source...) kept."""
+    return urlunparse(urlparse(url)._replace(path=f"/{database}"))
+
+
 def connect(settings: Settings) -> EmbeddedStore | None:
     """Connect mongoengine's default alias; start the embedded store when no URL is set.
 
     Returns the embedded store (to stop on shutdown) or None.
     """
+    install_store_key(settings.store_key)
     store = None
     url = settings.mongodb_url
     if url is None:
         store = EmbeddedStore(settings.data_dir / "store.sqlite3")
         try:
-            url = store.start() + DEFAULT_DB
+            store.start()
         except RuntimeError as error:
             raise SettingsError(f"embedded store (ORCH_MONGODB_URL unset) failed: {error}") from None
+        url = store.url_for(DEFAULT_DB)
     mongoengine.disconnect_all()
     mongoengine.connect(
         db=_database_name(url), host=url, uuidRepresentation="standard", serverSelectionTimeoutMS=5000, tz_aware=False
     )
     try:
         mongoengine.get_db().command("ping")
-        for document in (Instance, Snapshot, Operation, Lock, MetricBatch):
+        for document in (Instance, Snapshot, Operation, Lock, MetricBatch, UserToken):
             document.ensure_indexes()
     except PyMongoError as error:
-        raise SettingsError(f"MongoDB at ORCH_MONGODB_URL={url} is unreachable: {error.__class__.__name__}") from None
+        raise SettingsError(
+            f"MongoDB at ORCH_MONGODB_URL={redact_url(url)} is unreachable: {error.__class__.__name__}"
+        ) from None
     return store
 
 

@@ -2,14 +2,41 @@
 
 Used when ORCH_MONGODB_URL is unset: pymongo and mongoengine reach it over a
 real TCP connection, exactly as they would reach a MongoDB server.
+
+It listens on 127.0.0.1 only and requires SCRAM-SHA-256 authentication with
+a credential generated at each start and known only to the process that
+started it, so other local users cannot read or change the store over the
+port. Its SQLite files are created 0600 in a 0700 directory.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import secrets
 import threading
 from pathlib import Path
+from urllib.parse import quote
+
+from orchestrator.settings import PRIVATE_FILE_MODE, ensure_private_dir
+
+STORE_USER = "orch"
+AUTH_SOURCE = "admin"
+AUTH_MECHANISM = "SCRAM-SHA-256"
+PASSWORD_BYTES = 32
+# SQLite creates its journal files with the database file's mode.
+SQLITE_SUFFIXES = ("", "-wal", "-shm", "-journal")
+
+
+def _create_private_file(path: Path) -> None:
+    """Create path 0600 if missing; narrow the SQLite files to 0600 if they exist wider."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE_MODE)
+    os.close(fd)
+    for suffix in SQLITE_SUFFIXES:
+        existing = path.with_name(path.name + suffix)
+        if existing.exists() and existing.stat().st_mode & 0o777 != PRIVATE_FILE_MODE:
+            existing.chmod(PRIVATE_FILE_MODE)
 
 
 class EmbeddedStore:
@@ -19,23 +46,34 @@ class EmbeddedStore:
         self.sqlite_path = Path(sqlite_path)
         self.host = host
         self.port = port
-        self.url: str | None = None
+        self._password = secrets.token_urlsafe(PASSWORD_BYTES)
+        self._address: tuple[str, int] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
 
+    def url_for(self, database: str = "") -> str:
+        """A URL with this start's credential, for database (none: the server)."""
+        assert self._address is not None, "start() the store first"
+        host, port = self._address
+        return (
+            f"mongodb://{STORE_USER}:{quote(self._password, safe='')}@{host}:{port}/{database}"
+            f"?authSource={AUTH_SOURCE}&authMechanism={AUTH_MECHANISM}"
+        )
+
     def start(self, timeout: float = 20.0) -> str:
-        self.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        """Start serving; returns the server's URL (with its credential)."""
+        ensure_private_dir(self.sqlite_path.parent)
+        _create_private_file(self.sqlite_path)
         self._thread = threading.Thread(target=self._run, name="embedded-store", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
             raise RuntimeError("embedded store did not start in time")
         if self._error is not None:
             raise RuntimeError(f"embedded store failed to start: {self._error}") from self._error
-        assert self.url is not None
-        return self.url
+        return self.url_for()
 
     def stop(self) -> None:
         if self._loop is not None and self._stop is not None:
@@ -52,15 +90,20 @@ class EmbeddedStore:
 
     async def _serve(self) -> None:
         from mongoeco.engines.sqlite import SQLiteEngine
+        from mongoeco.wire.auth import WireAuthUser
         from mongoeco.wire.proxy import AsyncMongoEcoProxyServer
 
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         engine = SQLiteEngine(str(self.sqlite_path), executor_workers=1)
-        proxy = AsyncMongoEcoProxyServer(engine=engine, host=self.host, port=self.port)
+        user = WireAuthUser(
+            STORE_USER, self._password, source=AUTH_SOURCE, mechanisms=(AUTH_MECHANISM,),
+            roles=({"role": "root", "db": AUTH_SOURCE},),
+        )
+        proxy = AsyncMongoEcoProxyServer(engine=engine, host=self.host, port=self.port, auth_users=(user,))
         address = await proxy.start()
         self.port = address.port
-        self.url = f"mongodb://{address.host}:{address.port}/"
+        self._address = (address.host, address.port)
         self._ready.set()
         try:
             await self._stop.wait()
@@ -69,7 +112,10 @@ class EmbeddedStore:
 
 
 def main() -> None:
-    """Run the store as its own process (tests share one between processes)."""
+    """Run the store as its own process (tests share one between processes).
+
+    Prints the server's URL, credential included, as its first line.
+    """
     parser = argparse.ArgumentParser(prog="python -m orchestrator.embedded_store")
     parser.add_argument("--path", required=True, help="SQLite file")
     parser.add_argument("--host", default="127.0.0.1")

@@ -6,6 +6,8 @@ import datetime as dt
 
 import mongoengine as me
 
+from orchestrator.secretfield import EncryptedStringField
+
 
 def utcnow() -> dt.datetime:
     # Naive UTC: BSON dates carry no zone, so what we store is what we read back.
@@ -63,7 +65,7 @@ class Instance(me.Document):
     operation_id = me.StringField()
     # The service's SSH key for configuring this instance (Ansible), and the
     # hash of the agent token it was given: the token itself is never stored.
-    admin_private_key = me.StringField()
+    admin_private_key = EncryptedStringField()  # encrypted at rest with the store key
     admin_public_key = me.StringField()
     agent_token_hash = me.StringField()
     agent_token_expires_at = me.DateTimeField()
@@ -189,5 +191,25 @@ class MetricBatch(me.Document):
             ("instances", "ts_max"),
             # Samples expire after 7 days.
             {"fields": ["flushed_at"], "expireAfterSeconds": 7 * 24 * 3600},
+        ],
+    }
+
+
+class UserToken(me.Document):
+    """A user token minted by `orch token create --user`: listed by `orch token list`, revoked by jti."""
+
+    jti = me.StringField(primary_key=True)
+    user = me.StringField(required=True)
+    role = me.StringField(required=True, choices=("user", "admin"))
+    issued_at = me.DateTimeField(required=True)
+    expires_at = me.DateTimeField(required=True)
+    revoked_at = me.DateTimeField()
+
+    meta = {
+        "collection": "user_tokens",
+        "indexes": [
+            "revoked_at",
+            # An expired token is refused anyway; its record goes an hour later.
+            {"fields": ["expires_at"], "expireAfterSeconds": 3600},
         ],
     }

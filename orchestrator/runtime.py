@@ -11,6 +11,7 @@ from orchestrator.engine import StackEngine
 from orchestrator.ingest import AgentIngest
 from orchestrator.services import Orchestrator
 from orchestrator.settings import Settings
+from orchestrator.tokens import RevokedTokens
 from orchestrator.worker import Worker, recover
 
 log = logging.getLogger("orch.runtime")
@@ -60,6 +61,7 @@ class Runtime:
             self.dispatcher = InProcessDispatcher(self.worker, settings.max_parallel_operations)
         self.orchestrator = Orchestrator(settings, self.engine, self.dispatcher.dispatch)
         self.ingest = AgentIngest(settings)
+        self.revoked_tokens = RevokedTokens()
         self.sweeper = Sweeper(self.dispatcher.dispatch, redispatch_after_s=settings.redispatch_after_s)
         self.sweeper.start()
 

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import os
 import signal
 import sys
 import threading
 
-from orchestrator.settings import SettingsError, load_settings
+from orchestrator.settings import SettingsError, ensure_private_dir, load_settings, redact_url
 
 log = logging.getLogger("orch")
+
+
+# Files the service creates (store, keys, stack state, Ansible's key files) are for its user only.
+SERVICE_UMASK = 0o077
+
+
+def _private_process() -> None:
+    """Files this process creates are readable by its user only."""
+    os.umask(SERVICE_UMASK)
 
 
 def _configure_logging() -> None:
@@ -24,17 +35,19 @@ def serve(host: str, port: int) -> int:
     from orchestrator.api.app import create_app
     from orchestrator.runtime import Runtime
 
+    _private_process()
     _configure_logging()
     try:
         settings = load_settings()
+        ensure_private_dir(settings.data_dir)
         runtime = Runtime(settings)
     except SettingsError as error:
         print(f"orch serve: {error}", file=sys.stderr)
         return 2
-    mode = f"RabbitMQ at {settings.amqp_url}" if settings.amqp_url else "in-process workers"
-    store = settings.mongodb_url or f"embedded store in {settings.data_dir}"
+    mode = f"RabbitMQ at {redact_url(settings.amqp_url)}" if settings.amqp_url else "in-process workers"
+    store = redact_url(settings.mongodb_url) or f"embedded store in {settings.data_dir}"
     log.info("orch serving on http://%s:%d (MongoDB: %s; operations: %s; Pulumi backend: %s)",
-             host, port, store, mode, settings.pulumi_backend_url)
+             host, port, store, mode, redact_url(settings.pulumi_backend_url))
     uvicorn.run(create_app(runtime), host=host, port=port, log_level="warning", access_log=False)
     return 0
 
@@ -46,9 +59,11 @@ def worker() -> int:
     from orchestrator.runtime import Sweeper
     from orchestrator.worker import Worker
 
+    _private_process()
     _configure_logging()
     try:
         settings = load_settings()
+        ensure_private_dir(settings.data_dir)
         if not settings.amqp_url:
             raise SettingsError("ORCH_AMQP_URL is not set: `orch worker` consumes operations from RabbitMQ")
         store = db.connect(settings)
@@ -66,7 +81,7 @@ def worker() -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("orch worker consuming from %s", settings.amqp_url)
+    log.info("orch worker consuming from %s", redact_url(settings.amqp_url))
     thread = threading.Thread(target=consumer.run_forever, name="consumer")
     thread.start()
     thread.join()
@@ -77,13 +92,16 @@ def worker() -> int:
     return 0
 
 
-def create_token(user: str | None, admin: bool, instance: str | None) -> int:
-    from orchestrator.auth import mint_agent_token, mint_user_token
+def create_token(user: str | None, admin: bool, instance: str | None, ttl: dt.timedelta | None = None) -> int:
+    from orchestrator.auth import USER_TOKEN_TTL, mint_agent_token
 
     try:
         settings = load_settings()
     except SettingsError as error:
         print(f"orch token create: {error}", file=sys.stderr)
+        return 2
+    if instance and ttl is not None:
+        print("orch token create: --ttl is for user tokens (agent tokens renew themselves)", file=sys.stderr)
         return 2
     if instance:
         from orchestrator import db
@@ -104,6 +122,75 @@ def create_token(user: str | None, admin: bool, instance: str | None) -> int:
             return 2
         print(f"# agent token for instance {instance}, expires {expires.isoformat()}; replaces its previous token", file=sys.stderr)
     else:
-        token = mint_user_token(settings.jwt_secret, user, admin=admin)
+        from orchestrator.tokens import create_user_token
+
+        connected = _connect_for("create")
+        if connected is None:
+            return 2
+        _, store = connected
+        try:
+            # Recorded, so `orch token list` shows it and `orch token revoke` can revoke it.
+            issued = create_user_token(settings.jwt_secret, user, admin=admin, ttl=ttl or USER_TOKEN_TTL)
+        except ValueError as error:  # a bad user name or lifetime
+            print(f"orch token create: {error}", file=sys.stderr)
+            return 2
+        finally:
+            if store is not None:
+                store.stop()
+        print(f"# {issued.role} token for {issued.user}, jti {issued.jti}, expires {issued.expires_at.isoformat()}",
+              file=sys.stderr)
+        token = issued.token
     print(token)
+    return 0
+
+
+def _connect_for(command: str):
+    """(settings, embedded store or None) for a token command; None after printing why not."""
+    from orchestrator import db
+
+    try:
+        settings = load_settings()
+        return settings, db.connect(settings)
+    except SettingsError as error:
+        print(f"orch token {command}: {error}", file=sys.stderr)
+        return None
+
+
+def list_tokens(include_expired: bool) -> int:
+    from orchestrator.tokens import list_user_tokens
+
+    connected = _connect_for("list")
+    if connected is None:
+        return 2
+    _, store = connected
+    try:
+        records = list_user_tokens(include_expired=include_expired)
+    finally:
+        if store is not None:
+            store.stop()
+    print(f"{'JTI':<32}  {'USER':<39}  {'ROLE':<5}  {'ISSUED (UTC)':<19}  {'EXPIRES (UTC)':<19}  REVOKED (UTC)")
+    for record in records:
+        revoked = record.revoked_at.isoformat(timespec="seconds") if record.revoked_at else "-"
+        print(f"{record.jti:<32}  {record.user:<39}  {record.role:<5}  {record.issued_at.isoformat(timespec='seconds'):<19}  "
+              f"{record.expires_at.isoformat(timespec='seconds'):<19}  {revoked}")
+    return 0
+
+
+def revoke_token(jti: str) -> int:
+    from orchestrator.tokens import UnknownToken, revoke_user_token
+
+    connected = _connect_for("revoke")
+    if connected is None:
+        return 2
+    _, store = connected
+    try:
+        record = revoke_user_token(jti)
+    except UnknownToken as error:
+        print(f"orch token revoke: {error}", file=sys.stderr)
+        return 2
+    finally:
+        if store is not None:
+            store.stop()
+    print(f"revoked {record.jti} ({record.role} token for {record.user}, "
+          f"revoked at {record.revoked_at.isoformat(timespec='seconds')} UTC)")
     return 0

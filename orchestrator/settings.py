@@ -6,15 +6,26 @@ command line can print one clear line instead of a traceback.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
+
+from orchestrator.auth import SigningSecrets
 
 KNOWN_CLOUDS = ("aws", "gcp", "azure", "docker")
 MIN_JWT_SECRET_BYTES = 32
+# Previous secrets kept during a rotation: each costs one more HMAC per rejected token.
+MAX_PREVIOUS_JWT_SECRETS = 4
+# The data dir holds secrets (signing secret, store key, Pulumi passphrase, the embedded
+# store's files): only the service's user may read it.
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+STORE_KEY_BYTES = 32  # a Fernet key: 16 bytes for HMAC-SHA256, 16 for AES-128
 
 
 class SettingsError(Exception):
@@ -28,7 +39,10 @@ class Settings:
     amqp_url: str | None
     pulumi_backend_url: str
     pulumi_command: Path | None
-    jwt_secret: str
+    # The current secret (new tokens) and the previous ones (ORCH_JWT_PREVIOUS_SECRETS).
+    jwt_secret: SigningSecrets
+    # The Fernet key that encrypts secrets kept in MongoDB (instance admin SSH keys).
+    store_key: bytes
     public_url: str
     clouds: tuple[str, ...]
     max_parallel_operations: int = 8
@@ -70,10 +84,34 @@ def _int_setting(env: dict, name: str, default: int, minimum: int = 1) -> int:
     return value
 
 
+# Query options of a URL whose values are secrets (MongoDB's TLS key password, for one).
+_SECRET_QUERY_WORDS = ("pass", "secret", "token", "key")
+REDACTED = "***"
+
+
+def redact_url(url: str | None) -> str | None:
+    """The URL without its password (and secret query options), for logs and error messages."""
+    if not url:
+        return url
+    parts = urlparse(url)
+    netloc = parts.netloc
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}:{REDACTED}@{hosts}" if colon else f"{user}@{hosts}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode(
+            [(k, REDACTED if any(word in k.lower() for word in _SECRET_QUERY_WORDS) else v) for k, v in pairs], safe="*"
+        )
+    return urlunparse(parts._replace(netloc=netloc, query=query))
+
+
 def _url_setting(env: dict, name: str, schemes: tuple[str, ...]) -> str | None:
     raw = env.get(name) or None
     if raw is not None and urlparse(raw).scheme not in schemes:
-        raise SettingsError(f"{name}={raw!r} must be a URL starting with one of: {', '.join(s + '://' for s in schemes)}")
+        raise SettingsError(f"{name}={redact_url(raw)!r} must be a URL starting with one of: {', '.join(s + '://' for s in schemes)}")
     return raw
 
 
@@ -91,24 +129,82 @@ def _goofys_source(env: dict) -> str | None:
     return str(path)
 
 
-def _jwt_secret(env: dict, data_dir: Path) -> str:
-    if env.get("ORCH_JWT_SECRET"):
-        secret = env["ORCH_JWT_SECRET"]
-        size = len(secret.encode())
-        # HS256 keys shorter than the hash output are brute-forceable (RFC 7518, section 3.2).
-        if size < MIN_JWT_SECRET_BYTES:
-            raise SettingsError(f"ORCH_JWT_SECRET is {size} bytes; it must be at least {MIN_JWT_SECRET_BYTES}")
-        return secret
-    # Generated once and kept, so tokens survive a restart of the service.
-    path = data_dir / "jwt-secret"
+def ensure_private_dir(path: Path) -> Path:
+    """Create path (and parents) readable only by this user; narrow it if it exists wider."""
+    path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o777 != PRIVATE_DIR_MODE:
+        try:
+            path.chmod(PRIVATE_DIR_MODE)
+        except PermissionError:
+            raise SettingsError(f"ORCH_DATA_DIR={str(path)!r} is not ours to make private (mode 0700)") from None
+    return path
+
+
+def read_or_create_secret_file(path: Path, generate) -> str:
+    """The secret kept in path; created once, mode 0600, by whichever process comes first.
+
+    Written to a temporary file and linked into place, so a concurrent reader
+    never sees a half-written secret and two creators never both win.
+    """
     if path.exists():
         return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    secret = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secret)
+    ensure_private_dir(path.parent)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(generate())
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass  # another process created it first: theirs is the one
+    finally:
+        temporary.unlink()
+    return path.read_text().strip()
+
+
+def _store_key(env: dict, data_dir: Path) -> bytes:
+    raw = env.get("ORCH_STORE_KEY") or read_or_create_secret_file(
+        data_dir / "store-key", lambda: base64.urlsafe_b64encode(secrets.token_bytes(STORE_KEY_BYTES)).decode()
+    )
+    try:
+        valid = len(base64.urlsafe_b64decode(raw.encode())) == STORE_KEY_BYTES
+    except (binascii.Error, ValueError):
+        valid = False
+    if not valid:
+        source = "ORCH_STORE_KEY" if env.get("ORCH_STORE_KEY") else str(data_dir / "store-key")
+        raise SettingsError(f"{source} must hold {STORE_KEY_BYTES} bytes in url-safe base64 (a Fernet key)")
+    return raw.encode()
+
+
+def _checked_secret(name: str, secret: str) -> str:
+    size = len(secret.encode())
+    # HS256 keys shorter than the hash output are brute-forceable (RFC 7518, section 3.2).
+    if size < MIN_JWT_SECRET_BYTES:
+        raise SettingsError(f"{name} is {size} bytes; it must be at least {MIN_JWT_SECRET_BYTES}")
     return secret
+
+
+def _previous_jwt_secrets(env: dict) -> tuple[str, ...]:
+    raw = env.get("ORCH_JWT_PREVIOUS_SECRETS") or ""
+    previous = tuple(part.strip() for part in raw.split(",") if part.strip())
+    if len(previous) > MAX_PREVIOUS_JWT_SECRETS:
+        raise SettingsError(
+            f"ORCH_JWT_PREVIOUS_SECRETS holds {len(previous)} secrets; at most {MAX_PREVIOUS_JWT_SECRETS}"
+        )
+    for position, secret in enumerate(previous, start=1):
+        _checked_secret(f"ORCH_JWT_PREVIOUS_SECRETS (secret {position})", secret)
+    return previous
+
+
+def _jwt_secret(env: dict, data_dir: Path) -> SigningSecrets:
+    previous = _previous_jwt_secrets(env)
+    if env.get("ORCH_JWT_SECRET"):
+        return SigningSecrets(_checked_secret("ORCH_JWT_SECRET", env["ORCH_JWT_SECRET"]), previous)
+    # Generated once and kept, so tokens survive a restart of the service.
+    return SigningSecrets(read_or_create_secret_file(data_dir / "jwt-secret", lambda: secrets.token_urlsafe(48)), previous)
 
 
 def load_settings(env: dict | None = None) -> Settings:
@@ -138,6 +234,7 @@ def load_settings(env: dict | None = None) -> Settings:
         pulumi_backend_url=backend,
         pulumi_command=pulumi_command,
         jwt_secret=_jwt_secret(env, data_dir),
+        store_key=_store_key(env, data_dir),
         public_url=public_url.rstrip("/"),
         clouds=clouds,
         max_parallel_operations=_int_setting(env, "ORCH_MAX_PARALLEL_OPERATIONS", 8),

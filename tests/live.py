@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from orchestrator.auth import mint_user_token
+from orchestrator.db import url_with_database
 
 REPO = Path(__file__).resolve().parent.parent
 STANDIN_ROOT = REPO / "tests" / "pulumi_standin"
@@ -38,7 +39,7 @@ def service_env(tmp: Path, mongo_url: str, **overrides: str) -> dict[str, str]:
     env.update(
         {
             "ORCH_DATA_DIR": str(tmp / "data"),
-            "ORCH_MONGODB_URL": mongo_url.rstrip("/") + f"/orch_{uuid.uuid4().hex[:10]}",
+            "ORCH_MONGODB_URL": url_with_database(mongo_url, f"orch_{uuid.uuid4().hex[:10]}"),
             "ORCH_PULUMI_COMMAND": str(STANDIN_ROOT),
             "ORCH_PULUMI_BACKEND_URL": f"file://{backend}",
             "ORCH_PULUMI_PROJECT_DIR": str(project),

@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 
+from orchestrator.db import url_with_database
 from orchestrator.models import IllegalTransition, Instance, Snapshot
 from orchestrator.settings import SettingsError, load_settings
 from tests.live import ORCH, REPO
@@ -67,7 +68,7 @@ def _serve_error(tmp_path, **env) -> subprocess.CompletedProcess:
 
 
 def test_missing_pulumi_cli_is_one_clear_line(tmp_path, mongo_url):
-    result = _serve_error(tmp_path, ORCH_MONGODB_URL=mongo_url + "orch_missing_cli")
+    result = _serve_error(tmp_path, ORCH_MONGODB_URL=url_with_database(mongo_url, "orch_missing_cli"))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Pulumi CLI not found" in lines[0] and "ORCH_PULUMI_COMMAND" in lines[0]

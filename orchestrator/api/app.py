@@ -30,15 +30,22 @@ def provide_orchestrator(request: Request) -> Orchestrator:
     return _runtime(request).orchestrator
 
 
-def provide_principal(request: Request) -> Principal:
-    """The user behind the request's bearer token; agent tokens are refused here."""
+async def provide_principal(request: Request) -> Principal:
+    """The user behind the request's bearer token; agent tokens and revoked tokens are refused here."""
+    runtime = _runtime(request)
     try:
-        return decode_user_token(_runtime(request).settings.jwt_secret, bearer_token(request.headers.get("authorization")))
+        principal = decode_user_token(runtime.settings.jwt_secret, bearer_token(request.headers.get("authorization")))
     except TokenError as error:
         detail = str(error)
         if f"{AGENT_AUDIENCE!r}" in detail:
             detail += " (agent tokens are accepted only at /api/v1/agent/*)"
         raise HTTPException(status_code=401, detail=detail) from None
+    revoked = runtime.revoked_tokens
+    if revoked.stale:
+        await to_thread.run_sync(revoked.refresh)
+    if principal.token_id in revoked:
+        raise HTTPException(status_code=401, detail=f"token revoked (jti {principal.token_id})")
+    return principal
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
@@ -56,7 +63,7 @@ def _page(page, render) -> dict:
     return {"items": [render(item) for item in page.items], "total": page.total, "limit": page.limit, "offset": page.offset}
 
 
-USER_DEPENDENCIES = {"principal": Provide(provide_principal, sync_to_thread=False), "orch": Provide(provide_orchestrator, sync_to_thread=False)}
+USER_DEPENDENCIES = {"principal": Provide(provide_principal), "orch": Provide(provide_orchestrator, sync_to_thread=False)}
 
 
 class InstanceController(Controller):

@@ -1,0 +1,85 @@
+"""Recorded user tokens: what `orch token create --user` issued, listing, revocation.
+
+A user token is revoked by its jti. The API checks a jti against the set of
+revoked, unexpired jtis, re-read from MongoDB at most every REVOKED_REFRESH_S,
+so a revocation takes effect within that time on every service process.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+
+from pymongo.errors import PyMongoError
+
+from orchestrator.auth import LEEWAY_S, IssuedUserToken, SigningSecrets, issue_user_token
+from orchestrator.models import UserToken, utcnow
+
+log = logging.getLogger("orch.tokens")
+
+REVOKED_REFRESH_S = 2.0
+
+
+class UnknownToken(LookupError):
+    """No recorded token has that jti."""
+
+
+def _naive(value: dt.datetime) -> dt.datetime:
+    return value.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def create_user_token(secret: SigningSecrets, user: str, *, admin: bool, ttl: dt.timedelta) -> IssuedUserToken:
+    """Mint a user token and record it (jti, user, role, issue and expiry times)."""
+    issued = issue_user_token(secret, user, admin=admin, ttl=ttl)
+    UserToken(
+        jti=issued.jti, user=issued.user, role=issued.role,
+        issued_at=_naive(issued.issued_at), expires_at=_naive(issued.expires_at),
+    ).save(force_insert=True)
+    return issued
+
+
+def list_user_tokens(*, include_expired: bool = False) -> list[UserToken]:
+    query = {} if include_expired else {"expires_at__gt": utcnow()}
+    return list(UserToken.objects(**query).order_by("issued_at"))
+
+
+def revoke_user_token(jti: str) -> UserToken:
+    """Revoke the recorded token jti (again revoking a revoked one keeps its first time)."""
+    UserToken.objects(jti=jti, revoked_at=None).update_one(set__revoked_at=utcnow())
+    record = UserToken.objects(jti=jti).first()
+    if record is None:
+        raise UnknownToken(f"no recorded user token has jti {jti!r} (see `orch token list`)")
+    return record
+
+
+class RevokedTokens:
+    """The jtis of revoked user tokens that have not expired, cached for REVOKED_REFRESH_S."""
+
+    def __init__(self, refresh_s: float = REVOKED_REFRESH_S):
+        self.refresh_s = refresh_s
+        self._jtis: frozenset[str] = frozenset()
+        self._loaded_at: float | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def stale(self) -> bool:
+        return self._loaded_at is None or time.monotonic() - self._loaded_at > self.refresh_s
+
+    def refresh(self) -> None:
+        """Re-read the revoked jtis (blocking: call it off the event loop)."""
+        with self._lock:
+            if not self.stale:
+                return  # another thread refreshed it meanwhile
+            # Still accepted within the leeway after expiry: keep those too.
+            horizon = utcnow() - dt.timedelta(seconds=LEEWAY_S)
+            try:
+                self._jtis = frozenset(UserToken.objects(revoked_at__ne=None, expires_at__gt=horizon).scalar("jti"))
+            except PyMongoError as error:
+                # The previous set is kept; the next request after refresh_s asks again.
+                log.error("could not read revoked user tokens (keeping the previous %d): %s", len(self._jtis), error)
+            self._loaded_at = time.monotonic()
+
+    def __contains__(self, jti: object) -> bool:
+        return jti in self._jtis
