@@ -12,7 +12,7 @@ import httpx
 import jwt
 import pytest
 
-from orchestrator.auth import mint_agent_token
+from orchestrator.auth import AGENT_AUDIENCE, ISSUER, mint_agent_token, signing_key
 from tests.live import JWT_SECRET, ORCH, REPO, free_port, instance_doc, start_service, wait_operation
 from tests.tcpproxy import TcpProxy
 from tests.test_agent import BASE_PATH, FAKE_NVIDIA_SMI, agent_env, python, run_once  # noqa: F401 (fixture)
@@ -91,10 +91,13 @@ def test_token_rejections_carry_their_cause(agent_service):
     now = dt.datetime.now(dt.UTC)
     token_a = agent_token_for(live, "box-a")
     forged, _ = mint_agent_token("someone-elses-secret-" + "y" * 32, "box-a")
-    expired = jwt.encode({"sub": "box-a", "aud": "agent", "exp": now - dt.timedelta(hours=2)}, JWT_SECRET, "HS256")
+    agent_key = signing_key(JWT_SECRET, AGENT_AUDIENCE)
+    expired = jwt.encode(
+        {"iss": ISSUER, "sub": "box-a", "aud": "agent", "exp": now - dt.timedelta(hours=2)}, agent_key, "HS256"
+    )
     future = jwt.encode(
-        {"sub": "box-a", "aud": "agent", "iat": now + dt.timedelta(hours=1), "exp": now + dt.timedelta(hours=2)},
-        JWT_SECRET,
+        {"iss": ISSUER, "sub": "box-a", "aud": "agent", "iat": now + dt.timedelta(hours=1), "exp": now + dt.timedelta(hours=2)},
+        agent_key,
         "HS256",
     )
     user_token = live.token_for("alice")

@@ -8,7 +8,7 @@ import time
 import jwt
 import pytest
 
-from orchestrator.auth import mint_agent_token, mint_user_token
+from orchestrator.auth import ISSUER, USER_AUDIENCE, mint_agent_token, mint_user_token, signing_key
 from tests.live import JWT_SECRET, instance_doc, start_service, wait_operation
 
 CLOUD_MACHINE_UPDATES = {
@@ -162,7 +162,9 @@ def test_tenancy_and_token_rejections(service):
     now = dt.datetime.now(dt.UTC)
     forged = mint_user_token("not-the-service-secret-" + "y" * 32, "carol")
     expired = jwt.encode(
-        {"sub": "carol", "role": "user", "aud": "orch-api", "exp": now - dt.timedelta(hours=1)}, JWT_SECRET, "HS256"
+        {"iss": ISSUER, "sub": "carol", "role": "user", "aud": "orch-api", "jti": "j1", "exp": now - dt.timedelta(hours=1)},
+        signing_key(JWT_SECRET, USER_AUDIENCE),
+        "HS256",
     )
     agent_token, _ = mint_agent_token(JWT_SECRET, "carol-box")
     for token, cause in [(forged, "bad signature"), (expired, "expired"), (agent_token, "wrong audience")]:
