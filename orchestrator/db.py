@@ -9,7 +9,7 @@ from pymongo.errors import PyMongoError
 
 from orchestrator.embedded_store import EmbeddedStore
 from orchestrator.models import Instance, Lock, MetricBatch, Operation, Snapshot, UserToken
-from orchestrator.secretfield import install_store_key
+from orchestrator.secretfield import ENCRYPTED_PREFIX, install_store_key
 from orchestrator.settings import Settings, SettingsError, redact_url
 
 DEFAULT_DB = "orch"
@@ -48,11 +48,28 @@ def connect(settings: Settings) -> EmbeddedStore | None:
         mongoengine.get_db().command("ping")
         for document in (Instance, Snapshot, Operation, Lock, MetricBatch, UserToken):
             document.ensure_indexes()
+        encrypt_plaintext_secrets()
     except PyMongoError as error:
         raise SettingsError(
             f"MongoDB at ORCH_MONGODB_URL={redact_url(url)} is unreachable: {error.__class__.__name__}"
         ) from None
     return store
+
+
+def encrypt_plaintext_secrets() -> int:
+    """Encrypt admin keys stored before they were encrypted at rest; returns how many."""
+    collection = Instance._get_collection()
+    field = Instance._fields["admin_private_key"]
+    count = 0
+    for row in collection.find({"admin_private_key": {"$type": "string"}}, {"admin_private_key": True}):
+        value = row["admin_private_key"]
+        if not value.startswith(ENCRYPTED_PREFIX):
+            # Only if unchanged meanwhile: a concurrent writer's value wins.
+            result = collection.update_one(
+                {"_id": row["_id"], "admin_private_key": value}, {"$set": {"admin_private_key": field.to_mongo(value)}}
+            )
+            count += result.modified_count
+    return count
 
 
 def ping() -> bool:

@@ -14,7 +14,7 @@ import mongoengine as me
 from cryptography.fernet import Fernet, InvalidToken
 
 # Marks a stored value as encrypted; a value without it was written before encryption
-# and is read as it is (it is encrypted when the document is next saved).
+# and is read as it is (`db.connect` encrypts those: db.encrypt_plaintext_secrets).
 ENCRYPTED_PREFIX = "fernet:"
 
 
