@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import httpx
+import jwt
 import mongoengine
 import pymongo
 import pytest
@@ -176,6 +178,22 @@ def test_embedded_store_of_the_service_is_private_and_holds_no_plaintext_key(tmp
         with live.client("alice") as client:
             op = client.post("/api/v1/instances", json=instance_doc("at-rest")).json()["operation"]
             assert wait_operation(client, op["id"])["status"] == "succeeded"
+        # The token commands share the running service's embedded store (the same SQLite file).
+        created = subprocess.run([ORCH, "token", "create", "--user", "alice"], env=live.env,
+                                 capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert created.returncode == 0, created.stderr
+        token = created.stdout.strip().splitlines()[-1]
+        headers = {"Authorization": f"Bearer {token}"}
+        assert httpx.get(f"{live.url}/api/v1/instances/at-rest", headers=headers).status_code == 200
+        jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+        revoked = subprocess.run([ORCH, "token", "revoke", jti], env=live.env,
+                                 capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert revoked.returncode == 0, revoked.stderr
+        deadline = time.monotonic() + 10
+        while (response := httpx.get(f"{live.url}/api/v1/instances", headers=headers)).status_code == 200:
+            assert time.monotonic() < deadline, "the revocation did not reach the service"
+            time.sleep(0.2)
+        assert response.status_code == 401 and "token revoked" in response.json()["detail"]
     finally:
         live.stop()
     data = Path(live.env["ORCH_DATA_DIR"])
