@@ -11,6 +11,7 @@ import binascii
 import os
 import secrets
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
@@ -132,11 +133,16 @@ def _goofys_source(env: dict) -> str | None:
 def ensure_private_dir(path: Path) -> Path:
     """Create path (and parents) readable only by this user; narrow it if it exists wider."""
     path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o777 != PRIVATE_DIR_MODE:
-        try:
-            path.chmod(PRIVATE_DIR_MODE)
-        except PermissionError:
-            raise SettingsError(f"ORCH_DATA_DIR={str(path)!r} is not ours to make private (mode 0700)") from None
+    info = path.stat()
+    if info.st_mode & 0o777 == PRIVATE_DIR_MODE:
+        return path
+    # A shared directory (/tmp, a home) must not be narrowed under its other users.
+    if info.st_mode & (stat.S_ISVTX | stat.S_IWOTH) or info.st_uid != os.getuid():
+        raise SettingsError(
+            f"ORCH_DATA_DIR={str(path)!r} is shared (mode {oct(info.st_mode & 0o7777)}, owner uid {info.st_uid}): "
+            "use a directory of the service's own"
+        )
+    path.chmod(PRIVATE_DIR_MODE)
     return path
 
 

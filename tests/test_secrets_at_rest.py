@@ -81,6 +81,13 @@ def test_data_dir_and_secret_files_are_private(tmp_path):
     data.chmod(0o755)
     ensure_private_dir(data)
     assert _mode(data) == 0o700
+    # A shared directory is refused, not narrowed under its other users.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    with pytest.raises(SettingsError, match="is shared"):
+        ensure_private_dir(shared)
+    assert _mode(shared) == 0o1777
 
 
 def test_concurrent_creators_of_a_secret_file_agree(tmp_path):
