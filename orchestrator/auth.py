@@ -18,6 +18,7 @@ fails silently is how an agent goes dark.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import re
@@ -92,6 +93,7 @@ def _signing_secrets(secret: str | SigningSecrets) -> SigningSecrets:
     return secret if isinstance(secret, SigningSecrets) else SigningSecrets(secret)
 
 
+@functools.lru_cache(maxsize=16)  # a few secrets x two audiences; decoded on every request
 def signing_key(secret: str, audience: str) -> bytes:
     """The HS256 key for one audience's tokens, derived from a configured secret."""
     return hmac.new(secret.encode(), _KEY_LABELS[audience], hashlib.sha256).digest()
