@@ -103,10 +103,11 @@ def _project_file(directory: Path) -> str:
         project = {"name": PROJECT_NAME, "runtime": {"name": "python"}}
     runtime = project["runtime"] if isinstance(project.get("runtime"), dict) else {"name": project["runtime"]}
     options = runtime.setdefault("options", {})
-    if options.get("virtualenv"):
-        virtualenv: Path | None = REPO_ROOT / options["virtualenv"]
-    else:
-        virtualenv = Path(sys.prefix) if sys.prefix != sys.base_prefix else None
+    # The repo's virtualenv when it has one, else the service's own (when it runs in one).
+    candidates = [REPO_ROOT / options["virtualenv"]] if options.get("virtualenv") else []
+    if sys.prefix != sys.base_prefix:
+        candidates.append(Path(sys.prefix))
+    virtualenv = next((path for path in candidates if path.is_dir()), None)
     if virtualenv is not None:
         options["virtualenv"] = os.path.relpath(virtualenv, directory)
     project["runtime"] = runtime

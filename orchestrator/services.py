@@ -7,8 +7,10 @@ them, and raise ServiceError subclasses that the API maps to status codes.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from mongoengine.errors import NotUniqueError
@@ -24,6 +26,8 @@ from stacks.spec import InstanceDoc, SpecError, parse_instance, parse_snapshot
 
 MAX_PAGE = 500
 MAX_LOG_LINES = 2000
+# A preview renews the instance's lock this many times per lease while it runs.
+PREVIEW_LOCK_RENEWALS_PER_LEASE = 3
 
 
 class ServiceError(Exception):
@@ -256,6 +260,29 @@ class Orchestrator:
             return {"stack": instance.stack_name, "resources": [], "outputs": {}}
         return inspected
 
+    @contextmanager
+    def _preview_lock(self, instance: Instance) -> Iterator[None]:
+        """Hold the instance's operation lock (renewed) for a preview; Conflict while an operation holds it."""
+        lock_key = f"instance:{instance.name}"
+        holder = f"preview:{uuid.uuid4().hex}"
+        lease_s = self.settings.operation_lease_s
+        if not locks.acquire(lock_key, holder, lease_s):
+            raise Conflict(f"an operation is running on instance {instance.name!r}; preview once it has finished")
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(lease_s / PREVIEW_LOCK_RENEWALS_PER_LEASE):
+                locks.acquire(lock_key, holder, lease_s)
+
+        renewer = threading.Thread(target=renew, name=f"preview-lock-{instance.name}", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            renewer.join()
+            locks.release(lock_key, holder)
+
     def preview(self, principal: Principal, name: str, document: dict) -> dict:
         """What an update to `document` would change; changes nothing (stack config, backend, MongoDB).
 
@@ -265,29 +292,24 @@ class Orchestrator:
         document = {"kind": "Instance", "name": name, "labels": instance.labels, **document}
         parsed = self._parse(document)
         self._check_base_snapshot(principal, parsed)
-        lock_key = f"instance:{instance.name}"
-        holder = f"preview:{uuid.uuid4().hex}"
-        if not locks.acquire(lock_key, holder, self.settings.operation_lease_s):
-            raise Conflict(f"an operation is running on instance {name!r}; preview once it has finished")
-        try:
-            base_image_id = None
-            if parsed.spec.from_snapshot:
-                base_image_id = Snapshot.objects.get(name=parsed.spec.from_snapshot).image_id
-            summary, steps = self.engine.preview_instance(
-                instance.stack_name,
-                parsed,
-                admin_public_key=instance.admin_public_key or "",
-                base_image_id=base_image_id,
-            )
-        except StackNotFound:
-            raise NotFound(
-                f"instance {name!r} has no stack {instance.stack_name!r} (never provisioned, rolled back or "
-                "removed): nothing to preview against"
-            ) from None
-        except EngineError as error:
-            raise engine_error(error) from None
-        finally:
-            locks.release(lock_key, holder)
+        base_image_id = None
+        if parsed.spec.from_snapshot:
+            base_image_id = Snapshot.objects.get(name=parsed.spec.from_snapshot).image_id
+        with self._preview_lock(instance):
+            try:
+                summary, steps = self.engine.preview_instance(
+                    instance.stack_name,
+                    parsed,
+                    admin_public_key=instance.admin_public_key or "",
+                    base_image_id=base_image_id,
+                )
+            except StackNotFound:
+                raise NotFound(
+                    f"instance {name!r} has no stack {instance.stack_name!r} (never provisioned, rolled back or "
+                    "removed): nothing to preview against"
+                ) from None
+            except EngineError as error:
+                raise engine_error(error) from None
         return {
             "stack": instance.stack_name,
             "changes": summary,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +24,8 @@ UNWATCHED_REPO_PARTS = {".git", ".venv", "__pycache__", ".pytest_cache"}
 # Pulumi Cloud's answer to a preview while another update runs (the SDK raises ConcurrentUpdateError).
 CLOUD_CONFLICT = "error: [409] Conflict: Another update is currently in progress."
 LATENCY_MS = "2000"
+LEASE_S = "6"  # tests.live's ORCH_OPERATION_LEASE_S
+SLOW_PREVIEW_S = 10
 
 
 def created(client, name: str, **spec: object) -> dict:
@@ -153,9 +156,10 @@ def test_a_bootstrap_script_reaches_no_file_in_plaintext(service):
 
 
 @pytest.fixture
-def conflicting_cli(tmp_path) -> tuple[Path, Path]:
-    """A CLI that answers `preview` as Pulumi Cloud does while another update runs, when `flag` exists."""
-    root, flag = tmp_path / "cli", tmp_path / "conflict"
+def wrapped_cli(tmp_path) -> tuple[Path, Path, Path]:
+    """The stand-in behind a script that, for `preview`, answers as Pulumi Cloud does while another
+    update runs when `conflict` exists, and takes SLOW_PREVIEW_S longer when `slow` exists."""
+    root, conflict, slow = tmp_path / "cli", tmp_path / "conflict", tmp_path / "slow"
     (root / "bin").mkdir(parents=True)
     script = root / "bin" / "pulumi"
     script.write_text(
@@ -163,19 +167,23 @@ def conflicting_cli(tmp_path) -> tuple[Path, Path]:
         "for arg in \"$@\"; do\n"
         "  case \"$arg\" in\n"
         "    -*) continue ;;\n"
-        f"    preview) if [ -e '{flag}' ]; then echo '{CLOUD_CONFLICT}' >&2; exit 255; fi; break ;;\n"
+        f"    preview) if [ -e '{conflict}' ]; then echo '{CLOUD_CONFLICT}' >&2; exit 255; fi\n"
+        f"             if [ -e '{slow}' ]; then sleep {SLOW_PREVIEW_S}; fi; break ;;\n"
         "    *) break ;;\n"
         "  esac\n"
         "done\n"
         f"exec '{STANDIN_ROOT / 'bin' / 'pulumi'}' \"$@\"\n"
     )
     script.chmod(0o755)
-    return root, flag
+    return root, conflict, slow
 
 
-def test_a_busy_instance_or_stack_is_409(tmp_path, mongo_url, conflicting_cli):
-    root, flag = conflicting_cli
-    live = start_service(tmp_path, mongo_url, ORCH_PULUMI_COMMAND=str(root), PULUMI_STANDIN_LATENCY_MS=LATENCY_MS)
+def test_a_busy_instance_or_stack_is_409_and_a_preview_holds_the_instance(tmp_path, mongo_url, wrapped_cli):
+    root, flag, slow = wrapped_cli
+    live = start_service(
+        tmp_path, mongo_url,
+        ORCH_PULUMI_COMMAND=str(root), PULUMI_STANDIN_LATENCY_MS=LATENCY_MS, ORCH_OPERATION_LEASE_S=LEASE_S,
+    )
     try:
         with live.client("alice") as client:
             spec = {"spec": instance_doc("busy")["spec"]}
@@ -196,5 +204,24 @@ def test_a_busy_instance_or_stack_is_409(tmp_path, mongo_url, conflicting_cli):
 
             flag.unlink()
             assert client.post("/api/v1/instances/busy/preview", json=spec).status_code == 200
+
+            # A preview longer than the lease keeps the instance: an update waits for it to end.
+            slow.touch()
+            outcome: list[int] = []
+            previewing = threading.Thread(
+                target=lambda: outcome.append(client.post("/api/v1/instances/busy/preview", json=spec).status_code)
+            )
+            previewing.start()
+            time.sleep(1)  # the preview has taken the lock
+            changed = {"spec": instance_doc("busy", machine_type="medium")["spec"]}
+            update = client.patch("/api/v1/instances/busy", json=changed)
+            assert update.status_code == 202, update.text
+            update_id = update.json()["operation"]["id"]
+            time.sleep(float(LEASE_S) + 2)  # past the lease the preview took
+            assert client.get(f"/api/v1/operations/{update_id}").json()["status"] == "queued"
+            previewing.join(timeout=60)
+            assert outcome == [200]
+            slow.unlink()
+            assert wait_operation(client, update_id)["status"] == "succeeded"
     finally:
         live.stop()
