@@ -7,6 +7,7 @@ them, and raise ServiceError subclasses that the API maps to status codes.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,6 +24,8 @@ from orchestrator.models import Health, Instance, Operation, Snapshot, utcnow
 from orchestrator.settings import Settings
 from orchestrator.sshkeys import generate_keypair
 from stacks.spec import InstanceDoc, SpecError, parse_instance, parse_snapshot
+
+log = logging.getLogger("orch.services")
 
 MAX_PAGE = 500
 MAX_LOG_LINES = 2000
@@ -63,6 +66,7 @@ def engine_error(error: EngineError) -> ServiceError:
         return Conflict(str(error))
     if isinstance(error, StackNotFound):
         return NotFound(str(error))
+    log.error("pulumi failed on a request: %s", error)  # a 5xx: the operator sees it too
     return BadGateway(f"pulumi failed: {error}")
 
 
