@@ -2,30 +2,53 @@
 
 Each instance and each snapshot is its own stack in project `orch`. This module
 builds the workspace options once (CLI, backend, secrets passphrase, project
-dir) and maps Automation API errors to results the worker can act on.
+dir) and maps Automation API errors to typed errors: StackBusy (another update
+holds the stack), StackNotFound, and EngineError for everything else the CLI
+reports.
+
+The project directory is `<data dir>/pulumi-project`: a generated Pulumi.yaml
+(the repo's project, with `main` and the virtualenv addressed from there) and
+the stacks' settings files, `Pulumi.<stack>.yaml`. The instance document (with
+its bootstrap script and SSH keys) is a secret config value there, encrypted
+with the stack's passphrase.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import secrets
+import shutil
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from pulumi import automation as auto
 
+import stacks
 from orchestrator.settings import Settings, SettingsError
 from stacks import instance_program, snapshot_program
 from stacks.spec import InstanceDoc, SnapshotDoc
 
+log = logging.getLogger("orch.engine")
+
 PROJECT_NAME = "orch"
 REPO_ROOT = Path(__file__).resolve().parent.parent
+STACKS_DIR = Path(stacks.__file__).resolve().parent
+PROJECT_DIR_NAME = "pulumi-project"
+# Previews run in a scratch copy of the project directory, one per stack, removed afterwards.
+PREVIEW_DIR_NAME = "pulumi-previews"
+PASSPHRASE_FILE_NAME = "pulumi-passphrase"
 CONCURRENT_UPDATE_RETRIES = 6
+STDERR_TAIL_LINES = 15
+LOCKED_STDERR_LINES = 3
 
 LogFn = Callable[[str], None]
 
@@ -34,12 +57,99 @@ class EngineError(Exception):
     """A stack operation failed; the message carries the tail of the CLI's stderr."""
 
 
-def _stderr_tail(error: auto.errors.CommandError, lines: int = 15) -> str:
+class StackBusy(EngineError):
+    """Another update holds the stack's lock (the Automation API's ConcurrentUpdateError)."""
+
+
+class StackNotFound(EngineError):
+    """The stack does not exist in the backend (the Automation API's StackNotFoundError)."""
+
+
+def _stderr_tail(error: auto.errors.CommandError, lines: int = STDERR_TAIL_LINES) -> str:
     # The SDK's message is the CLI's result: "\n code: N\n stdout: ...\n stderr: ...".
     message = str(error)
     _, marker, stderr = message.partition("\n stderr: ")
     kept = [line for line in (stderr if marker else message).strip().splitlines() if line.strip()]
     return "\n".join(kept[-lines:])
+
+
+def _engine_error(error: auto.errors.CommandError) -> EngineError:
+    if isinstance(error, auto.errors.ConcurrentUpdateError):
+        return StackBusy(f"stack is locked by another update: {_stderr_tail(error, LOCKED_STDERR_LINES)}")
+    if isinstance(error, auto.errors.StackNotFoundError):
+        return StackNotFound(_stderr_tail(error))
+    return EngineError(_stderr_tail(error))
+
+
+@contextmanager
+def _cli_errors() -> Iterator[None]:
+    """Automation API failures as typed engine errors."""
+    try:
+        yield
+    except auto.errors.CommandError as error:
+        raise _engine_error(error) from None
+    except OSError as error:  # the CLI could not be started (e.g. removed since the service started)
+        raise EngineError(f"could not run the Pulumi CLI: {error}") from None
+
+
+def _project_file(directory: Path) -> str:
+    """Pulumi.yaml for a project directory outside the repo: the repo's project, with its program
+    (`main`) and virtualenv given relative to `directory`, so `pulumi up` run there by hand runs
+    stacks/__main__.py in the service's interpreter."""
+    source = REPO_ROOT / "Pulumi.yaml"
+    if source.is_file():
+        project = yaml.safe_load(source.read_text(encoding="utf-8"))
+    else:  # an installed package: no repo, the stacks package sits beside orchestrator
+        project = {"name": PROJECT_NAME, "runtime": {"name": "python"}}
+    runtime = project["runtime"] if isinstance(project.get("runtime"), dict) else {"name": project["runtime"]}
+    options = runtime.setdefault("options", {})
+    # The repo's virtualenv when it has one, else the service's own (when it runs in one).
+    candidates = [REPO_ROOT / options["virtualenv"]] if options.get("virtualenv") else []
+    if sys.prefix != sys.base_prefix:
+        candidates.append(Path(sys.prefix))
+    virtualenv = next((path for path in candidates if path.is_dir()), None)
+    if virtualenv is not None:
+        options["virtualenv"] = os.path.relpath(virtualenv, directory)
+    project["runtime"] = runtime
+    project["main"] = os.path.relpath(STACKS_DIR, directory) + "/"
+    return yaml.safe_dump(project, sort_keys=False)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace `path` with `text` only if it differs; readers (other processes) never see a partial file."""
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    try:
+        temp.write_text(text, encoding="utf-8")
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _create_private_file(path: Path, text: str) -> None:
+    """Create `path` holding `text`, mode 0600 from its first byte; a file already there is kept.
+
+    The content is written to a temp file opened with O_CREAT|O_EXCL and mode 0600, then linked
+    to `path` (atomic, and refused if `path` exists): a process starting at the same time
+    reads either no file or the whole passphrase, never an empty or world-readable one.
+    """
+    if path.exists():
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            pass  # another process created it first: keep theirs
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True)
@@ -59,20 +169,16 @@ class StackEngine:
         self.command = self._pulumi_command()
 
     def _project_dir(self) -> Path:
-        configured = os.environ.get("ORCH_PULUMI_PROJECT_DIR")
-        if configured:
-            path = Path(configured).resolve()
-        elif (REPO_ROOT / "Pulumi.yaml").is_file():
-            # A checkout: stack config lands beside the repo's Pulumi.yaml, so
-            # `pulumi up --stack X` from the repo root runs the same stack.
-            return REPO_ROOT
-        else:
-            path = self.settings.data_dir / "project"
-        path.mkdir(parents=True, exist_ok=True)
-        if not (path / "Pulumi.yaml").exists():
-            source = REPO_ROOT / "Pulumi.yaml"
-            text = source.read_text() if source.is_file() else f"name: {PROJECT_NAME}\nruntime: python\n"
-            (path / "Pulumi.yaml").write_text(text)
+        path = self.settings.data_dir / PROJECT_DIR_NAME
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _write_atomically(path / "Pulumi.yaml", _project_file(path))
+        # Earlier versions kept stack settings (with specs in plaintext) beside the repo's Pulumi.yaml.
+        left = sorted(REPO_ROOT.glob("Pulumi.instance-*.yaml")) + sorted(REPO_ROOT.glob("Pulumi.snapshot-*.yaml"))
+        if left:
+            log.warning(
+                "%d stack settings file(s) left by an earlier version in %s (e.g. %s) hold specs in plaintext: "
+                "move them to %s (see README)", len(left), REPO_ROOT, left[0].name, path,
+            )
         return path
 
     def _env_vars(self) -> dict[str, str]:
@@ -82,11 +188,8 @@ class StackEngine:
         if not os.environ.get("PULUMI_CONFIG_PASSPHRASE") and not os.environ.get("PULUMI_CONFIG_PASSPHRASE_FILE"):
             # Stacks on a file backend encrypt secrets with a passphrase: keep
             # one generated passphrase in the data dir (see README).
-            path = self.settings.data_dir / "pulumi-passphrase"
-            if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(secrets.token_urlsafe(32))
-                path.chmod(0o600)
+            path = self.settings.data_dir / PASSPHRASE_FILE_NAME
+            _create_private_file(path, secrets.token_urlsafe(32))
             env["PULUMI_CONFIG_PASSPHRASE_FILE"] = str(path)
         return env
 
@@ -102,9 +205,9 @@ class StackEngine:
         except Exception as error:  # a broken CLI: say which one and why
             raise SettingsError(f"Pulumi CLI at {self.settings.pulumi_bin} does not work: {error}") from None
 
-    def _options(self) -> auto.LocalWorkspaceOptions:
+    def _options(self, work_dir: Path | None = None) -> auto.LocalWorkspaceOptions:
         return auto.LocalWorkspaceOptions(
-            work_dir=str(self.project_dir), env_vars=self.env_vars, pulumi_command=self.command
+            work_dir=str(work_dir or self.project_dir), env_vars=self.env_vars, pulumi_command=self.command
         )
 
     def _stack(self, stack_name: str, program) -> auto.Stack:
@@ -114,30 +217,33 @@ class StackEngine:
             )
         )
 
-    def _existing_stack(self, stack_name: str) -> auto.Stack:
-        """Select a stack without running a program (raises StackNotFoundError when absent)."""
-        return auto.select_stack(stack_name, project_name=PROJECT_NAME, program=lambda: None, opts=self._options())
+    def _existing_stack(self, stack_name: str, program=lambda: None, work_dir: Path | None = None) -> auto.Stack:
+        """Select a stack, never creating it (StackNotFound when absent)."""
+        with _cli_errors():
+            return auto.select_stack(
+                stack_name, project_name=PROJECT_NAME, program=program, opts=self._options(work_dir)
+            )
 
     def _retrying(self, action, on_output: LogFn | None = None):
         """Run an Automation API call, retrying ConcurrentUpdateError with backoff."""
         for attempt in range(CONCURRENT_UPDATE_RETRIES):
             try:
-                return action()
-            except auto.errors.ConcurrentUpdateError as error:
+                with _cli_errors():
+                    return action()
+            except StackBusy:
                 if attempt == CONCURRENT_UPDATE_RETRIES - 1:
-                    raise EngineError(f"stack is locked by another update: {_stderr_tail(error, 3)}") from None
+                    raise
                 delay = min(0.5 * 2**attempt, 8) + random.random() * 0.25
                 if on_output is not None:
                     on_output(f"the stack is locked by another update; retrying in {delay:.1f} s")
                 time.sleep(delay)
-            except auto.errors.CommandError as error:
-                raise EngineError(_stderr_tail(error)) from None
 
     @staticmethod
     def _config(kind: str, document: dict, **extra: object) -> dict[str, auto.ConfigValue]:
+        # The document holds the bootstrap script and SSH keys: a secret, encrypted in the stack's settings.
         config = {
             "orch:kind": auto.ConfigValue(kind),
-            "orch:document": auto.ConfigValue(json.dumps(document, sort_keys=True)),
+            "orch:document": auto.ConfigValue(json.dumps(document, sort_keys=True), secret=True),
         }
         for key, value in extra.items():
             if value is not None:
@@ -145,26 +251,58 @@ class StackEngine:
                 config[f"orch:{key}"] = auto.ConfigValue(text)
         return config
 
-    def _instance_stack(self, instance: InstanceDoc, admin_public_key: str, base_image_id: str | None) -> auto.Stack:
-        program = instance_program(instance, admin_public_key=admin_public_key, base_image_id=base_image_id)
-        stack = self._stack(f"instance-{instance.name}", program)
-        config = self._config(
+    @classmethod
+    def _instance_config(
+        cls, instance: InstanceDoc, admin_public_key: str, base_image_id: str | None
+    ) -> dict[str, auto.ConfigValue]:
+        return cls._config(
             "instance", instance.to_dict(), admin_public_key=admin_public_key, base_image_id=base_image_id
         )
-        self._retrying(lambda: stack.set_all_config(config))
-        return stack
 
     def up_instance(
-        self, instance: InstanceDoc, *, admin_public_key: str, base_image_id: str | None, on_output: LogFn
+        self,
+        stack_name: str,
+        instance: InstanceDoc,
+        *,
+        admin_public_key: str,
+        base_image_id: str | None,
+        on_output: LogFn,
     ) -> dict:
-        stack = self._instance_stack(instance, admin_public_key, base_image_id)
+        program = instance_program(instance, admin_public_key=admin_public_key, base_image_id=base_image_id)
+        stack = self._stack(stack_name, program)
+        config = self._instance_config(instance, admin_public_key, base_image_id)
+        self._retrying(lambda: stack.set_all_config(config))
         result = self._retrying(lambda: stack.up(on_output=on_output, color="never"), on_output)
         return {key: value.value for key, value in result.outputs.items()}
 
+    @contextmanager
+    def _scratch_project(self, stack_name: str) -> Iterator[Path]:
+        """A throwaway project directory holding a copy of the stack's settings (its config and encryption salt).
+
+        One path per stack, so the CLI's record of each project directory's selected stack (under
+        PULUMI_HOME) does not grow with every preview; callers run one preview of a stack at a time
+        (the service holds the instance's lock).
+        """
+        directory = self.settings.data_dir / PREVIEW_DIR_NAME / stack_name
+        shutil.rmtree(directory, ignore_errors=True)  # left by a process that died mid-preview
+        directory.mkdir(mode=0o700, parents=True)
+        try:
+            (directory / "Pulumi.yaml").write_text(_project_file(directory), encoding="utf-8")
+            settings_file = self.project_dir / f"Pulumi.{stack_name}.yaml"
+            if settings_file.is_file():
+                shutil.copyfile(settings_file, directory / settings_file.name)
+            yield directory
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
     def preview_instance(
-        self, instance: InstanceDoc, *, admin_public_key: str, base_image_id: str | None
+        self, stack_name: str, instance: InstanceDoc, *, admin_public_key: str, base_image_id: str | None
     ) -> tuple[dict[str, int], list[PreviewStep]]:
-        stack = self._instance_stack(instance, admin_public_key, base_image_id)
+        """What `up_instance` would change, changing nothing: the stack must exist (StackNotFound otherwise)
+        and the previewed config is set only in a scratch copy of its settings. A locked stack is
+        StackBusy at once (no retries on the request path)."""
+        program = instance_program(instance, admin_public_key=admin_public_key, base_image_id=base_image_id)
+        config = self._instance_config(instance, admin_public_key, base_image_id)
         steps: list[PreviewStep] = []
         lock = threading.Lock()
 
@@ -184,13 +322,17 @@ class StackEngine:
                     )
                 )
 
-        result = self._retrying(lambda: stack.preview(on_event=on_event, color="never"))
+        with self._scratch_project(stack_name) as work_dir:
+            stack = self._existing_stack(stack_name, program, work_dir)
+            with _cli_errors():
+                stack.set_all_config(config)
+                result = stack.preview(on_event=on_event, color="never")
         summary = {str(op.value if hasattr(op, "value") else op): count for op, count in result.change_summary.items()}
         return summary, steps
 
-    def up_snapshot(self, snapshot: SnapshotDoc, *, source: dict, on_output: LogFn) -> dict:
+    def up_snapshot(self, stack_name: str, snapshot: SnapshotDoc, *, source: dict, on_output: LogFn) -> dict:
         program = snapshot_program(snapshot, source=source)
-        stack = self._stack(f"snapshot-{snapshot.name}", program)
+        stack = self._stack(stack_name, program)
         config = self._config("snapshot", snapshot.to_dict(), source=source)
         self._retrying(lambda: stack.set_all_config(config))
         result = self._retrying(lambda: stack.up(on_output=on_output, color="never"), on_output)
@@ -200,10 +342,8 @@ class StackEngine:
         """Destroy every resource of the stack and remove the stack; a missing stack is already gone."""
         try:
             stack = self._existing_stack(stack_name)
-        except auto.errors.StackNotFoundError:
+        except StackNotFound:
             return
-        except auto.errors.CommandError as error:
-            raise EngineError(_stderr_tail(error)) from None
         self._retrying(lambda: stack.destroy(on_output=on_output, color="never"), on_output)
         self._retrying(lambda: stack.workspace.remove_stack(stack_name))
 
@@ -211,19 +351,19 @@ class StackEngine:
         """Release a lock left by a worker that died mid-update (best effort: no lock is fine)."""
         try:
             stack = self._existing_stack(stack_name)
-            stack.cancel()
-        except auto.errors.CommandError:
+            with _cli_errors():
+                stack.cancel()
+        except EngineError:
             pass
 
     def inspect(self, stack_name: str) -> dict | None:
         """Resources (type, URN, id) and outputs from the stack's export; None when there is no such stack."""
         try:
             stack = self._existing_stack(stack_name)
-            deployment = stack.export_stack().deployment or {}
-        except auto.errors.StackNotFoundError:
+            with _cli_errors():
+                deployment = stack.export_stack().deployment or {}
+        except StackNotFound:  # also when removed between the select and the export
             return None
-        except auto.errors.CommandError as error:
-            raise EngineError(_stderr_tail(error)) from None
         resources = []
         outputs: dict = {}
         for resource in deployment.get("resources") or []:

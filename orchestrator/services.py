@@ -7,21 +7,30 @@ them, and raise ServiceError subclasses that the API maps to status codes.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from mongoengine.errors import NotUniqueError
 
+from orchestrator import locks
 from orchestrator.auth import Principal
-from orchestrator.engine import StackEngine
+from orchestrator.engine import EngineError, StackBusy, StackEngine, StackNotFound
 from orchestrator.ingest import read_samples
 from orchestrator.models import Health, Instance, Operation, Snapshot, utcnow
 from orchestrator.settings import Settings
 from orchestrator.sshkeys import generate_keypair
 from stacks.spec import InstanceDoc, SpecError, parse_instance, parse_snapshot
 
+log = logging.getLogger("orch.services")
+
 MAX_PAGE = 500
 MAX_LOG_LINES = 2000
+# A preview renews the instance's lock this many times per lease while it runs.
+PREVIEW_LOCK_RENEWALS_PER_LEASE = 3
 
 
 class ServiceError(Exception):
@@ -43,6 +52,22 @@ class Conflict(ServiceError):
 
 class Invalid(ServiceError):
     status_code = 422
+
+
+class BadGateway(ServiceError):
+    """The Pulumi CLI or its backend failed; the detail is the CLI's message."""
+
+    status_code = 502
+
+
+def engine_error(error: EngineError) -> ServiceError:
+    """A stack lock held elsewhere is 409, a missing stack 404, any other engine failure 502."""
+    if isinstance(error, StackBusy):
+        return Conflict(str(error))
+    if isinstance(error, StackNotFound):
+        return NotFound(str(error))
+    log.error("pulumi failed on a request: %s", error)  # a 5xx: the operator sees it too
+    return BadGateway(f"pulumi failed: {error}")
 
 
 def spec_error(error: SpecError) -> Invalid:
@@ -231,12 +256,42 @@ class Orchestrator:
 
     def stack(self, principal: Principal, name: str) -> dict:
         instance = self._instance(principal, name)
-        inspected = self.engine.inspect(instance.stack_name)
+        try:
+            inspected = self.engine.inspect(instance.stack_name)
+        except EngineError as error:
+            raise engine_error(error) from None
         if inspected is None:
             return {"stack": instance.stack_name, "resources": [], "outputs": {}}
         return inspected
 
+    @contextmanager
+    def _preview_lock(self, instance: Instance) -> Iterator[None]:
+        """Hold the instance's operation lock (renewed) for a preview; Conflict while an operation holds it."""
+        lock_key = f"instance:{instance.name}"
+        holder = f"preview:{uuid.uuid4().hex}"
+        lease_s = self.settings.operation_lease_s
+        if not locks.acquire(lock_key, holder, lease_s):
+            raise Conflict(f"an operation is running on instance {instance.name!r}; preview once it has finished")
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(lease_s / PREVIEW_LOCK_RENEWALS_PER_LEASE):
+                locks.acquire(lock_key, holder, lease_s)
+
+        renewer = threading.Thread(target=renew, name=f"preview-lock-{instance.name}", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            renewer.join()
+            locks.release(lock_key, holder)
+
     def preview(self, principal: Principal, name: str, document: dict) -> dict:
+        """What an update to `document` would change; changes nothing (stack config, backend, MongoDB).
+
+        It holds the instance's lock meanwhile, so it sees the stack as no operation is changing it.
+        """
         instance = self._instance(principal, name)
         document = {"kind": "Instance", "name": name, "labels": instance.labels, **document}
         parsed = self._parse(document)
@@ -244,9 +299,21 @@ class Orchestrator:
         base_image_id = None
         if parsed.spec.from_snapshot:
             base_image_id = Snapshot.objects.get(name=parsed.spec.from_snapshot).image_id
-        summary, steps = self.engine.preview_instance(
-            parsed, admin_public_key=instance.admin_public_key or "", base_image_id=base_image_id
-        )
+        with self._preview_lock(instance):
+            try:
+                summary, steps = self.engine.preview_instance(
+                    instance.stack_name,
+                    parsed,
+                    admin_public_key=instance.admin_public_key or "",
+                    base_image_id=base_image_id,
+                )
+            except StackNotFound:
+                raise NotFound(
+                    f"instance {name!r} has no stack {instance.stack_name!r} (never provisioned, rolled back or "
+                    "removed): nothing to preview against"
+                ) from None
+            except EngineError as error:
+                raise engine_error(error) from None
         return {
             "stack": instance.stack_name,
             "changes": summary,

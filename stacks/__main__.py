@@ -1,8 +1,9 @@
 """The Pulumi project's program (Pulumi.yaml `main`): the same program the service runs inline.
 
 It reads what the service wrote into the stack's config (`orch:kind`,
-`orch:document`, ...), so `pulumi up/preview/refresh --stack <name>` from the
-repo root acts on the service's stacks.
+`orch:document`, ...), so `pulumi up/preview/refresh --stack <name>` run in the
+service's project directory (`<data dir>/pulumi-project`, whose Pulumi.yaml
+points here) acts on the service's stacks.
 """
 
 import sys
@@ -25,6 +26,9 @@ from stacks.spec import parse_instance, parse_snapshot  # noqa: E402
 def main() -> None:
     config = pulumi.Config("orch")
     kind = config.require("kind")
+    # `orch:document` is a secret config value (it holds the bootstrap script and SSH keys). The
+    # program needs its plaintext to decide which resources to declare, which an Output from
+    # require_secret cannot give outside an apply; `require` returns a secret's decrypted value.
     document = json.loads(config.require("document"))
     if kind == "instance":
         program = instance_program(

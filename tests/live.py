@@ -32,9 +32,7 @@ def free_port() -> int:
 def service_env(tmp: Path, mongo_url: str, **overrides: str) -> dict[str, str]:
     """Settings for a service (or worker) on a fresh database, backend and data dir under tmp."""
     backend = tmp / "pulumi-backend"
-    project = tmp / "pulumi-project"
     backend.mkdir(parents=True, exist_ok=True)
-    project.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ORCH_", "PULUMI_STANDIN_"))}
     env.update(
         {
@@ -42,7 +40,6 @@ def service_env(tmp: Path, mongo_url: str, **overrides: str) -> dict[str, str]:
             "ORCH_MONGODB_URL": url_with_database(mongo_url, f"orch_{uuid.uuid4().hex[:10]}"),
             "ORCH_PULUMI_COMMAND": str(STANDIN_ROOT),
             "ORCH_PULUMI_BACKEND_URL": f"file://{backend}",
-            "ORCH_PULUMI_PROJECT_DIR": str(project),
             "ORCH_JWT_SECRET": JWT_SECRET,
             "PULUMI_CONFIG_PASSPHRASE": "test-passphrase",
             "PULUMI_HOME": str(tmp / "pulumi-home"),

@@ -109,14 +109,15 @@ def test_instance_snapshot_and_instance_from_snapshot(make_stack, cloud):
 
 
 def test_project_program_reads_the_service_config(make_stack, monkeypatch):
-    """stacks/__main__.py (what `pulumi up --stack X` runs from the repo root) builds the same stack."""
+    """stacks/__main__.py (what `pulumi up --stack X` runs in the service's project dir) builds the same stack
+    from the config the service writes (the document a secret value)."""
     monkeypatch.syspath_prepend(str(REPO))
     instance = parse_instance(instance_document("aws", name="web-3"))
     stack = make_stack("instance-web-3", lambda: runpy.run_path(str(REPO / "stacks" / "__main__.py")))
     stack.set_all_config(
         {
             "orch:kind": auto.ConfigValue("instance"),
-            "orch:document": auto.ConfigValue(json.dumps(instance.to_dict(), sort_keys=True)),
+            "orch:document": auto.ConfigValue(json.dumps(instance.to_dict(), sort_keys=True), secret=True),
             "orch:admin_public_key": auto.ConfigValue(ADMIN_KEY),
         }
     )

@@ -122,6 +122,8 @@ class FileBackend:
             document = json.loads(self.stack_path(stack).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise StackNotFoundError(stack) from None
+        except ValueError as error:  # as the CLI: a corrupt checkpoint is an error naming it, not a crash
+            raise BackendError(f"failed to load checkpoint: {error}") from None
         return document["checkpoint"].get("latest") or {}
 
     def last_modified(self, stack: str) -> float:
