@@ -145,9 +145,11 @@ class StackEngine:
                 config[f"orch:{key}"] = auto.ConfigValue(text)
         return config
 
-    def _instance_stack(self, instance: InstanceDoc, admin_public_key: str, base_image_id: str | None) -> auto.Stack:
+    def _instance_stack(
+        self, stack_name: str, instance: InstanceDoc, admin_public_key: str, base_image_id: str | None
+    ) -> auto.Stack:
         program = instance_program(instance, admin_public_key=admin_public_key, base_image_id=base_image_id)
-        stack = self._stack(f"instance-{instance.name}", program)
+        stack = self._stack(stack_name, program)
         config = self._config(
             "instance", instance.to_dict(), admin_public_key=admin_public_key, base_image_id=base_image_id
         )
@@ -155,16 +157,22 @@ class StackEngine:
         return stack
 
     def up_instance(
-        self, instance: InstanceDoc, *, admin_public_key: str, base_image_id: str | None, on_output: LogFn
+        self,
+        stack_name: str,
+        instance: InstanceDoc,
+        *,
+        admin_public_key: str,
+        base_image_id: str | None,
+        on_output: LogFn,
     ) -> dict:
-        stack = self._instance_stack(instance, admin_public_key, base_image_id)
+        stack = self._instance_stack(stack_name, instance, admin_public_key, base_image_id)
         result = self._retrying(lambda: stack.up(on_output=on_output, color="never"), on_output)
         return {key: value.value for key, value in result.outputs.items()}
 
     def preview_instance(
-        self, instance: InstanceDoc, *, admin_public_key: str, base_image_id: str | None
+        self, stack_name: str, instance: InstanceDoc, *, admin_public_key: str, base_image_id: str | None
     ) -> tuple[dict[str, int], list[PreviewStep]]:
-        stack = self._instance_stack(instance, admin_public_key, base_image_id)
+        stack = self._instance_stack(stack_name, instance, admin_public_key, base_image_id)
         steps: list[PreviewStep] = []
         lock = threading.Lock()
 
@@ -188,9 +196,9 @@ class StackEngine:
         summary = {str(op.value if hasattr(op, "value") else op): count for op, count in result.change_summary.items()}
         return summary, steps
 
-    def up_snapshot(self, snapshot: SnapshotDoc, *, source: dict, on_output: LogFn) -> dict:
+    def up_snapshot(self, stack_name: str, snapshot: SnapshotDoc, *, source: dict, on_output: LogFn) -> dict:
         program = snapshot_program(snapshot, source=source)
-        stack = self._stack(f"snapshot-{snapshot.name}", program)
+        stack = self._stack(stack_name, program)
         config = self._config("snapshot", snapshot.to_dict(), source=source)
         self._retrying(lambda: stack.set_all_config(config))
         result = self._retrying(lambda: stack.up(on_output=on_output, color="never"), on_output)
