@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     who.add_argument("--user", help="a user token for NAME")
     who.add_argument("--instance", help="an agent token for instance NAME (admin, for debugging an agent)")
     create.add_argument("--admin", action="store_true", help="with --user: an admin token")
-    create.set_defaults(handler=lambda args: server.create_token(args.user, args.admin, args.instance))
+    create.add_argument("--owner", help="with --instance: the instance's owner (names are unique per owner)")
+    create.set_defaults(handler=lambda args: server.create_token(args.user, args.admin, args.instance, args.owner))
     add_client_commands(commands)
     return parser
 

@@ -7,6 +7,7 @@ them, and raise ServiceError subclasses that the API maps to status codes.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +22,9 @@ from orchestrator.sshkeys import generate_keypair
 from stacks.spec import InstanceDoc, SpecError, parse_instance, parse_snapshot
 
 MAX_PAGE = 500
+# An owner named in a request (?owner=): a user name, the rule user tokens' subjects follow
+# (docs/DESIGN.md, "Names and owners"); it becomes part of stack names.
+OWNER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,38}")
 
 
 class ServiceError(Exception):
@@ -69,6 +73,8 @@ class Orchestrator:
         """The owner whose names a request addresses: the requester's own, or (admins only) `owner`'s."""
         if owner is None or owner == principal.name:
             return principal.name
+        if not OWNER_NAME.fullmatch(owner):
+            raise Invalid(f"owner: {owner!r} is not a user name ({OWNER_NAME.pattern})", field="owner")
         if not principal.is_admin:
             # The same answer whether or not that user has such a name: nothing leaks.
             raise NotFound(f"{kind} {name!r} not found (only admins address another owner's {kind}s)")
@@ -143,9 +149,11 @@ class Orchestrator:
 
     # -- instances --------------------------------------------------------
 
-    def create_instance(self, principal: Principal, document: dict) -> tuple[Instance, Operation]:
+    def create_instance(
+        self, principal: Principal, document: dict, owner: str | None = None
+    ) -> tuple[Instance, Operation]:
         parsed = self._parse(document)
-        owner = principal.name
+        owner = self._namespace(principal, owner, "instance", parsed.name)
         self._check_base_snapshot(owner, parsed)
         canonical = parsed.to_dict()
         private_key, public_key = generate_keypair(f"orch@{parsed.name}")
