@@ -80,12 +80,14 @@ class Orchestrator:
             raise NotFound(f"{kind} {name!r} not found (only admins address another owner's {kind}s)")
         return owner
 
-    def _owner_filter(self, principal: Principal, owner: str | None) -> dict:
-        """A listing's owner condition: an admin's lists every owner's unless `owner` names one."""
+    def _owner_filter(self, principal: Principal, owner: str | None) -> dict | None:
+        """A listing's owner condition (an admin's lists every owner's unless `owner` names one).
+
+        None when the listing is empty by tenancy: another user's names are simply not there for a user.
+        """
         if principal.is_admin:
             return {"owner": owner} if owner else {}
-        # Another user's names are simply not there for a user.
-        return {"owner__in": [principal.name] if owner in (None, principal.name) else []}
+        return {"owner": principal.name} if owner in (None, principal.name) else None
 
     def _instance(self, principal: Principal, name: str, owner: str | None = None) -> Instance:
         """The newest incarnation of `name` in the addressed namespace (a deleted one while none is newer)."""
@@ -238,7 +240,9 @@ class Orchestrator:
         limit: int = 100,
         offset: int = 0,
     ) -> Page:
-        query: dict = self._owner_filter(principal, owner)
+        query = self._owner_filter(principal, owner)
+        if query is None:
+            return Page(items=[], total=0, limit=limit, offset=offset)
         if cloud:
             query["cloud"] = cloud
         if status:
@@ -332,7 +336,9 @@ class Orchestrator:
         limit: int = 100,
         offset: int = 0,
     ) -> Page:
-        query: dict = self._owner_filter(principal, owner)
+        query = self._owner_filter(principal, owner)
+        if query is None:
+            return Page(items=[], total=0, limit=limit, offset=offset)
         if instance:
             query["instance"] = instance
         limit = max(1, min(limit, MAX_PAGE))
