@@ -26,7 +26,7 @@ def test_pulumi_by_hand_works_on_the_service_stacks(tmp_path, mongo_url):
 
     def pulumi(*args: str) -> subprocess.CompletedProcess:
         result = subprocess.run(
-            [str(STANDIN_ROOT / "bin" / "pulumi"), *args, "--stack", "instance-by-hand"],
+            [str(STANDIN_ROOT / "bin" / "pulumi"), *args, "--stack", "instance-alice.by-hand"],
             cwd=project, env=env, capture_output=True, text=True, timeout=120,
         )
         assert result.returncode == 0, result.stdout + result.stderr
@@ -48,7 +48,7 @@ def test_pulumi_by_hand_works_on_the_service_stacks(tmp_path, mongo_url):
 
         # The project's program, reading the config the service wrote, declares the same stack.
         preview = pulumi("preview")
-        assert "Previewing update (instance-by-hand)" in preview.stdout
+        assert "Previewing update (instance-alice.by-hand)" in preview.stdout
         pulumi("up", "--yes", "--skip-preview")
         changes = last_update()["resourceChanges"]
         assert set(changes) == {"same"} and changes["same"] == len(exported), changes
