@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     create = token_commands.add_parser("create", help="print a token as the last line")
     who = create.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", help="a user token for NAME")
-    who.add_argument("--instance", help="an agent token for instance NAME (admin, for debugging an agent)")
+    who.add_argument("--instance", help="an agent token for instance NAME of --owner (admin, for debugging an agent)")
     create.add_argument("--admin", action="store_true", help="with --user: an admin token")
     create.add_argument("--owner", help="with --instance: the instance's owner (names are unique per owner)")
     create.set_defaults(handler=lambda args: server.create_token(args.user, args.admin, args.instance, args.owner))
