@@ -8,7 +8,7 @@ import mongoengine
 from pymongo.errors import PyMongoError
 
 from orchestrator.embedded_store import EmbeddedStore
-from orchestrator.models import Instance, Lock, MetricBatch, Operation, Snapshot
+from orchestrator.models import Instance, Lock, MetricBatch, Operation, Snapshot, upgrade_names
 from orchestrator.settings import Settings, SettingsError
 
 DEFAULT_DB = "orch"
@@ -40,6 +40,7 @@ def connect(settings: Settings) -> EmbeddedStore | None:
         mongoengine.get_db().command("ping")
         for document in (Instance, Snapshot, Operation, Lock, MetricBatch):
             document.ensure_indexes()
+        upgrade_names()
     except PyMongoError as error:
         raise SettingsError(f"MongoDB at ORCH_MONGODB_URL={url} is unreachable: {error.__class__.__name__}") from None
     return store

@@ -160,6 +160,20 @@ class Snapshot(me.Document):
         self.updated_at = utcnow()
 
 
+def upgrade_names() -> None:
+    """Bring a store written before names were unique per owner up to date (idempotent).
+
+    Drops the old unique index on `name` alone, which would refuse another owner's
+    name, and gives each instance and snapshot that exists its claim.
+    """
+    for document in (Instance, Snapshot):
+        collection = document._get_collection()
+        if "name_1" in collection.index_information():
+            collection.drop_index("name_1")
+        for row in collection.find({"claim": {"$exists": False}, "status": {"$ne": "deleted"}}, {"owner": 1, "name": 1}):
+            collection.update_one({"_id": row["_id"]}, {"$set": {"claim": claim_key(row["owner"], row["name"])}})
+
+
 class Step(me.EmbeddedDocument):
     name = me.StringField(required=True)
     status = me.StringField(default="running", choices=("running", "succeeded", "failed", "skipped"))

@@ -139,3 +139,24 @@ def test_the_operation_log_is_bounded(setup, monkeypatch):
     logs = Operation.objects.get(id=op.id).logs
     assert logs[:kept] == [f"line {index}" for index in range(kept)], "the first lines are kept, in order"
     assert len(logs) == kept + 1 and f"only the first {kept} lines" in logs[-1]
+
+
+def test_a_store_from_before_per_owner_names_is_upgraded(mongo_db):
+    from orchestrator.models import Snapshot, upgrade_names
+
+    instances = Instance._get_collection()
+    instances.drop_indexes()
+    instances.create_index("name", unique=True, name="name_1")
+    instances.insert_many([
+        {"name": "old-1", "owner": "alice", "status": "running", "spec": {"a": 1}, "cloud": "aws", "region": "r"},
+        {"name": "gone-1", "owner": "alice", "status": "deleted", "spec": {"a": 1}, "cloud": "aws", "region": "r"},
+    ])
+    Snapshot._get_collection().insert_one({"name": "snap", "owner": "bob", "status": "available", "cloud": "aws"})
+    Instance.ensure_indexes()
+    upgrade_names()
+    upgrade_names()  # idempotent
+    assert "name_1" not in instances.index_information()
+    assert {row["name"]: row.get("claim") for row in instances.find()} == {"old-1": "alice/old-1", "gone-1": None}
+    assert Snapshot._get_collection().find_one()["claim"] == "bob/snap"
+    # Another owner's instance of the same name can now be created.
+    Instance(name="old-1", owner="bob", claim="bob/old-1", spec={"a": 1}, cloud="aws", region="r").save()
