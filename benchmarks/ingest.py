@@ -45,7 +45,8 @@ def seed_agents(mongo_url: str, count: int) -> list[tuple[str, str]]:
         agents.append((str(instance_id), token))
         instances.append(
             Instance(
-                id=instance_id, name=f"agent-{i:05d}", owner="bench", spec={"cloud": "docker"}, cloud="docker", region="local", status="running",
+                id=instance_id, name=f"agent-{i:05d}", owner="bench", spec={"cloud": "docker"}, cloud="docker",
+                region="local", status="running",
                 agent_token_hash=token_hash(token), agent_token_expires_at=expires.replace(tzinfo=None),
             ).to_mongo()
         )

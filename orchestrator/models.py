@@ -170,7 +170,8 @@ def upgrade_names() -> None:
         collection = document._get_collection()
         if "name_1" in collection.index_information():
             collection.drop_index("name_1")
-        for row in collection.find({"claim": {"$exists": False}, "status": {"$ne": "deleted"}}, {"owner": 1, "name": 1}):
+        unclaimed = collection.find({"claim": {"$exists": False}, "status": {"$ne": "deleted"}}, {"owner": 1, "name": 1})
+        for row in unclaimed:
             collection.update_one({"_id": row["_id"]}, {"$set": {"claim": claim_key(row["owner"], row["name"])}})
 
 

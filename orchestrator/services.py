@@ -355,7 +355,8 @@ class Orchestrator:
             raise Conflict(f"snapshot {name!r} is already {snapshot.status}")
         if snapshot.status == "pending":
             raise Conflict(f"snapshot {name!r} is still being taken; delete it once it is available or failed")
-        if Instance.objects(owner=snapshot.owner, spec__from_snapshot=name, status__nin=("deleted",)).first() is not None:
+        based_on = Instance.objects(owner=snapshot.owner, spec__from_snapshot=name, status__nin=("deleted",))
+        if based_on.first() is not None:
             raise Conflict(f"snapshot {name!r} is the base image of an instance that still exists")
         op = self._record(principal, "snapshot_delete", snapshot, snapshot.lock_key)
         snapshot.operation_id = str(op.id)

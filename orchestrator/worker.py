@@ -283,7 +283,11 @@ class Worker:
             base_image_id = snapshot.image_id
         with self._step(op, "pulumi up"):
             outputs = self.engine.up_instance(
-                instance.stack_name, document, admin_public_key=instance.admin_public_key, base_image_id=base_image_id, on_output=log_line
+                instance.stack_name,
+                document,
+                admin_public_key=instance.admin_public_key,
+                base_image_id=base_image_id,
+                on_output=log_line,
             )
         instance.reload()
         instance.outputs = outputs
@@ -374,7 +378,9 @@ class Worker:
         self._claim_stack(op, snapshot.stack_name)
         document = parse_snapshot({"kind": "Snapshot", "name": snapshot.name, "instance": snapshot.instance})
         with self._step(op, "pulumi up (snapshot)"):
-            outputs = self.engine.up_snapshot(snapshot.stack_name, document, source=snapshot.source_outputs, on_output=log_line)
+            outputs = self.engine.up_snapshot(
+                snapshot.stack_name, document, source=snapshot.source_outputs, on_output=log_line
+            )
         snapshot.reload()
         snapshot.image_id = outputs.get("image_id")
         snapshot.source_instance_id = outputs.get("source_instance_id")

@@ -25,7 +25,9 @@ def engine(standin_env, tmp_path, monkeypatch) -> StackEngine:
 
 def up(engine: StackEngine, name: str, on_output=lambda line: None) -> dict:
     document = parse_instance(instance_doc(name, "docker"))
-    return engine.up_instance(f"instance-{document.name}", document, admin_public_key=ADMIN_KEY, base_image_id=None, on_output=on_output)
+    return engine.up_instance(
+        f"instance-{document.name}", document, admin_public_key=ADMIN_KEY, base_image_id=None, on_output=on_output
+    )
 
 
 def test_an_update_waits_for_a_stack_lock_held_elsewhere(engine, standin_env):

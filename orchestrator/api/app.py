@@ -49,16 +49,16 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
 
 def _instance_json(request: Request, instance) -> dict:
     runtime = _runtime(request)
-    return instance_json(instance, runtime.settings.agent_report_interval_s, runtime.ingest.latest(instance.agent_identity))
+    latest = runtime.ingest.latest(instance.agent_identity)
+    return instance_json(instance, runtime.settings.agent_report_interval_s, latest)
 
 
 def _page(page, render) -> dict:
     return {"items": [render(item) for item in page.items], "total": page.total, "limit": page.limit, "offset": page.offset}
 
 
-def _owner_parameter():
-    # Names are unique per owner: an admin addresses another user's with ?owner=USER.
-    return Parameter(default=None, description="admins: the owner whose names are addressed")
+# Names are unique per owner: an admin addresses another user's with ?owner=USER.
+OWNER = Parameter(default=None, description="admins: the owner whose instances and snapshots are addressed")
 
 
 USER_DEPENDENCIES = {"principal": Provide(provide_principal, sync_to_thread=False), "orch": Provide(provide_orchestrator, sync_to_thread=False)}
@@ -76,7 +76,7 @@ class InstanceController(Controller):
         data: dict[str, Any],
         principal: Principal,
         orch: Orchestrator,
-        owner: str | None = _owner_parameter(),
+        owner: str | None = OWNER,
     ) -> dict:
         instance, op = orch.create_instance(principal, data, owner)
         return {"instance": _instance_json(request, instance), "operation": operation_json(op)}
@@ -92,7 +92,7 @@ class InstanceController(Controller):
         label: str | None = Parameter(default=None, description="key=value"),
         limit: int = Parameter(default=100, ge=1, le=500),
         offset: int = Parameter(default=0, ge=0),
-        owner: str | None = _owner_parameter(),
+        owner: str | None = OWNER,
     ) -> dict:
         page = orch.list_instances(
             principal, cloud=cloud, status=status, label=label, owner=owner, limit=limit, offset=offset
@@ -101,7 +101,7 @@ class InstanceController(Controller):
 
     @get("/{name:str}", sync_to_thread=True, summary="One instance")
     def get_one(
-        self, request: Request, name: str, principal: Principal, orch: Orchestrator, owner: str | None = _owner_parameter()
+        self, request: Request, name: str, principal: Principal, orch: Orchestrator, owner: str | None = OWNER
     ) -> dict:
         return _instance_json(request, orch.get_instance(principal, name, owner))
 
@@ -113,7 +113,7 @@ class InstanceController(Controller):
         data: dict[str, Any],
         principal: Principal,
         orch: Orchestrator,
-        owner: str | None = _owner_parameter(),
+        owner: str | None = OWNER,
     ) -> Response:
         instance, op = orch.update_instance(principal, name, data, owner)
         body = {"instance": _instance_json(request, instance), "operation": operation_json(op)}
@@ -121,13 +121,13 @@ class InstanceController(Controller):
 
     @delete("/{name:str}", status_code=202, sync_to_thread=True, summary="Delete (a pulumi destroy)")
     def remove(
-        self, request: Request, name: str, principal: Principal, orch: Orchestrator, owner: str | None = _owner_parameter()
+        self, request: Request, name: str, principal: Principal, orch: Orchestrator, owner: str | None = OWNER
     ) -> dict:
         instance, op = orch.delete_instance(principal, name, owner)
         return {"instance": _instance_json(request, instance), "operation": operation_json(op)}
 
     @get("/{name:str}/stack", sync_to_thread=True, summary="Stack resources and outputs")
-    def stack(self, name: str, principal: Principal, orch: Orchestrator, owner: str | None = _owner_parameter()) -> dict:
+    def stack(self, name: str, principal: Principal, orch: Orchestrator, owner: str | None = OWNER) -> dict:
         return orch.stack(principal, name, owner)
 
     @post("/{name:str}/preview", status_code=200, sync_to_thread=True, summary="What an update would change")
@@ -137,7 +137,7 @@ class InstanceController(Controller):
         data: dict[str, Any],
         principal: Principal,
         orch: Orchestrator,
-        owner: str | None = _owner_parameter(),
+        owner: str | None = OWNER,
     ) -> dict:
         return orch.preview(principal, name, data, owner)
 
@@ -150,7 +150,7 @@ class InstanceController(Controller):
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
         limit: int = Parameter(default=1000, ge=1, le=10000),
-        owner: str | None = _owner_parameter(),
+        owner: str | None = OWNER,
     ) -> dict:
         return {"instance": name, "samples": orch.metrics(principal, name, _utc(since), _utc(until), limit, owner)}
 
@@ -161,7 +161,7 @@ class InstanceController(Controller):
         data: dict[str, Any],
         principal: Principal,
         orch: Orchestrator,
-        owner: str | None = _owner_parameter(),
+        owner: str | None = OWNER,
     ) -> dict:
         snapshot_name = data.get("name")
         if not isinstance(snapshot_name, str):
@@ -183,17 +183,17 @@ class SnapshotController(Controller):
         instance: str | None = None,
         limit: int = Parameter(default=100, ge=1, le=500),
         offset: int = Parameter(default=0, ge=0),
-        owner: str | None = _owner_parameter(),
+        owner: str | None = OWNER,
     ) -> dict:
         page = orch.list_snapshots(principal, instance=instance, owner=owner, limit=limit, offset=offset)
         return _page(page, snapshot_json)
 
     @get("/{name:str}", sync_to_thread=True, summary="One snapshot")
-    def get_one(self, name: str, principal: Principal, orch: Orchestrator, owner: str | None = _owner_parameter()) -> dict:
+    def get_one(self, name: str, principal: Principal, orch: Orchestrator, owner: str | None = OWNER) -> dict:
         return snapshot_json(orch.get_snapshot(principal, name, owner))
 
     @delete("/{name:str}", status_code=202, sync_to_thread=True, summary="Delete a snapshot and its image")
-    def remove(self, name: str, principal: Principal, orch: Orchestrator, owner: str | None = _owner_parameter()) -> dict:
+    def remove(self, name: str, principal: Principal, orch: Orchestrator, owner: str | None = OWNER) -> dict:
         snapshot, op = orch.delete_snapshot(principal, name, owner)
         return {"snapshot": snapshot_json(snapshot), "operation": operation_json(op)}
 
