@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import mongoengine
+from bson import ObjectId
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -38,12 +39,14 @@ def seed_agents(mongo_url: str, count: int) -> list[tuple[str, str]]:
     agents = []
     instances = []
     for i in range(count):
-        name = f"agent-{i:05d}"
-        token, expires = mint_agent_token(JWT_SECRET, name)
-        agents.append((name, token))
+        # An agent's identity is its instance's id.
+        instance_id = ObjectId()
+        token, expires = mint_agent_token(JWT_SECRET, str(instance_id))
+        agents.append((str(instance_id), token))
         instances.append(
             Instance(
-                name=name, owner="bench", spec={"cloud": "docker"}, cloud="docker", region="local", status="running",
+                id=instance_id, name=f"agent-{i:05d}", owner="bench", spec={"cloud": "docker"}, cloud="docker",
+                region="local", status="running",
                 agent_token_hash=token_hash(token), agent_token_expires_at=expires.replace(tzinfo=None),
             ).to_mongo()
         )

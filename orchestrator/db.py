@@ -8,7 +8,7 @@ import mongoengine
 from pymongo.errors import PyMongoError
 
 from orchestrator.embedded_store import EmbeddedStore
-from orchestrator.models import Instance, Lock, MetricBatch, Operation, Snapshot, UserToken
+from orchestrator.models import Instance, Lock, MetricBatch, Operation, Snapshot, UserToken, upgrade_names
 from orchestrator.secretfield import ENCRYPTED_PREFIX, install_store_key
 from orchestrator.settings import Settings, SettingsError, redact_url
 
@@ -48,6 +48,7 @@ def connect(settings: Settings) -> EmbeddedStore | None:
         mongoengine.get_db().command("ping")
         for document in (Instance, Snapshot, Operation, Lock, MetricBatch, UserToken):
             document.ensure_indexes()
+        upgrade_names()
         encrypt_plaintext_secrets()
     except PyMongoError as error:
         raise SettingsError(

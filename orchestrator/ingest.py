@@ -18,7 +18,8 @@ import time
 import zlib
 from dataclasses import dataclass
 
-from bson import Binary
+from bson import Binary, ObjectId
+from bson.errors import InvalidId
 from pymongo import UpdateOne
 from pymongo.errors import PyMongoError
 
@@ -33,7 +34,7 @@ log = logging.getLogger("orch.ingest")
 # so reports never wait on MongoDB for a known token, and a revocation takes effect
 # within TOKEN_CACHE_S plus a flush interval.
 TOKEN_CACHE_S = 5.0
-# Names per bulk token refresh query.
+# Instance ids per bulk token refresh query.
 TOKEN_REFRESH_CHUNK = 200
 FLUSH_INTERVAL_S = 0.5
 # Instance documents updated with their latest report per flush (see _persist_health).
@@ -139,7 +140,10 @@ class AgentIngest:
     # -- authentication ---------------------------------------------------
 
     def authenticate(self, authorization: str | None, *, may_query: bool = True) -> tuple[str, str] | None:
-        """Return (instance name, token) of a valid, unrevoked agent token.
+        """Return (instance id, token) of a valid, unrevoked agent token.
+
+        An agent's identity is its instance's document id (the token's `sub`), unique
+        per incarnation: a re-created name's instance never accepts the old one's token.
 
         With may_query=False it answers from the token cache alone and returns
         None when MongoDB must be asked (so an event loop can ask off-thread).
@@ -172,17 +176,18 @@ class AgentIngest:
     def _token_state(self, instance: str) -> _TokenState:
         return self._fetch_token_states([instance])[instance]
 
-    def _fetch_token_states(self, names: list[str]) -> dict[str, _TokenState]:
-        """Read the instances' current token hash and status into the cache."""
+    def _fetch_token_states(self, ids: list[str]) -> dict[str, _TokenState]:
+        """Read the instances' current token hash and status into the cache (keyed by instance id)."""
+        object_ids = [oid for oid in map(_object_id, ids) if oid is not None]
         rows = Instance._get_collection().find(
-            {"name": {"$in": names}}, {"name": True, "agent_token_hash": True, "status": True}
+            {"_id": {"$in": object_ids}}, {"agent_token_hash": True, "status": True}
         )
-        found = {row["name"]: row for row in rows}
+        found = {str(row["_id"]): row for row in rows}
         now = time.monotonic()
         states = {}
-        for name in names:
-            row = found.get(name)
-            states[name] = (
+        for instance_id in ids:
+            row = found.get(instance_id)
+            states[instance_id] = (
                 _TokenState(None, "missing", now)
                 if row is None
                 else _TokenState(row.get("agent_token_hash"), row.get("status", ""), now)
@@ -202,9 +207,9 @@ class AgentIngest:
                 return
 
     def renew(self, instance: str) -> tuple[str, dt.datetime]:
-        """A new token for an agent whose current token is valid; the old one stops working."""
+        """A new token for an agent (by instance id) whose current token is valid; the old one stops working."""
         token, expires = mint_agent_token(self.settings.jwt_secret, instance)
-        Instance.objects(name=instance).update_one(
+        Instance.objects(id=_object_id(instance)).update_one(
             set__agent_token_hash=token_hash(token), set__agent_token_expires_at=expires.replace(tzinfo=None)
         )
         self._token_state(instance)
@@ -276,7 +281,7 @@ class AgentIngest:
             Instance._get_collection().bulk_write(
                 [
                     UpdateOne(
-                        {"name": name},
+                        {"_id": _object_id(name)},
                         {"$set": {"health.last_report_at": entry.received_at, "health.last_report": entry.report}},
                     )
                     for name, entry in chosen
@@ -291,7 +296,7 @@ class AgentIngest:
             entry.first_written = True
 
     def latest(self, instance: str) -> tuple[dt.datetime, dict] | None:
-        """(received_at, report) of the newest report this process has seen for the instance."""
+        """(received_at, report) of the newest report this process has seen for the instance (by id)."""
         entry = self._latest.get(instance)
         return (entry.received_at, entry.report) if entry else None
 
@@ -301,8 +306,16 @@ class AgentIngest:
         self.flush()
 
 
+def _object_id(instance: str) -> ObjectId | None:
+    """An agent identity (an instance's id) as a document id; None for one that cannot be."""
+    try:
+        return ObjectId(instance)
+    except (InvalidId, TypeError):
+        return None
+
+
 def read_samples(instance: str, since: dt.datetime | None, until: dt.datetime | None, limit: int) -> list[dict]:
-    """The instance's reports with since <= ts <= until, oldest first, at most `limit` (the newest)."""
+    """The instance's (by id) reports with since <= ts <= until, oldest first, at most `limit` (the newest)."""
     query: dict = {"instances": instance}
     if since:
         query["ts_max__gte"] = since

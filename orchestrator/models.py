@@ -26,7 +26,8 @@ INSTANCE_TRANSITIONS: dict[str, set[str]] = {
     "updating": {"running", "failed", "updating"},
     "failed": {"updating", "deleting", "pending"},
     "deleting": {"deleted", "failed", "deleting"},
-    "deleted": {"pending"},
+    # Final: creating the name again makes a new document.
+    "deleted": set(),
 }
 
 SNAPSHOT_TRANSITIONS: dict[str, set[str]] = {
@@ -49,9 +50,20 @@ class Health(me.EmbeddedDocument):
     last_report = me.DictField()
 
 
+def claim_key(owner: str, name: str) -> str:
+    """What an instance or snapshot that exists holds uniquely: its name in its owner's namespace."""
+    return f"{owner}/{name}"
+
+
 class Instance(me.Document):
-    name = me.StringField(required=True, unique=True)
+    # Names are unique per owner (docs/DESIGN.md, "Names and owners"). Each
+    # incarnation of a name is its own document: a deleted one stays as history.
+    name = me.StringField(required=True)
     owner = me.StringField(required=True)
+    # claim_key(owner, name) while this incarnation exists, unset once deleted:
+    # the unique index lets exactly one concurrent create of a name win, and a
+    # deleted name can be created again.
+    claim = me.StringField(unique=True, sparse=True)
     labels = me.DictField()
     spec = me.DictField(required=True)
     cloud = me.StringField(required=True)
@@ -62,6 +74,10 @@ class Instance(me.Document):
     public_ip = me.StringField()
     health = me.EmbeddedDocumentField(Health, default=Health)
     generation = me.IntField(default=1)
+    # The latest generation whose configuration (Ansible, agent; none with
+    # `configure: false`) is known to be in place: None while no create or update
+    # has succeeded, and an update configures again unless it is generation - 1.
+    configured_generation = me.IntField()
     operation_id = me.StringField()
     # The service's SSH key for configuring this instance (Ansible), and the
     # hash of the agent token it was given: the token itself is never stored.
@@ -76,6 +92,7 @@ class Instance(me.Document):
         "collection": "instances",
         "indexes": [
             "owner",
+            ("owner", "name", "-created_at"),
             ("owner", "-created_at"),
             ("cloud", "status"),
             "status",
@@ -85,7 +102,17 @@ class Instance(me.Document):
 
     @property
     def stack_name(self) -> str:
-        return f"instance-{self.name}"
+        return f"instance-{self.owner}.{self.name}"
+
+    @property
+    def lock_key(self) -> str:
+        # Per name, not per incarnation: operations on one stack never overlap.
+        return f"instance:{claim_key(self.owner, self.name)}"
+
+    @property
+    def agent_identity(self) -> str:
+        """The `sub` of its agent tokens and the `instance` of its agent's reports (unique per incarnation)."""
+        return str(self.id)
 
     def document(self) -> dict:
         """The instance document as the user wrote it (kind, name, labels, spec)."""
@@ -99,9 +126,11 @@ class Instance(me.Document):
 
 
 class Snapshot(me.Document):
-    name = me.StringField(required=True, unique=True)
-    instance = me.StringField(required=True)
+    # Unique per owner, one document per incarnation, like instances.
+    name = me.StringField(required=True)
+    instance = me.StringField(required=True)  # the source instance's name (same owner)
     owner = me.StringField(required=True)
+    claim = me.StringField(unique=True, sparse=True)
     status = me.StringField(required=True, default="pending", choices=tuple(SNAPSHOT_TRANSITIONS))
     cloud = me.StringField(required=True)
     region = me.StringField()
@@ -113,17 +142,39 @@ class Snapshot(me.Document):
     created_at = me.DateTimeField(default=utcnow)
     updated_at = me.DateTimeField(default=utcnow)
 
-    meta = {"collection": "snapshots", "indexes": ["owner", "instance", "status", "-created_at"]}
+    meta = {
+        "collection": "snapshots",
+        "indexes": ["owner", ("owner", "name", "-created_at"), "instance", "status", "-created_at"],
+    }
 
     @property
     def stack_name(self) -> str:
-        return f"snapshot-{self.name}"
+        return f"snapshot-{self.owner}.{self.name}"
+
+    @property
+    def lock_key(self) -> str:
+        return f"snapshot:{claim_key(self.owner, self.name)}"
 
     def move_to(self, status: str, error: str | None = None) -> None:
         _check(SNAPSHOT_TRANSITIONS, "snapshot", self.name, self.status, status)
         self.status = status
         self.error = error
         self.updated_at = utcnow()
+
+
+def upgrade_names() -> None:
+    """Bring a store written before names were unique per owner up to date (idempotent).
+
+    Drops the old unique index on `name` alone, which would refuse another owner's
+    name, and gives each instance and snapshot that exists its claim.
+    """
+    for document in (Instance, Snapshot):
+        collection = document._get_collection()
+        if "name_1" in collection.index_information():
+            collection.drop_index("name_1")
+        unclaimed = collection.find({"claim": {"$exists": False}, "status": {"$ne": "deleted"}}, {"owner": 1, "name": 1})
+        for row in unclaimed:
+            collection.update_one({"_id": row["_id"]}, {"$set": {"claim": claim_key(row["owner"], row["name"])}})
 
 
 class Step(me.EmbeddedDocument):
@@ -138,11 +189,16 @@ OPERATION_KINDS = ("create", "update", "delete", "snapshot_create", "snapshot_de
 
 class Operation(me.Document):
     kind = me.StringField(required=True, choices=OPERATION_KINDS)
-    # What the operation locks: the instance for instance and snapshot-create
-    # operations, the snapshot for snapshot deletes.
+    # The target's name and document id: the instance for instance and
+    # snapshot-create operations, the snapshot for snapshot deletes. It is also
+    # what the operation locks (lock_key).
     target = me.StringField(required=True)
+    target_id = me.StringField(required=True)
     lock_key = me.StringField(required=True)
+    # The target's owner, and who asked (an admin may act on a user's instance):
+    # both may read the operation.
     owner = me.StringField(required=True)
+    requested_by = me.StringField()
     status = me.StringField(default="queued", choices=("queued", "running", "succeeded", "failed"))
     params = me.DictField()
     steps = me.EmbeddedDocumentListField(Step)
@@ -157,7 +213,7 @@ class Operation(me.Document):
 
     meta = {
         "collection": "operations",
-        "indexes": [("status", "lease_expires_at"), ("lock_key", "created_at"), "target", "owner"],
+        "indexes": [("status", "lease_expires_at"), ("lock_key", "created_at"), "target_id", "owner"],
     }
 
 

@@ -92,7 +92,9 @@ def worker() -> int:
     return 0
 
 
-def create_token(user: str | None, admin: bool, instance: str | None, ttl: dt.timedelta | None = None) -> int:
+def create_token(
+    user: str | None, admin: bool, instance: str | None, owner: str | None = None, ttl: dt.timedelta | None = None
+) -> int:
     from orchestrator.auth import USER_TOKEN_TTL, mint_agent_token
 
     try:
@@ -106,21 +108,31 @@ def create_token(user: str | None, admin: bool, instance: str | None, ttl: dt.ti
     if instance:
         from orchestrator import db
         from orchestrator.auth import token_hash
-        from orchestrator.models import Instance
+        from orchestrator.models import Instance, claim_key
 
+        if not owner:
+            print("orch token create: --instance needs --owner USER (names are unique per owner)", file=sys.stderr)
+            return 2
         store = db.connect(settings)
         try:
-            token, expires = mint_agent_token(settings.jwt_secret, instance)
-            updated = Instance.objects(name=instance, status__ne="deleted").update_one(
-                set__agent_token_hash=token_hash(token), set__agent_token_expires_at=expires.replace(tzinfo=None)
-            )
+            # The instance that exists under that name now; the token's subject is its id.
+            found = Instance.objects(claim=claim_key(owner, instance)).only("id").first()
+            if found is not None:
+                token, expires = mint_agent_token(settings.jwt_secret, found.agent_identity)
+                Instance.objects(id=found.id).update_one(
+                    set__agent_token_hash=token_hash(token), set__agent_token_expires_at=expires.replace(tzinfo=None)
+                )
         finally:
             if store is not None:
                 store.stop()
-        if not updated:
-            print(f"orch token create: no instance named {instance!r}", file=sys.stderr)
+        if found is None:
+            print(f"orch token create: {owner} has no instance named {instance!r}", file=sys.stderr)
             return 2
-        print(f"# agent token for instance {instance}, expires {expires.isoformat()}; replaces its previous token", file=sys.stderr)
+        print(
+            f"# agent token for instance {owner}/{instance} (id {found.agent_identity}), expires "
+            f"{expires.isoformat()}; replaces its previous token",
+            file=sys.stderr,
+        )
     else:
         from orchestrator.tokens import create_user_token
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from mongoengine.errors import NotUniqueError
 
 from orchestrator import locks
-from orchestrator.auth import Principal
+from orchestrator.auth import USER_NAME, USER_NAME_RULE, Principal
 from orchestrator.engine import EngineError, StackBusy, StackEngine, StackNotFound
 from orchestrator.ingest import read_samples
-from orchestrator.models import Health, Instance, Operation, Snapshot, utcnow
+from orchestrator.models import Instance, Operation, Snapshot, claim_key, utcnow
 from orchestrator.settings import Settings
 from orchestrator.sshkeys import generate_keypair
 from stacks.spec import InstanceDoc, SpecError, parse_instance, parse_snapshot
@@ -28,7 +28,6 @@ from stacks.spec import InstanceDoc, SpecError, parse_instance, parse_snapshot
 log = logging.getLogger("orch.services")
 
 MAX_PAGE = 500
-MAX_LOG_LINES = 2000
 # A preview renews the instance's lock this many times per lease while it runs.
 PREVIEW_LOCK_RENEWALS_PER_LEASE = 3
 
@@ -91,19 +90,39 @@ class Orchestrator:
 
     # -- helpers ----------------------------------------------------------
 
-    def _visible(self, principal: Principal, owner: str) -> bool:
-        return principal.is_admin or principal.name == owner
+    def _namespace(self, principal: Principal, owner: str | None, kind: str, name: str) -> str:
+        """The owner whose names a request addresses: the requester's own, or (admins only) `owner`'s."""
+        if owner is None or owner == principal.name:
+            return principal.name
+        # An owner named in a request (?owner=) follows the user-name rule; it becomes part of stack names.
+        if not USER_NAME.fullmatch(owner):
+            raise Invalid(f"owner: {owner!r} is not a user name ({USER_NAME_RULE})", field="owner")
+        if not principal.is_admin:
+            # The same answer whether or not that user has such a name: nothing leaks.
+            raise NotFound(f"{kind} {name!r} not found (only admins address another owner's {kind}s)")
+        return owner
 
-    def _instance(self, principal: Principal, name: str) -> Instance:
-        instance = Instance.objects(name=name).first()
-        # Another user's instance is reported as missing: names are not leaked.
-        if instance is None or not self._visible(principal, instance.owner):
+    def _owner_filter(self, principal: Principal, owner: str | None) -> dict | None:
+        """A listing's owner condition (an admin's lists every owner's unless `owner` names one).
+
+        None when the listing is empty by tenancy: another user's names are simply not there for a user.
+        """
+        if principal.is_admin:
+            return {"owner": owner} if owner else {}
+        return {"owner": principal.name} if owner in (None, principal.name) else None
+
+    def _instance(self, principal: Principal, name: str, owner: str | None = None) -> Instance:
+        """The newest incarnation of `name` in the addressed namespace (a deleted one while none is newer)."""
+        namespace = self._namespace(principal, owner, "instance", name)
+        instance = Instance.objects(owner=namespace, name=name).order_by("-created_at").first()
+        if instance is None:
             raise NotFound(f"instance {name!r} not found")
         return instance
 
-    def _snapshot(self, principal: Principal, name: str) -> Snapshot:
-        snapshot = Snapshot.objects(name=name).first()
-        if snapshot is None or not self._visible(principal, snapshot.owner):
+    def _snapshot(self, principal: Principal, name: str, owner: str | None = None) -> Snapshot:
+        namespace = self._namespace(principal, owner, "snapshot", name)
+        snapshot = Snapshot.objects(owner=namespace, name=name).order_by("-created_at").first()
+        if snapshot is None:
             raise NotFound(f"snapshot {name!r} not found")
         return snapshot
 
@@ -113,12 +132,13 @@ class Orchestrator:
         except SpecError as error:
             raise spec_error(error) from None
 
-    def _check_base_snapshot(self, principal: Principal, parsed: InstanceDoc) -> None:
+    def _check_base_snapshot(self, owner: str, parsed: InstanceDoc) -> None:
+        """An instance's base snapshot is one of its owner's."""
         name = parsed.spec.from_snapshot
         if not name:
             return
-        snapshot = Snapshot.objects(name=name).first()
-        if snapshot is None or not self._visible(principal, snapshot.owner):
+        snapshot = Snapshot.objects(owner=owner, claim=claim_key(owner, name)).first()
+        if snapshot is None:
             raise Invalid(f"spec.from_snapshot: snapshot {name!r} not found", field="spec.from_snapshot")
         if snapshot.status != "available":
             raise Invalid(
@@ -130,8 +150,18 @@ class Orchestrator:
                 field="spec.from_snapshot",
             )
 
-    def _record(self, kind: str, target: str, lock_key: str, owner: str, params: dict | None = None) -> Operation:
-        op = Operation(kind=kind, target=target, lock_key=lock_key, owner=owner, params=params or {})
+    def _record(
+        self, principal: Principal, kind: str, target: Instance | Snapshot, lock_key: str, params: dict | None = None
+    ) -> Operation:
+        op = Operation(
+            kind=kind,
+            target=target.name,
+            target_id=str(target.id),
+            lock_key=lock_key,
+            owner=target.owner,
+            requested_by=principal.name,
+            params=params or {},
+        )
         op.save()
         return op
 
@@ -143,52 +173,40 @@ class Orchestrator:
 
     # -- instances --------------------------------------------------------
 
-    def create_instance(self, principal: Principal, document: dict) -> tuple[Instance, Operation]:
+    def create_instance(
+        self, principal: Principal, document: dict, owner: str | None = None
+    ) -> tuple[Instance, Operation]:
         parsed = self._parse(document)
-        self._check_base_snapshot(principal, parsed)
+        owner = self._namespace(principal, owner, "instance", parsed.name)
+        self._check_base_snapshot(owner, parsed)
         canonical = parsed.to_dict()
-        existing = Instance.objects(name=parsed.name).first()
-        if existing is not None and existing.status != "deleted":
-            raise Conflict(f"instance {parsed.name!r} already exists", field="name")
         private_key, public_key = generate_keypair(f"orch@{parsed.name}")
-        fields = dict(
-            owner=principal.name,
+        instance = Instance(
+            name=parsed.name,
+            owner=owner,
+            claim=claim_key(owner, parsed.name),
             labels=canonical.get("labels") or {},
             spec=canonical["spec"],
             cloud=parsed.spec.cloud,
             region=parsed.spec.region,
-            outputs={},
-            public_ip=None,
-            status_reason=None,
             admin_private_key=private_key,
             admin_public_key=public_key,
-            agent_token_hash=None,
-            created_at=utcnow(),
-            updated_at=utcnow(),
         )
-        if existing is not None:  # a deleted instance's name is reused
-            if not self._visible(principal, existing.owner):
-                raise Conflict(f"instance {parsed.name!r} already exists", field="name")
-            existing.move_to("pending")
-            for key, value in fields.items():
-                setattr(existing, key, value)
-            existing.generation += 1
-            existing.health = Health()
-            instance = existing
-        else:
-            instance = Instance(name=parsed.name, **fields)
         try:
-            instance.save()
+            # The atomic claim: of concurrent creates of one name, exactly one inserts.
+            instance.save(force_insert=True)
         except NotUniqueError:
             raise Conflict(f"instance {parsed.name!r} already exists", field="name") from None
-        op = self._record("create", instance.name, f"instance:{instance.name}", principal.name)
+        op = self._record(principal, "create", instance, instance.lock_key, {"generation": instance.generation})
         instance.operation_id = str(op.id)
         instance.save()
         self._send(op)
         return instance, op
 
-    def update_instance(self, principal: Principal, name: str, document: dict) -> tuple[Instance, Operation | None]:
-        instance = self._instance(principal, name)
+    def update_instance(
+        self, principal: Principal, name: str, document: dict, owner: str | None = None
+    ) -> tuple[Instance, Operation | None]:
+        instance = self._instance(principal, name, owner)
         document = {"kind": "Instance", "name": name, "labels": instance.labels, **document}
         if document.get("name") != name:
             raise Invalid(f"name: cannot rename instance {name!r} to {document.get('name')!r}", field="name")
@@ -200,32 +218,38 @@ class Orchestrator:
             return instance, None
         if instance.status not in ("running", "failed", "updating"):
             raise Conflict(f"instance {name!r} is {instance.status}; it can be updated once it is running or failed")
-        self._check_base_snapshot(principal, parsed)
+        self._check_base_snapshot(instance.owner, parsed)
         previous = instance.spec
         instance.spec = canonical["spec"]
         instance.labels = canonical.get("labels") or {}
         instance.region = parsed.spec.region
         instance.generation += 1
         instance.updated_at = utcnow()
-        op = self._record("update", name, f"instance:{name}", principal.name, {"previous_spec": previous})
+        op = self._record(
+            principal,
+            "update",
+            instance,
+            instance.lock_key,
+            {"previous_spec": previous, "generation": instance.generation},
+        )
         instance.operation_id = str(op.id)
         instance.save()
         self._send(op)
         return instance, op
 
-    def delete_instance(self, principal: Principal, name: str) -> tuple[Instance, Operation]:
-        instance = self._instance(principal, name)
+    def delete_instance(self, principal: Principal, name: str, owner: str | None = None) -> tuple[Instance, Operation]:
+        instance = self._instance(principal, name, owner)
         if instance.status in ("deleted", "deleting"):
             raise Conflict(f"instance {name!r} is already {instance.status}")
-        op = self._record("delete", name, f"instance:{name}", principal.name)
+        op = self._record(principal, "delete", instance, instance.lock_key)
         instance.operation_id = str(op.id)
         instance.updated_at = utcnow()
         instance.save()
         self._send(op)
         return instance, op
 
-    def get_instance(self, principal: Principal, name: str) -> Instance:
-        return self._instance(principal, name)
+    def get_instance(self, principal: Principal, name: str, owner: str | None = None) -> Instance:
+        return self._instance(principal, name, owner)
 
     def list_instances(
         self,
@@ -234,12 +258,13 @@ class Orchestrator:
         cloud: str | None = None,
         status: str | None = None,
         label: str | None = None,
+        owner: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> Page:
-        query: dict = {}
-        if not principal.is_admin:
-            query["owner"] = principal.name
+        query = self._owner_filter(principal, owner)
+        if query is None:
+            return Page(items=[], total=0, limit=limit, offset=offset)
         if cloud:
             query["cloud"] = cloud
         if status:
@@ -254,8 +279,8 @@ class Orchestrator:
         queryset = Instance.objects(**query).exclude("admin_private_key").order_by("-created_at")
         return Page(items=list(queryset.skip(offset).limit(limit)), total=queryset.count(), limit=limit, offset=offset)
 
-    def stack(self, principal: Principal, name: str) -> dict:
-        instance = self._instance(principal, name)
+    def stack(self, principal: Principal, name: str, owner: str | None = None) -> dict:
+        instance = self._instance(principal, name, owner)
         try:
             inspected = self.engine.inspect(instance.stack_name)
         except EngineError as error:
@@ -267,7 +292,7 @@ class Orchestrator:
     @contextmanager
     def _preview_lock(self, instance: Instance) -> Iterator[None]:
         """Hold the instance's operation lock (renewed) for a preview; Conflict while an operation holds it."""
-        lock_key = f"instance:{instance.name}"
+        lock_key = instance.lock_key
         holder = f"preview:{uuid.uuid4().hex}"
         lease_s = self.settings.operation_lease_s
         if not locks.acquire(lock_key, holder, lease_s):
@@ -287,18 +312,18 @@ class Orchestrator:
             renewer.join()
             locks.release(lock_key, holder)
 
-    def preview(self, principal: Principal, name: str, document: dict) -> dict:
+    def preview(self, principal: Principal, name: str, document: dict, owner: str | None = None) -> dict:
         """What an update to `document` would change; changes nothing (stack config, backend, MongoDB).
 
         It holds the instance's lock meanwhile, so it sees the stack as no operation is changing it.
         """
-        instance = self._instance(principal, name)
+        instance = self._instance(principal, name, owner)
         document = {"kind": "Instance", "name": name, "labels": instance.labels, **document}
         parsed = self._parse(document)
-        self._check_base_snapshot(principal, parsed)
+        self._check_base_snapshot(instance.owner, parsed)
         base_image_id = None
         if parsed.spec.from_snapshot:
-            base_image_id = Snapshot.objects.get(name=parsed.spec.from_snapshot).image_id
+            base_image_id = Snapshot.objects.get(claim=claim_key(instance.owner, parsed.spec.from_snapshot)).image_id
         with self._preview_lock(instance):
             try:
                 summary, steps = self.engine.preview_instance(
@@ -327,50 +352,57 @@ class Orchestrator:
         since: dt.datetime | None,
         until: dt.datetime | None,
         limit: int = 1000,
+        owner: str | None = None,
     ) -> list[dict]:
-        instance = self._instance(principal, name)
-        return read_samples(instance.name, since, until, max(1, min(limit, 10000)))
+        instance = self._instance(principal, name, owner)
+        return read_samples(instance.agent_identity, since, until, max(1, min(limit, 10000)))
 
     # -- snapshots --------------------------------------------------------
 
-    def create_snapshot(self, principal: Principal, instance_name: str, snapshot_name: str) -> tuple[Snapshot, Operation]:
-        instance = self._instance(principal, instance_name)
+    def create_snapshot(
+        self, principal: Principal, instance_name: str, snapshot_name: str, owner: str | None = None
+    ) -> tuple[Snapshot, Operation]:
+        instance = self._instance(principal, instance_name, owner)
         try:
             parsed = parse_snapshot({"kind": "Snapshot", "name": snapshot_name, "instance": instance_name})
         except SpecError as error:
             raise spec_error(error) from None
         if instance.status != "running":
             raise Conflict(f"instance {instance_name!r} is {instance.status}; snapshots need a running instance")
-        existing = Snapshot.objects(name=parsed.name).first()
-        if existing is not None and existing.status != "deleted":
-            raise Conflict(f"snapshot {parsed.name!r} already exists", field="name")
-        if existing is not None:
-            existing.delete()
         snapshot = Snapshot(
             name=parsed.name,
             instance=instance.name,
             owner=instance.owner,
+            claim=claim_key(instance.owner, parsed.name),
             cloud=instance.cloud,
             region=instance.region,
             source_outputs=instance.outputs,
         )
         try:
-            snapshot.save()
+            snapshot.save(force_insert=True)
         except NotUniqueError:
             raise Conflict(f"snapshot {parsed.name!r} already exists", field="name") from None
         # Locks the instance: no snapshot while an update is changing its disk.
         op = self._record(
-            "snapshot_create", instance.name, f"instance:{instance.name}", principal.name, {"snapshot": snapshot.name}
+            principal, "snapshot_create", instance, instance.lock_key, {"snapshot_id": str(snapshot.id)}
         )
         snapshot.operation_id = str(op.id)
         snapshot.save()
         self._send(op)
         return snapshot, op
 
-    def list_snapshots(self, principal: Principal, *, instance: str | None = None, limit: int = 100, offset: int = 0) -> Page:
-        query: dict = {}
-        if not principal.is_admin:
-            query["owner"] = principal.name
+    def list_snapshots(
+        self,
+        principal: Principal,
+        *,
+        instance: str | None = None,
+        owner: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> Page:
+        query = self._owner_filter(principal, owner)
+        if query is None:
+            return Page(items=[], total=0, limit=limit, offset=offset)
         if instance:
             query["instance"] = instance
         limit = max(1, min(limit, MAX_PAGE))
@@ -378,18 +410,19 @@ class Orchestrator:
         queryset = Snapshot.objects(**query).order_by("-created_at")
         return Page(items=list(queryset.skip(offset).limit(limit)), total=queryset.count(), limit=limit, offset=offset)
 
-    def get_snapshot(self, principal: Principal, name: str) -> Snapshot:
-        return self._snapshot(principal, name)
+    def get_snapshot(self, principal: Principal, name: str, owner: str | None = None) -> Snapshot:
+        return self._snapshot(principal, name, owner)
 
-    def delete_snapshot(self, principal: Principal, name: str) -> tuple[Snapshot, Operation]:
-        snapshot = self._snapshot(principal, name)
+    def delete_snapshot(self, principal: Principal, name: str, owner: str | None = None) -> tuple[Snapshot, Operation]:
+        snapshot = self._snapshot(principal, name, owner)
         if snapshot.status in ("deleted", "deleting"):
             raise Conflict(f"snapshot {name!r} is already {snapshot.status}")
         if snapshot.status == "pending":
             raise Conflict(f"snapshot {name!r} is still being taken; delete it once it is available or failed")
-        if Instance.objects(spec__from_snapshot=name, status__nin=("deleted",)).first() is not None:
+        based_on = Instance.objects(owner=snapshot.owner, spec__from_snapshot=name, status__nin=("deleted",))
+        if based_on.first() is not None:
             raise Conflict(f"snapshot {name!r} is the base image of an instance that still exists")
-        op = self._record("snapshot_delete", name, f"snapshot:{name}", principal.name)
+        op = self._record(principal, "snapshot_delete", snapshot, snapshot.lock_key)
         snapshot.operation_id = str(op.id)
         snapshot.save()
         self._send(op)
@@ -402,6 +435,7 @@ class Orchestrator:
             op = Operation.objects(id=op_id).first()
         except Exception:  # a malformed ObjectId
             op = None
-        if op is None or not self._visible(principal, op.owner):
+        # Visible to the target's owner and to whoever requested it (an admin).
+        if op is None or not (principal.is_admin or principal.name in (op.owner, op.requested_by)):
             raise NotFound(f"operation {op_id!r} not found")
         return op

@@ -26,13 +26,20 @@ from bson.errors import InvalidId
 from orchestrator import locks
 from orchestrator.auth import mint_agent_token, token_hash
 from orchestrator.engine import EngineError, StackEngine
-from orchestrator.models import Instance, Operation, Snapshot, Step, utcnow
+from orchestrator.models import IllegalTransition, Instance, Operation, Snapshot, Step, claim_key, utcnow
 from orchestrator.settings import Settings
 from stacks.spec import parse_instance, parse_snapshot
 
 log = logging.getLogger("orch.worker")
 
 MAX_ATTEMPTS = 3
+# The operation's params key that says it created its stack (and may roll it back).
+CREATED_STACK = "created_stack"
+# Lines kept in an operation's log in MongoDB (each at most MAX_LOG_LINE_CHARS): an
+# operation document stays far below MongoDB's 16 MB, and what comes after is dropped
+# with one marker line, so readers following the log by offset never miss a kept line.
+MAX_LOG_LINES = 2000
+MAX_LOG_LINE_CHARS = 4000
 CONFIGURE_FIELDS = ("ssh_users", "mounts", "bootstrap_script", "configure")
 
 
@@ -46,15 +53,23 @@ class OperationFailed(Exception):
 
 
 class OperationLog:
-    """Appends lines to an operation's log in MongoDB as they arrive."""
+    """Appends lines to an operation's log in MongoDB as they arrive, up to MAX_LOG_LINES."""
 
     def __init__(self, op_id: ObjectId):
         self.op_id = op_id
 
     def __call__(self, line: str) -> None:
         line = line.rstrip("\n")
-        if line.strip():
-            Operation.objects(id=self.op_id).update_one(push__logs=line[:4000], set__updated_at=utcnow())
+        if not line.strip():
+            return
+        # Conditions on the array's last kept index keep the bound atomic across writers.
+        appended = Operation.objects(id=self.op_id, **{f"logs__{MAX_LOG_LINES - 1}__exists": False}).update_one(
+            push__logs=line[:MAX_LOG_LINE_CHARS], set__updated_at=utcnow()
+        )
+        if not appended:
+            Operation.objects(id=self.op_id, **{f"logs__{MAX_LOG_LINES}__exists": False}).update_one(
+                push__logs=f"[log truncated: only the first {MAX_LOG_LINES} lines are kept]", set__updated_at=utcnow()
+            )
 
 
 class Worker:
@@ -136,10 +151,21 @@ class Worker:
                 raise OperationFailed(f"gave up after {MAX_ATTEMPTS} attempts (workers kept dying)")
             handler(op, log_line)
         except Exception as error:  # every failure ends the operation with its reason
-            reason = str(error) if isinstance(error, (OperationFailed, EngineError)) else f"{type(error).__name__}: {error}"
+            reason = (
+                str(error)
+                if isinstance(error, (OperationFailed, EngineError, IllegalTransition))
+                else f"{type(error).__name__}: {error}"
+            )
             log.warning("operation %s (%s %s) failed: %s", op.id, op.kind, op.target, reason)
             log_line(f"error: {reason}")
-            self._fail(op, reason, log_line)
+            try:
+                self._fail(op, reason, log_line)
+            except Exception as fail_error:
+                # The operation ends even when its failure path cannot run (an illegal
+                # transition, a vanished record): left running, recovery would retry it forever.
+                log.warning("operation %s: its failure path failed too: %s", op.id, fail_error)
+                reason += f"; recording the failure failed: {fail_error}"
+                log_line(f"error: recording the failure failed: {fail_error}")
             self._finish(op, "failed", reason)
         else:
             self._finish(op, "succeeded", None)
@@ -167,28 +193,32 @@ class Worker:
     def _fail(self, op: Operation, reason: str, log_line: OperationLog) -> None:
         """The failure path of each kind: roll back what a create or snapshot made."""
         if op.kind == "create":
-            instance = Instance.objects.get(name=op.target)
+            instance = Instance.objects.get(id=op.target_id)
             rollback_error = self._rollback(op, instance.stack_name, log_line)
             instance.reload()
             instance.agent_token_hash = None
             instance.move_to("failed", reason + (f"; rollback failed: {rollback_error}" if rollback_error else ""))
             instance.save()
         elif op.kind in ("update", "delete"):
-            instance = Instance.objects.get(name=op.target)
+            instance = Instance.objects.get(id=op.target_id)
             instance.move_to("failed", reason)
             instance.save()
         elif op.kind == "snapshot_create":
-            snapshot = Snapshot.objects.get(name=op.params["snapshot"])
+            snapshot = Snapshot.objects.get(id=op.params["snapshot_id"])
             rollback_error = self._rollback(op, snapshot.stack_name, log_line)
             snapshot.reload()
             snapshot.move_to("failed", reason + (f"; rollback failed: {rollback_error}" if rollback_error else ""))
             snapshot.save()
         elif op.kind == "snapshot_delete":
-            snapshot = Snapshot.objects.get(name=op.target)
+            snapshot = Snapshot.objects.get(id=op.target_id)
             snapshot.move_to("failed", reason)
             snapshot.save()
 
     def _rollback(self, op: Operation, stack_name: str, log_line: OperationLog) -> str | None:
+        """Destroy the stack, only when this operation created it (never another's resources)."""
+        if not Operation.objects(id=op.id).only("params").first().params.get(CREATED_STACK):
+            log_line(f"no rollback: this operation did not create stack {stack_name}")
+            return None
         try:
             with self._step(op, "rollback: pulumi destroy"):
                 self.engine.destroy(stack_name, on_output=log_line)
@@ -196,33 +226,58 @@ class Worker:
             return str(error)
         return None
 
+    def _claim_stack(self, op: Operation, stack_name: str) -> None:
+        """Record that this operation creates `stack_name`, so that its rollback may destroy it.
+
+        A stack that already holds resources belongs to someone else (an earlier
+        incarnation whose removal failed, a stack made by hand): the operation
+        refuses it rather than adopt it, and its rollback leaves it alone.
+        """
+        if Operation.objects(id=op.id).only("params").first().params.get(CREATED_STACK):
+            return  # this operation's earlier attempt created it
+        existing = self.engine.inspect(stack_name)
+        if existing is not None and existing["resources"]:
+            raise OperationFailed(
+                f"stack {stack_name} already exists with {len(existing['resources'])} resources that this "
+                "operation did not create; it is left as it is (remove it with `pulumi destroy` first)"
+            )
+        Operation.objects(id=op.id).update_one(**{f"set__params__{CREATED_STACK}": True})
+
     # -- kinds ------------------------------------------------------------
 
     def _op_create(self, op: Operation, log_line: OperationLog) -> None:
-        instance = Instance.objects.get(name=op.target)
+        instance = Instance.objects.get(id=op.target_id)
         if instance.status != "provisioning":
             instance.move_to("provisioning")
             instance.save()
         if op.attempts > 1:
             self.engine.cancel(instance.stack_name)
+        self._claim_stack(op, instance.stack_name)
         self._provision(op, instance, log_line, configure=True)
 
     def _op_update(self, op: Operation, log_line: OperationLog) -> None:
-        instance = Instance.objects.get(name=op.target)
+        instance = Instance.objects.get(id=op.target_id)
         previous = op.params.get("previous_spec") or {}
         if instance.status != "updating":
             instance.move_to("updating")
             instance.save()
         if op.attempts > 1:
             self.engine.cancel(instance.stack_name)
-        reconfigure = any(previous.get(key) != instance.spec.get(key) for key in CONFIGURE_FIELDS)
+        # Configured again when the configuration of the generation before this one is not
+        # known to be in place (a create or update that failed, e.g. before or during Ansible).
+        previous_configured = instance.configured_generation == _generation(op, instance) - 1
+        reconfigure = not previous_configured or any(
+            previous.get(key) != instance.spec.get(key) for key in CONFIGURE_FIELDS
+        )
         self._provision(op, instance, log_line, configure=reconfigure)
 
     def _provision(self, op: Operation, instance: Instance, log_line: OperationLog, *, configure: bool) -> None:
         document = parse_instance(instance.document())
         base_image_id = None
         if document.spec.from_snapshot:
-            snapshot = Snapshot.objects(name=document.spec.from_snapshot, status="available").first()
+            snapshot = Snapshot.objects(
+                claim=claim_key(instance.owner, document.spec.from_snapshot), status="available"
+            ).first()
             if snapshot is None:
                 raise OperationFailed(f"snapshot {document.spec.from_snapshot} is not available")
             base_image_id = snapshot.image_id
@@ -242,6 +297,8 @@ class Worker:
         if configure and document.spec.configure:
             self._configure(op, instance, outputs, document, log_line)
         instance.reload()
+        # Whatever configuration this operation's spec needs is in place now.
+        instance.configured_generation = _generation(op, instance)
         instance.move_to("running")
         instance.save()
 
@@ -250,7 +307,7 @@ class Worker:
 
         if instance.status == "provisioning":
             instance.move_to("configuring")
-        token, expires = mint_agent_token(self.settings.jwt_secret, instance.name)
+        token, expires = mint_agent_token(self.settings.jwt_secret, instance.agent_identity)
         instance.agent_token_hash = token_hash(token)
         instance.agent_token_expires_at = expires.replace(tzinfo=None)
         instance.save()
@@ -262,7 +319,7 @@ class Worker:
             "orch_bootstrap_script": spec.bootstrap_script or "",
             "orch_agent_url": self.settings.public_url,
             "orch_agent_token": token,
-            "orch_agent_instance": instance.name,
+            "orch_agent_instance": instance.agent_identity,
             "orch_agent_interval": self.settings.agent_report_interval_s,
             **self.settings.goofys_playbook_vars,
         }
@@ -282,7 +339,7 @@ class Worker:
         with self._step(op, "wait for the agent's first report"):
             deadline = time.monotonic() + self.settings.agent_first_report_timeout_s
             while True:
-                health = Instance.objects(name=instance.name).only("health").first().health
+                health = Instance.objects(id=instance.id).only("health").first().health
                 if health and health.last_report_at and health.last_report_at >= configured_at:
                     break
                 if time.monotonic() > deadline:
@@ -303,19 +360,22 @@ class Worker:
         record.reload()
 
     def _op_delete(self, op: Operation, log_line: OperationLog) -> None:
-        instance = Instance.objects.get(name=op.target)
+        instance = Instance.objects.get(id=op.target_id)
         self._destroy(op, instance, "pulumi destroy", log_line)
         # Revoke the agent's token: reports for a deleted instance are refused.
         instance.agent_token_hash = None
         instance.admin_private_key = None
         instance.public_ip = None
         instance.move_to("deleted")
+        # The record stays as history; its name is free for a new create.
+        instance.claim = None
         instance.save()
 
     def _op_snapshot_create(self, op: Operation, log_line: OperationLog) -> None:
-        snapshot = Snapshot.objects.get(name=op.params["snapshot"])
+        snapshot = Snapshot.objects.get(id=op.params["snapshot_id"])
         if op.attempts > 1:
             self.engine.cancel(snapshot.stack_name)
+        self._claim_stack(op, snapshot.stack_name)
         document = parse_snapshot({"kind": "Snapshot", "name": snapshot.name, "instance": snapshot.instance})
         with self._step(op, "pulumi up (snapshot)"):
             outputs = self.engine.up_snapshot(
@@ -328,10 +388,16 @@ class Worker:
         snapshot.save()
 
     def _op_snapshot_delete(self, op: Operation, log_line: OperationLog) -> None:
-        snapshot = Snapshot.objects.get(name=op.target)
+        snapshot = Snapshot.objects.get(id=op.target_id)
         self._destroy(op, snapshot, "pulumi destroy (snapshot)", log_line)
         snapshot.move_to("deleted")
+        snapshot.claim = None
         snapshot.save()
+
+
+def _generation(op: Operation, instance: Instance) -> int:
+    """The instance generation an operation applies (a later request may have raised the instance's own)."""
+    return op.params.get("generation", instance.generation)
 
 
 def recover(dispatch: Callable[[str], bool], redispatch_after_s: float = 30.0) -> int:

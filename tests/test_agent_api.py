@@ -35,13 +35,19 @@ def report(instance: str, ts: float | None = None, cpu: float = 12.5) -> dict:
     }
 
 
-def agent_token_for(live, instance: str) -> str:
+def agent_token_for(live, instance: str, owner: str = "alice") -> str:
     """`orch token create --instance` as an admin would run it where the service's settings are."""
     result = subprocess.run(
-        [ORCH, "token", "create", "--instance", instance], env=live.env, capture_output=True, text=True, timeout=60, cwd=REPO
+        [ORCH, "token", "create", "--instance", instance, "--owner", owner],
+        env=live.env, capture_output=True, text=True, timeout=60, cwd=REPO,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().splitlines()[-1]
+
+
+def agent_identity(token: str) -> str:
+    """The instance an agent token is for: its instance's id, the `instance` of its reports."""
+    return jwt.decode(token, options={"verify_signature": False})["sub"]
 
 
 def post_report(live, token: str, body: dict) -> httpx.Response:
@@ -62,9 +68,10 @@ def agent_service(tmp_path_factory, mongo_url):
 def test_reports_are_stored_and_health_follows_them(agent_service):
     live = agent_service
     token = agent_token_for(live, "box-a")
+    box_a = agent_identity(token)
     start = time.time()
-    assert post_report(live, token, report("box-a", start - 2, cpu=10)).status_code == 202
-    batch = {"reports": [report("box-a", start - 1, cpu=20), report("box-a", start, cpu=30)]}
+    assert post_report(live, token, report(box_a, start - 2, cpu=10)).status_code == 202
+    batch = {"reports": [report(box_a, start - 1, cpu=20), report(box_a, start, cpu=30)]}
     response = post_report(live, token, batch)
     assert response.status_code == 202 and response.json() == {"accepted": 2}
     with live.client("alice") as client:
@@ -90,13 +97,14 @@ def test_token_rejections_carry_their_cause(agent_service):
     live = agent_service
     now = dt.datetime.now(dt.UTC)
     token_a = agent_token_for(live, "box-a")
-    forged, _ = mint_agent_token("someone-elses-secret-" + "y" * 32, "box-a")
+    box_a, box_b = agent_identity(token_a), agent_identity(agent_token_for(live, "box-b"))
+    forged, _ = mint_agent_token("someone-elses-secret-" + "y" * 32, box_a)
     agent_key = signing_key(JWT_SECRET, AGENT_AUDIENCE)
     expired = jwt.encode(
-        {"iss": ISSUER, "sub": "box-a", "aud": "agent", "exp": now - dt.timedelta(hours=2)}, agent_key, "HS256"
+        {"iss": ISSUER, "sub": box_a, "aud": "agent", "exp": now - dt.timedelta(hours=2)}, agent_key, "HS256"
     )
     future = jwt.encode(
-        {"iss": ISSUER, "sub": "box-a", "aud": "agent", "iat": now + dt.timedelta(hours=1), "exp": now + dt.timedelta(hours=2)},
+        {"iss": ISSUER, "sub": box_a, "aud": "agent", "iat": now + dt.timedelta(hours=1), "exp": now + dt.timedelta(hours=2)},
         agent_key,
         "HS256",
     )
@@ -108,38 +116,39 @@ def test_token_rejections_carry_their_cause(agent_service):
         (user_token, 401, "wrong audience"),
     ]
     for token, status, cause in cases:
-        response = post_report(live, token, report("box-a"))
+        response = post_report(live, token, report(box_a))
         assert response.status_code == status, response.text
         assert cause in response.json()["detail"]
     # An agent token for box-a cannot report for box-b.
-    response = post_report(live, token_a, report("box-b"))
-    assert response.status_code == 403 and "box-a" in response.json()["detail"]
+    response = post_report(live, token_a, report(box_b))
+    assert response.status_code == 403 and box_a in response.json()["detail"]
     # A token minted by the service but replaced by a newer one is revoked.
-    stale, _ = mint_agent_token(JWT_SECRET, "box-a")
-    response = post_report(live, stale, report("box-a"))
+    stale, _ = mint_agent_token(JWT_SECRET, box_a)
+    response = post_report(live, stale, report(box_a))
     assert response.status_code == 401 and "revoked" in response.json()["detail"]
     # An agent token is accepted nowhere but the agent endpoints.
     response = httpx.get(f"{live.url}/api/v1/instances", headers={"Authorization": f"Bearer {token_a}"})
     assert response.status_code == 401 and "wrong audience" in response.json()["detail"]
-    response = httpx.post(f"{live.url}/api/v1/agent/report", json=report("box-a"))
+    response = httpx.post(f"{live.url}/api/v1/agent/report", json=report(box_a))
     assert response.status_code == 401 and "Authorization" in response.json()["detail"]
 
 
 def test_malformed_reports_name_the_field(agent_service):
     live = agent_service
     token = agent_token_for(live, "box-b")
-    bad = report("box-b")
+    box_b = agent_identity(token)
+    bad = report(box_b)
     bad["cpu_percent"] = "lots"
     response = post_report(live, token, bad)
     assert response.status_code == 422 and "cpu_percent" in response.json()["detail"]
     response = post_report(live, token, {"reports": []})
     assert response.status_code == 422 and "reports" in response.json()["detail"]
-    bad = report("box-b")
+    bad = report(box_b)
     bad["ts"] = "yesterday"
     response = post_report(live, token, bad)
     assert response.status_code == 422 and "ts" in response.json()["detail"]
     # The agent's own format: ISO 8601 times are accepted as well as epoch seconds.
-    iso = report("box-b")
+    iso = report(box_b)
     iso["ts"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     assert post_report(live, token, iso).status_code == 202
 
@@ -147,11 +156,12 @@ def test_malformed_reports_name_the_field(agent_service):
 def test_agent_token_renewal_and_revocation_on_delete(agent_service):
     live = agent_service
     token = agent_token_for(live, "box-b")
+    box_b = agent_identity(token)
     renewed = httpx.post(f"{live.url}/api/v1/agent/token", headers={"Authorization": f"Bearer {token}"})
     assert renewed.status_code == 200
     new_token = renewed.json()["token"]
-    assert post_report(live, new_token, report("box-b")).status_code == 202
-    assert "revoked" in post_report(live, token, report("box-b")).json()["detail"]
+    assert post_report(live, new_token, report(box_b)).status_code == 202
+    assert "revoked" in post_report(live, token, report(box_b)).json()["detail"]
     with live.client("alice") as client:
         op = client.delete("/api/v1/instances/box-b").json()["operation"]
         assert wait_operation(client, op["id"])["status"] == "succeeded"
@@ -159,7 +169,7 @@ def test_agent_token_renewal_and_revocation_on_delete(agent_service):
     # background (answered from the cache meanwhile); within a flush interval the token is refused.
     time.sleep(5.5)
     deadline = time.monotonic() + 3
-    while (response := post_report(live, new_token, report("box-b"))).status_code == 202:
+    while (response := post_report(live, new_token, report(box_b))).status_code == 202:
         assert time.monotonic() < deadline, "the deleted instance's token still works"
         time.sleep(0.1)
     assert response.status_code == 401 and "revoked" in response.json()["detail"]
@@ -182,7 +192,8 @@ def test_agent_reports_to_the_live_service_with_gpu_figures(python, agent_servic
     bin_dir.mkdir()
     (bin_dir / "nvidia-smi").write_text(FAKE_NVIDIA_SMI)
     (bin_dir / "nvidia-smi").chmod(0o755)
-    config = _agent_config(tmp_path, live.url, agent_token_for(live, "box-a"), "box-a", 30)
+    token = agent_token_for(live, "box-a")
+    config = _agent_config(tmp_path, live.url, token, agent_identity(token), 30)
     before = len(_samples(live, "box-a"))
     result = run_once(python, config, path=f"{bin_dir}:{BASE_PATH}")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -199,9 +210,8 @@ def test_agent_reports_to_the_live_service_with_gpu_figures(python, agent_servic
 def test_agent_buffers_while_the_service_is_down_and_delivers_when_back(python, agent_service, tmp_path):
     live = agent_service
     proxy = TcpProxy(target_port=int(live.url.rsplit(":", 1)[1]), listen_port=free_port())
-    config = _agent_config(
-        tmp_path, f"http://127.0.0.1:{proxy.listen_port}", agent_token_for(live, "box-a"), "box-a", 0.5
-    )
+    token = agent_token_for(live, "box-a")
+    config = _agent_config(tmp_path, f"http://127.0.0.1:{proxy.listen_port}", token, agent_identity(token), 0.5)
     before = len(_samples(live, "box-a"))
     agent = subprocess.Popen(
         [python, "-m", "agent", "--config", str(config)],

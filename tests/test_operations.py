@@ -16,7 +16,7 @@ from tests.tcpproxy import TcpProxy
 
 def _stack_file(live, name: str) -> Path | None:
     backend = Path(live.env["ORCH_PULUMI_BACKEND_URL"].removeprefix("file://"))
-    found = list(backend.glob(f".pulumi/stacks/*/instance-{name}.json"))
+    found = list(backend.glob(f".pulumi/stacks/*/instance-alice.{name}.json"))  # alice's instances
     return found[0] if found else None
 
 
@@ -72,7 +72,7 @@ def test_failed_snapshot_is_rolled_back_and_the_instance_keeps_running(tmp_path,
             snapshot = client.get("/api/v1/snapshots/bad-snap").json()
             assert snapshot["status"] == "failed" and snapshot["error"]
             backend = Path(live.env["ORCH_PULUMI_BACKEND_URL"].removeprefix("file://"))
-            assert not list(backend.glob(".pulumi/stacks/*/snapshot-bad-snap.json"))
+            assert not list(backend.glob(".pulumi/stacks/*/snapshot-alice.bad-snap.json"))
             assert client.get("/api/v1/instances/keeps-running").json()["status"] == "running"
             # A failed snapshot can be deleted.
             op = client.delete("/api/v1/snapshots/bad-snap").json()["operation"]

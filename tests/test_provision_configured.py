@@ -19,15 +19,19 @@ from tests.sshhost import ssh_host, write_private_key  # noqa: F401 (fixture)
 BOOTSTRAP = "#!/bin/bash\necho bootstrapped-$(hostname) >> /root/bootstrap-runs\n"
 
 
-def _authorize_admin_key(live, host, name: str) -> None:
-    """Do what the docker target's entrypoint does in a real container: authorize the service's key."""
+def _authorize_admin_key(live, host, name: str) -> str:
+    """Do what the docker target's entrypoint does in a real container: authorize the service's key.
+
+    Returns the instance's id: its agent's identity (the `instance` of its reports).
+    """
     client = pymongo.MongoClient(live.env["ORCH_MONGODB_URL"])
     try:
-        key = client.get_default_database()["instances"].find_one({"name": name})["admin_public_key"]
+        row = client.get_default_database()["instances"].find_one({"name": name})
     finally:
         client.close()
-    result = host.run(f"printf '%s\\n' {shlex.quote(key)} >> /root/.ssh/authorized_keys")
+    result = host.run(f"printf '%s\\n' {shlex.quote(row['admin_public_key'])} >> /root/.ssh/authorized_keys")
     assert result.returncode == 0, result.stderr
+    return str(row["_id"])
 
 
 def test_provision_configures_the_host_and_waits_for_the_agent(ssh_host, tmp_path, mongo_url):  # noqa: F811
@@ -54,7 +58,7 @@ def test_provision_configures_the_host_and_waits_for_the_agent(ssh_host, tmp_pat
         with live.client("alice") as client:
             created = client.post("/api/v1/instances", json=doc)
             assert created.status_code == 202, created.text
-            _authorize_admin_key(live, ssh_host, "configured-1")
+            identity = _authorize_admin_key(live, ssh_host, "configured-1")
             op = wait_operation(client, created.json()["operation"]["id"], timeout=400)
             assert op["status"] == "succeeded", (op["error"], op["logs"][-30:])
             assert [s["name"] for s in op["steps"]] == [
@@ -68,7 +72,7 @@ def test_provision_configures_the_host_and_waits_for_the_agent(ssh_host, tmp_pat
             assert instance["status"] == "running"
             assert instance["health"]["state"] == "healthy"
             report = instance["health"]["last_report"]
-            assert report["instance"] == "configured-1"
+            assert report["instance"] == identity
             assert report["gpus"] == [] and report["memory"]["total"] > 0
 
             # The users exist with the right sudo, and log in with their own keys.
@@ -86,7 +90,7 @@ def test_provision_configures_the_host_and_waits_for_the_agent(ssh_host, tmp_pat
             # The agent keeps reporting: samples accumulate over its interval.
             time.sleep(5)
             samples = client.get("/api/v1/instances/configured-1/metrics").json()["samples"]
-            assert len(samples) >= 2 and all(s["instance"] == "configured-1" for s in samples)
+            assert len(samples) >= 2 and all(s["instance"] == identity for s in samples)
 
             # Deleting the instance revokes the agent's token.
             deleted = client.delete("/api/v1/instances/configured-1").json()["operation"]
@@ -122,6 +126,6 @@ def test_agent_that_never_reports_fails_the_provision_and_rolls_it_back(ssh_host
             instance = client.get("/api/v1/instances/silent-1").json()
             assert instance["status"] == "failed" and "no report" in instance["status_reason"]
             backend = tmp_path / "pulumi-backend"
-            assert not list(backend.glob(".pulumi/stacks/*/instance-silent-1.json")), "the stack is removed"
+            assert not list(backend.glob(".pulumi/stacks/*/instance-alice.silent-1.json")), "the stack is removed"
     finally:
         live.stop()

@@ -40,6 +40,7 @@ def test_pulumi_by_hand_works_on_the_service_stacks(tmp_path, mongo_url):
             inspected = client.get("/api/v1/instances/by-hand/stack").json()
             resources = {r["urn"] for r in inspected["resources"]}
             stack.append(inspected["stack"])
+        assert stack[0] == "instance-alice.by-hand"  # the owner is part of the stack name
 
         assert json.loads(pulumi("stack", "output", "--json").stdout) == instance["outputs"]
         exported = json.loads(pulumi("stack", "export").stdout)["deployment"]["resources"]

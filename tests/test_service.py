@@ -59,7 +59,7 @@ def test_instance_lifecycle_with_snapshot(service, cloud):
         assert row["public_ip"] and row["public_ip"] == instance["outputs"]["public_ip"]
 
         stack = client.get(f"/api/v1/instances/{name}/stack").json()
-        assert stack["stack"] == f"instance-{name}"
+        assert stack["stack"] == f"instance-alice.{name}"
         assert stack["outputs"]["instance_id"] == instance["outputs"]["instance_id"]
         assert all(r["urn"].startswith("urn:pulumi:") for r in stack["resources"])
         assert len(stack["resources"]) >= 2

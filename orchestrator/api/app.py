@@ -56,11 +56,16 @@ def _utc(value: dt.datetime | None) -> dt.datetime | None:
 
 def _instance_json(request: Request, instance) -> dict:
     runtime = _runtime(request)
-    return instance_json(instance, runtime.settings.agent_report_interval_s, runtime.ingest.latest(instance.name))
+    latest = runtime.ingest.latest(instance.agent_identity)
+    return instance_json(instance, runtime.settings.agent_report_interval_s, latest)
 
 
 def _page(page, render) -> dict:
     return {"items": [render(item) for item in page.items], "total": page.total, "limit": page.limit, "offset": page.offset}
+
+
+# Names are unique per owner: an admin addresses another user's with ?owner=USER.
+OWNER = Parameter(default=None, description="admins: the owner whose instances and snapshots are addressed")
 
 
 USER_DEPENDENCIES = {"principal": Provide(provide_principal), "orch": Provide(provide_orchestrator, sync_to_thread=False)}
@@ -72,8 +77,15 @@ class InstanceController(Controller):
     tags = ["instances"]
 
     @post("/", status_code=202, sync_to_thread=True, summary="Create an instance from a spec")
-    def create(self, request: Request, data: dict[str, Any], principal: Principal, orch: Orchestrator) -> dict:
-        instance, op = orch.create_instance(principal, data)
+    def create(
+        self,
+        request: Request,
+        data: dict[str, Any],
+        principal: Principal,
+        orch: Orchestrator,
+        owner: str | None = OWNER,
+    ) -> dict:
+        instance, op = orch.create_instance(principal, data, owner)
         return {"instance": _instance_json(request, instance), "operation": operation_json(op)}
 
     @get("/", sync_to_thread=True, summary="List instances")
@@ -87,34 +99,54 @@ class InstanceController(Controller):
         label: str | None = Parameter(default=None, description="key=value"),
         limit: int = Parameter(default=100, ge=1, le=500),
         offset: int = Parameter(default=0, ge=0),
+        owner: str | None = OWNER,
     ) -> dict:
-        page = orch.list_instances(principal, cloud=cloud, status=status, label=label, limit=limit, offset=offset)
+        page = orch.list_instances(
+            principal, cloud=cloud, status=status, label=label, owner=owner, limit=limit, offset=offset
+        )
         return _page(page, lambda i: _instance_json(request, i))
 
     @get("/{name:str}", sync_to_thread=True, summary="One instance")
-    def get_one(self, request: Request, name: str, principal: Principal, orch: Orchestrator) -> dict:
-        return _instance_json(request, orch.get_instance(principal, name))
+    def get_one(
+        self, request: Request, name: str, principal: Principal, orch: Orchestrator, owner: str | None = OWNER
+    ) -> dict:
+        return _instance_json(request, orch.get_instance(principal, name, owner))
 
     @patch("/{name:str}", sync_to_thread=True, summary="Change the spec (a pulumi up)")
     def update(
-        self, request: Request, name: str, data: dict[str, Any], principal: Principal, orch: Orchestrator
+        self,
+        request: Request,
+        name: str,
+        data: dict[str, Any],
+        principal: Principal,
+        orch: Orchestrator,
+        owner: str | None = OWNER,
     ) -> Response:
-        instance, op = orch.update_instance(principal, name, data)
+        instance, op = orch.update_instance(principal, name, data, owner)
         body = {"instance": _instance_json(request, instance), "operation": operation_json(op)}
         return Response(body, status_code=202 if op is not None else 200)
 
     @delete("/{name:str}", status_code=202, sync_to_thread=True, summary="Delete (a pulumi destroy)")
-    def remove(self, request: Request, name: str, principal: Principal, orch: Orchestrator) -> dict:
-        instance, op = orch.delete_instance(principal, name)
+    def remove(
+        self, request: Request, name: str, principal: Principal, orch: Orchestrator, owner: str | None = OWNER
+    ) -> dict:
+        instance, op = orch.delete_instance(principal, name, owner)
         return {"instance": _instance_json(request, instance), "operation": operation_json(op)}
 
     @get("/{name:str}/stack", sync_to_thread=True, summary="Stack resources and outputs")
-    def stack(self, name: str, principal: Principal, orch: Orchestrator) -> dict:
-        return orch.stack(principal, name)
+    def stack(self, name: str, principal: Principal, orch: Orchestrator, owner: str | None = OWNER) -> dict:
+        return orch.stack(principal, name, owner)
 
     @post("/{name:str}/preview", status_code=200, sync_to_thread=True, summary="What an update would change")
-    def preview(self, name: str, data: dict[str, Any], principal: Principal, orch: Orchestrator) -> dict:
-        return orch.preview(principal, name, data)
+    def preview(
+        self,
+        name: str,
+        data: dict[str, Any],
+        principal: Principal,
+        orch: Orchestrator,
+        owner: str | None = OWNER,
+    ) -> dict:
+        return orch.preview(principal, name, data, owner)
 
     @get("/{name:str}/metrics", sync_to_thread=True, summary="Reported samples by time range")
     def metrics(
@@ -125,15 +157,23 @@ class InstanceController(Controller):
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
         limit: int = Parameter(default=1000, ge=1, le=10000),
+        owner: str | None = OWNER,
     ) -> dict:
-        return {"instance": name, "samples": orch.metrics(principal, name, _utc(since), _utc(until), limit)}
+        return {"instance": name, "samples": orch.metrics(principal, name, _utc(since), _utc(until), limit, owner)}
 
     @post("/{name:str}/snapshots", status_code=202, sync_to_thread=True, summary="Take a snapshot")
-    def snapshot(self, name: str, data: dict[str, Any], principal: Principal, orch: Orchestrator) -> dict:
+    def snapshot(
+        self,
+        name: str,
+        data: dict[str, Any],
+        principal: Principal,
+        orch: Orchestrator,
+        owner: str | None = OWNER,
+    ) -> dict:
         snapshot_name = data.get("name")
         if not isinstance(snapshot_name, str):
             raise ServiceError("name: the snapshot's name is required", field="name")
-        snapshot, op = orch.create_snapshot(principal, name, snapshot_name)
+        snapshot, op = orch.create_snapshot(principal, name, snapshot_name, owner)
         return {"snapshot": snapshot_json(snapshot), "operation": operation_json(op)}
 
 
@@ -150,16 +190,18 @@ class SnapshotController(Controller):
         instance: str | None = None,
         limit: int = Parameter(default=100, ge=1, le=500),
         offset: int = Parameter(default=0, ge=0),
+        owner: str | None = OWNER,
     ) -> dict:
-        return _page(orch.list_snapshots(principal, instance=instance, limit=limit, offset=offset), snapshot_json)
+        page = orch.list_snapshots(principal, instance=instance, owner=owner, limit=limit, offset=offset)
+        return _page(page, snapshot_json)
 
     @get("/{name:str}", sync_to_thread=True, summary="One snapshot")
-    def get_one(self, name: str, principal: Principal, orch: Orchestrator) -> dict:
-        return snapshot_json(orch.get_snapshot(principal, name))
+    def get_one(self, name: str, principal: Principal, orch: Orchestrator, owner: str | None = OWNER) -> dict:
+        return snapshot_json(orch.get_snapshot(principal, name, owner))
 
     @delete("/{name:str}", status_code=202, sync_to_thread=True, summary="Delete a snapshot and its image")
-    def remove(self, name: str, principal: Principal, orch: Orchestrator) -> dict:
-        snapshot, op = orch.delete_snapshot(principal, name)
+    def remove(self, name: str, principal: Principal, orch: Orchestrator, owner: str | None = OWNER) -> dict:
+        snapshot, op = orch.delete_snapshot(principal, name, owner)
         return {"snapshot": snapshot_json(snapshot), "operation": operation_json(op)}
 
 

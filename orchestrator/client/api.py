@@ -42,10 +42,14 @@ def _full_detail(response: httpx.Response) -> str:
 
 
 class ApiClient:
-    def __init__(self, config: ClientConfig, *, transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self, config: ClientConfig, *, owner: str | None = None, transport: httpx.BaseTransport | None = None
+    ):
+        """`owner`: (admins) address that user's instances and snapshots: `?owner=` on every request."""
         headers = {"Authorization": f"Bearer {config.token}"} if config.token else {}
         self.url = config.url
         self.has_token = config.token is not None
+        self.owner = owner
         self._http = httpx.Client(base_url=config.url, headers=headers, timeout=REQUEST_TIMEOUT_S, transport=transport)
 
     def close(self) -> None:
@@ -66,7 +70,7 @@ class ApiClient:
                 method,
                 API_PREFIX + path,
                 json=json,
-                params={k: v for k, v in (params or {}).items() if v is not None},
+                params={k: v for k, v in {"owner": self.owner, **(params or {})}.items() if v is not None},
                 timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.TimeoutException:

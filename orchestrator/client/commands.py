@@ -78,7 +78,7 @@ def _usage_error(message: str) -> ClientError:
 
 
 def _api(args: argparse.Namespace) -> ApiClient:
-    return ApiClient(resolve(args.url, args.token))
+    return ApiClient(resolve(args.url, args.token), owner=args.owner)
 
 
 def _now() -> dt.datetime:
@@ -523,6 +523,11 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
     connection = argparse.ArgumentParser(add_help=False)
     connection.add_argument("--url", help="the service's URL (else ORCH_URL, the config file, http://127.0.0.1:8000)")
     connection.add_argument("--token", help="a user token (else ORCH_TOKEN, the config file)")
+    connection.add_argument(
+        "--owner",
+        metavar="USER",
+        help="admins: act on USER's instances and snapshots (names are unique per owner; default: your own)",
+    )
     output = argparse.ArgumentParser(add_help=False)
     output.add_argument(
         "-o", "--output", choices=OUTPUT_FORMATS, default="table", help="output format (default: table)"

@@ -1,0 +1,162 @@
+"""The worker's safety rules, in-process with a recording engine (issue 11, items 3, 8 and 17).
+
+- an operation whose state change is illegal ends (failed, with the reason) at once, never retried;
+- a rollback destroys only a stack that its own operation created;
+- an instance whose configuration never succeeded is configured by its next update, even a labels-only one;
+- an operation's log in MongoDB is bounded.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.auth import Principal
+from orchestrator.engine import EngineError
+from orchestrator.models import Instance, Operation
+from orchestrator.services import Orchestrator
+from orchestrator.settings import load_settings
+from orchestrator.worker import MAX_LOG_LINES, OperationLog, Worker
+from tests.live import instance_doc
+
+ALICE = Principal(name="alice", role="user")
+OUTPUTS = {"public_ip": "198.51.100.7", "ssh_user": "ubuntu", "cloud": "docker", "instance_id": "c-1"}
+
+
+class RecordingEngine:
+    """Stands in for StackEngine: records calls; `up` fails while `fail_up` is set; `stacks` holds resources."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.fail_up = False
+        self.stacks: dict[str, list[dict]] = {}
+
+    def up_instance(self, stack_name, document, *, admin_public_key, base_image_id, on_output):
+        self.calls.append(("up", stack_name))
+        if self.fail_up:
+            raise EngineError("aws:ec2/instance:Instance failed (standin-fail)")
+        self.stacks[stack_name] = [{"urn": f"urn:{stack_name}::vm", "type": "docker:index/container:Container"}]
+        return dict(OUTPUTS)
+
+    def destroy(self, stack_name, *, on_output):
+        self.calls.append(("destroy", stack_name))
+        self.stacks.pop(stack_name, None)
+
+    def cancel(self, stack_name):
+        self.calls.append(("cancel", stack_name))
+
+    def inspect(self, stack_name):
+        if stack_name not in self.stacks:
+            return None
+        return {"stack": stack_name, "resources": self.stacks[stack_name], "outputs": {}}
+
+
+@pytest.fixture
+def setup(mongo_db, tmp_path, monkeypatch):
+    settings = load_settings({"ORCH_DATA_DIR": str(tmp_path), "ORCH_OPERATION_LEASE_S": "6"})
+    engine = RecordingEngine()
+    worker = Worker(settings, engine)
+    configured: list[int] = []
+
+    def configure(self, op, instance, outputs, document, log_line) -> None:
+        configured.append(instance.generation)
+
+    monkeypatch.setattr(Worker, "_configure", configure)
+    orch = Orchestrator(settings, engine, dispatch=lambda op_id: False)
+    return orch, worker, engine, configured
+
+
+def test_an_illegal_transition_ends_the_operation_with_its_reason(setup):
+    orch, worker, engine, _ = setup
+    instance, op = orch.create_instance(ALICE, instance_doc("illegal"))
+    # A create operation whose instance is already running: running -> provisioning is
+    # illegal, and so is its failure path's running -> failed.
+    Instance.objects(id=instance.id).update_one(set__status="running")
+    worker.run(str(op.id))
+    op.reload()
+    assert op.status == "failed", "the operation ends instead of staying running for the recovery sweep"
+    assert "cannot go from running to provisioning" in op.error
+    assert op.attempts == 1 and op.lease_expires_at is None
+    assert ("destroy", instance.stack_name) not in engine.calls
+    assert Instance.objects.get(id=instance.id).status == "running"
+
+
+def test_a_rollback_never_destroys_a_stack_its_operation_did_not_create(setup):
+    orch, worker, engine, _ = setup
+    instance, op = orch.create_instance(ALICE, instance_doc("taken"))
+    existing = [{"urn": "urn:someone-elses::vm", "type": "aws:ec2/instance:Instance"}]
+    engine.stacks[instance.stack_name] = existing
+    worker.run(str(op.id))
+    op.reload()
+    assert op.status == "failed" and "did not create" in op.error
+    assert engine.stacks[instance.stack_name] == existing, "the existing stack's resources are intact"
+    assert [call for call in engine.calls if call[0] in ("up", "destroy")] == []
+    assert any("no rollback" in line for line in op.logs)
+
+
+def test_a_rollback_destroys_the_stack_its_operation_created(setup):
+    orch, worker, engine, _ = setup
+    engine.fail_up = True
+    instance, op = orch.create_instance(ALICE, instance_doc("rolled-back"))
+    worker.run(str(op.id))
+    op.reload()
+    assert op.status == "failed" and [s.name for s in op.steps] == ["pulumi up", "rollback: pulumi destroy"]
+    assert ("destroy", instance.stack_name) in engine.calls
+
+
+def test_an_update_configures_an_instance_whose_create_failed(setup):
+    orch, worker, engine, configured = setup
+    engine.fail_up = True
+    instance, op = orch.create_instance(ALICE, instance_doc("never-configured", configure=True))
+    worker.run(str(op.id))
+    assert Operation.objects.get(id=op.id).status == "failed"
+    assert configured == [] and Instance.objects.get(id=instance.id).configured_generation is None
+    engine.fail_up = False
+    # A labels-only update: no configuration field changed, but configuration never succeeded.
+    doc = {**instance_doc("never-configured", configure=True), "labels": {"team": "other"}}
+    instance, op = orch.update_instance(ALICE, "never-configured", doc)
+    worker.run(str(op.id))
+    assert Operation.objects.get(id=op.id).status == "succeeded"
+    instance.reload()
+    assert configured == [2] and (instance.status, instance.configured_generation) == ("running", 2)
+    # Now configured: another labels-only update runs no configuration.
+    doc["labels"] = {"team": "third"}
+    _, op = orch.update_instance(ALICE, "never-configured", doc)
+    worker.run(str(op.id))
+    assert Operation.objects.get(id=op.id).status == "succeeded"
+    assert configured == [2] and Instance.objects.get(id=instance.id).configured_generation == 3
+
+
+def test_the_operation_log_is_bounded(setup, monkeypatch):
+    orch, _, _, _ = setup
+    # A smaller bound than MAX_LOG_LINES's, for speed: the mechanism is the same.
+    kept = 30
+    assert kept < MAX_LOG_LINES
+    monkeypatch.setattr("orchestrator.worker.MAX_LOG_LINES", kept)
+    _, op = orch.create_instance(ALICE, instance_doc("chatty"))
+    log_line = OperationLog(op.id)
+    for index in range(kept + 20):
+        log_line(f"line {index}")
+    logs = Operation.objects.get(id=op.id).logs
+    assert logs[:kept] == [f"line {index}" for index in range(kept)], "the first lines are kept, in order"
+    assert len(logs) == kept + 1 and f"only the first {kept} lines" in logs[-1]
+
+
+def test_a_store_from_before_per_owner_names_is_upgraded(mongo_db):
+    from orchestrator.models import Snapshot, upgrade_names
+
+    instances = Instance._get_collection()
+    instances.drop_indexes()
+    instances.create_index("name", unique=True, name="name_1")
+    instances.insert_many([
+        {"name": "old-1", "owner": "alice", "status": "running", "spec": {"a": 1}, "cloud": "aws", "region": "r"},
+        {"name": "gone-1", "owner": "alice", "status": "deleted", "spec": {"a": 1}, "cloud": "aws", "region": "r"},
+    ])
+    Snapshot._get_collection().insert_one({"name": "snap", "owner": "bob", "status": "available", "cloud": "aws"})
+    Instance.ensure_indexes()
+    upgrade_names()
+    upgrade_names()  # idempotent
+    assert "name_1" not in instances.index_information()
+    assert {row["name"]: row.get("claim") for row in instances.find()} == {"old-1": "alice/old-1", "gone-1": None}
+    assert Snapshot._get_collection().find_one()["claim"] == "bob/snap"
+    # Another owner's instance of the same name can now be created.
+    Instance(name="old-1", owner="bob", claim="bob/old-1", spec={"a": 1}, cloud="aws", region="r").save()
