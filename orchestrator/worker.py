@@ -28,6 +28,7 @@ from orchestrator.auth import mint_agent_token, token_hash
 from orchestrator.engine import EngineError, StackEngine
 from orchestrator.models import IllegalTransition, Instance, Operation, Snapshot, Step, claim_key, utcnow
 from orchestrator.settings import Settings
+from orchestrator.sshkeys import generate_keypair
 from stacks.spec import parse_instance, parse_snapshot
 
 log = logging.getLogger("orch.worker")
@@ -197,6 +198,10 @@ class Worker:
             rollback_error = self._rollback(op, instance.stack_name, log_line)
             instance.reload()
             instance.agent_token_hash = None
+            if rollback_error is None:
+                # Nothing holds the admin key any more: it is not kept. An update makes a new pair.
+                instance.admin_private_key = None
+                instance.admin_public_key = None
             instance.move_to("failed", reason + (f"; rollback failed: {rollback_error}" if rollback_error else ""))
             instance.save()
         elif op.kind in ("update", "delete"):
@@ -273,6 +278,9 @@ class Worker:
 
     def _provision(self, op: Operation, instance: Instance, log_line: OperationLog, *, configure: bool) -> None:
         document = parse_instance(instance.document())
+        if instance.admin_public_key is None:  # its create failed and was rolled back: a new key pair
+            instance.admin_private_key, instance.admin_public_key = generate_keypair(f"orch@{instance.name}")
+            instance.save()
         base_image_id = None
         if document.spec.from_snapshot:
             snapshot = Snapshot.objects(

@@ -42,7 +42,12 @@ def mongo_url(tmp_path_factory) -> str:
 def mongo_db(mongo_url):
     """A fresh database name per test, connected as mongoengine's default alias."""
     import mongoengine
+    from cryptography.fernet import Fernet
 
+    from orchestrator.secretfield import install_store_key
+
+    # Encrypted fields (the admin SSH key) need a store key, as db.connect installs one.
+    install_store_key(Fernet.generate_key())
     name = f"orch_test_{uuid.uuid4().hex[:10]}"
     mongoengine.disconnect_all()
     mongoengine.connect(db=name, host=mongo_url, uuidRepresentation="standard")

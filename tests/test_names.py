@@ -46,7 +46,7 @@ def _create_concurrently(live, user: str, name: str) -> list:
 def _database(live):
     url = live.env["ORCH_MONGODB_URL"]
     client = pymongo.MongoClient(url)
-    return client, client[url.rsplit("/", 1)[1]]
+    return client, client.get_default_database()
 
 
 def test_concurrent_creates_of_a_fresh_and_of_a_deleted_name_have_one_winner(service):

@@ -109,7 +109,11 @@ def test_an_update_configures_an_instance_whose_create_failed(setup):
     instance, op = orch.create_instance(ALICE, instance_doc("never-configured", configure=True))
     worker.run(str(op.id))
     assert Operation.objects.get(id=op.id).status == "failed"
-    assert configured == [] and Instance.objects.get(id=instance.id).configured_generation is None
+    failed = Instance.objects.get(id=instance.id)
+    assert configured == [] and failed.configured_generation is None
+    # Rolled back: no resource holds the admin key, so it is not kept.
+    assert (failed.admin_private_key, failed.admin_public_key) == (None, None)
+    old_public_key = instance.admin_public_key
     engine.fail_up = False
     # A labels-only update: no configuration field changed, but configuration never succeeded.
     doc = {**instance_doc("never-configured", configure=True), "labels": {"team": "other"}}
@@ -118,6 +122,7 @@ def test_an_update_configures_an_instance_whose_create_failed(setup):
     assert Operation.objects.get(id=op.id).status == "succeeded"
     instance.reload()
     assert configured == [2] and (instance.status, instance.configured_generation) == ("running", 2)
+    assert instance.admin_private_key and instance.admin_public_key not in (None, old_public_key)
     # Now configured: another labels-only update runs no configuration.
     doc["labels"] = {"team": "third"}
     _, op = orch.update_instance(ALICE, "never-configured", doc)
