@@ -244,7 +244,7 @@ class Orchestrator:
         if status:
             query["status"] = status
         queryset = Instance.objects(**query)
-        if label:
+        if label is not None:  # an empty filter is a malformed one, not "no filter"
             queryset = queryset.filter(__raw__=_label_filter(label))
         limit = max(1, min(limit, MAX_PAGE))
         offset = max(0, min(offset, MAX_OFFSET))

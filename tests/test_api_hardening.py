@@ -60,7 +60,7 @@ def test_label_filter_keys_that_are_not_label_keys_are_422s(service, label):
     _assert_no_server_errors_logged(service)
 
 
-@pytest.mark.parametrize("label", ["team=x=y", "team=TEST", "team=a b", "noequals"])
+@pytest.mark.parametrize("label", ["team=x=y", "team=TEST", "team=a b", "noequals", ""])
 def test_label_filter_values_are_checked_too(service, label):
     with service.client("alice") as client:
         response = client.get("/api/v1/instances", params={"label": label})
@@ -76,6 +76,16 @@ def test_label_filter_is_an_exact_match_never_an_operator(service, labelled):
         # mongoengine keyword syntax in a key is only ever a literal label key.
         assert names("team__ne=nothing") == []
         assert names("team__exists=") == []
+
+
+@pytest.mark.parametrize("value", ["0.5", "1700000000", "yesterday", "2026-13-01T00:00:00Z"])
+def test_metrics_times_must_be_rfc3339_date_times(service, labelled, value):
+    with service.client("alice") as client:
+        response = client.get(f"/api/v1/instances/{labelled}/metrics", params={"until": value})
+        assert response.status_code == 400, response.text
+        assert response.json()["detail"].startswith("until:") and response.json()["extra"] == {"field": "until"}
+        since = client.get(f"/api/v1/instances/{labelled}/metrics", params={"since": "2026-01-31T12:00:00+01:00"})
+        assert since.status_code == 200, since.text
 
 
 @pytest.mark.parametrize("method", ["POST", "PATCH"])

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import msgspec
 from anyio import to_thread
 from litestar import Controller, Litestar, Request, Response, delete, get, patch, post
 from litestar.di import Provide
@@ -14,6 +15,7 @@ from litestar.enums import MediaType
 from litestar.exceptions import ClientException, HTTPException, SerializationException
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi.spec import OpenAPIFormat
 from litestar.params import Parameter
 from litestar.plugins import OpenAPISchemaPlugin
 from litestar.routes import HTTPRoute
@@ -50,12 +52,15 @@ from orchestrator.auth import AGENT_AUDIENCE, Principal, TokenError, bearer_toke
 from orchestrator.ingest import ReportRejected
 from orchestrator.runtime import Runtime
 from orchestrator.services import MAX_OFFSET, MAX_PAGE, Orchestrator, ServiceError
-from stacks.spec import InstanceDoc
+from stacks.spec import LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, InstanceDoc
 
 API_PREFIX = "/api/v1"
 # The whole request body of the user API. An Instance document is a few KB; the largest
 # legitimate one (a 64 KiB bootstrap script and many keys) stays well under this.
 MAX_REQUEST_BODY_BYTES = 1024 * 1024
+
+# GET /instances?label=key=value, as the label keys and values of documents.
+LABEL_FILTER_PATTERN = f"{LABEL_KEY_PATTERN.removesuffix('$')}={LABEL_VALUE_PATTERN.removeprefix('^')}"
 
 log = logging.getLogger("orch.api")
 
@@ -79,10 +84,24 @@ def provide_principal(request: Request) -> Principal:
         raise HTTPException(status_code=401, detail=detail) from None
 
 
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    if value is None or value.tzinfo is None:
-        return value
-    return value.astimezone(dt.UTC).replace(tzinfo=None)
+# Taken as text and parsed strictly: Litestar's lenient parsing would also take numbers
+# (as epoch seconds), which the documented date-time format does not allow.
+TIME_PARAMETER = Parameter(
+    default=None, description="an RFC 3339 date-time, e.g. 2026-01-31T12:00:00Z", schema_extra={"format": OpenAPIFormat.DATE_TIME}
+)
+
+
+def _time(parameter: str, value: str | None) -> dt.datetime | None:
+    """A date-time query parameter in naive UTC, as times are stored; a 400 naming the parameter otherwise."""
+    if value is None:
+        return None
+    try:
+        parsed = msgspec.convert(value, dt.datetime)
+    except msgspec.ValidationError:
+        raise ServiceError(f"{parameter}: {value!r} is not an RFC 3339 date-time (e.g. 2026-01-31T12:00:00Z)", field=parameter) from None
+    if parsed.tzinfo is None:
+        return parsed
+    return parsed.astimezone(dt.UTC).replace(tzinfo=None)
 
 
 def _instance_json(request: Request, instance) -> InstanceView:
@@ -172,7 +191,10 @@ class InstanceController(Controller):
         cloud: CloudName | None = None,
         status: InstanceStatus | None = None,
         label: str | None = Parameter(
-            default=None, description="key=value: instances with this label (keys and values as in an Instance document)"
+            default=None,
+            description="key=value: instances with this label (keys and values as in an Instance document)",
+            # Documented, and checked by the service (a 422 naming the key or the value).
+            schema_extra={"pattern": LABEL_FILTER_PATTERN},
         ),
         limit: int = Parameter(default=100, ge=1, le=MAX_PAGE),
         offset: int = Parameter(default=0, ge=0, le=MAX_OFFSET),
@@ -218,11 +240,12 @@ class InstanceController(Controller):
         name: str,
         principal: Principal,
         orch: Orchestrator,
-        since: dt.datetime | None = None,
-        until: dt.datetime | None = None,
+        since: str | None = TIME_PARAMETER,
+        until: str | None = TIME_PARAMETER,
         limit: int = Parameter(default=1000, ge=1, le=10000),
     ) -> MetricsView:
-        return MetricsView(instance=name, samples=orch.metrics(principal, name, _utc(since), _utc(until), limit))
+        samples = orch.metrics(principal, name, _time("since", since), _time("until", until), limit)
+        return MetricsView(instance=name, samples=samples)
 
     @post("/{name:str}/snapshots", status_code=202, sync_to_thread=True, summary="Take a snapshot",
           responses=_errors(404, 409, 413, 422))
