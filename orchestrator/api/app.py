@@ -143,7 +143,7 @@ ERROR_DESCRIPTIONS = {
     401: "Missing, malformed, expired or wrong-audience bearer token",
     404: "No such resource for this user",
     409: "The resource's state does not allow this now (exists, busy, locked)",
-    413: f"The request body is larger than {MAX_REQUEST_BODY_BYTES} bytes",
+    413: f"The request body is larger than the endpoint accepts ({MAX_REQUEST_BODY_BYTES} bytes on the user API)",
     422: "The document is invalid; detail and extra.field name the field",
     502: "The Pulumi engine failed; detail has its message",
     503: "MongoDB is unreachable",
