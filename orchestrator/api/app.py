@@ -150,10 +150,11 @@ ERROR_DESCRIPTIONS = {
 }
 
 
-def _errors(*codes: int) -> dict[int, ResponseSpec]:
+def _errors(*codes: int, descriptions: dict[int, str] | None = None) -> dict[int, ResponseSpec]:
     """The error responses a route returns, each with the error body."""
+    described = {**ERROR_DESCRIPTIONS, **(descriptions or {})}
     return {
-        code: ResponseSpec(data_container=ErrorBody, description=ERROR_DESCRIPTIONS[code], generate_examples=False)
+        code: ResponseSpec(data_container=ErrorBody, description=described[code], generate_examples=False)
         for code in (400, 401, *codes)
     }
 
@@ -306,7 +307,9 @@ class AgentController(Controller):
     path = f"{API_PREFIX}/agent"
     tags = ["agent"]
 
-    @post("/report", status_code=202, summary="An agent's report (agent token only)", responses=_errors(413, 422))
+    @post("/report", status_code=202, summary="An agent's report (agent token only)", responses=_errors(
+        403, 413, 422, 503, descriptions={403: "The report is for another instance than the token's",
+                                          503: "The ingest buffer is full; retry later"}))
     async def report(self, request: Request) -> dict[str, int]:
         ingest = _runtime(request).ingest
         instance, _ = await _authenticate_agent(request)
