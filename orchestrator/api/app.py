@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from anyio import to_thread
@@ -53,6 +53,10 @@ from orchestrator.ingest import ReportRejected
 from orchestrator.runtime import Runtime
 from orchestrator.services import MAX_OFFSET, MAX_PAGE, Orchestrator, ServiceError
 from stacks.spec import LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, InstanceDoc
+
+if TYPE_CHECKING:
+    from litestar._openapi.schema_generation import SchemaCreator
+    from litestar.openapi.spec import Reference, Schema
 
 API_PREFIX = "/api/v1"
 # The whole request body of the user API. An Instance document is a few KB; the largest
@@ -133,7 +137,7 @@ class DocumentedBodyPlugin(OpenAPISchemaPlugin):
     def is_plugin_supported_field(self, field_definition: FieldDefinition) -> bool:
         return any(isinstance(meta, DocumentedAs) for meta in field_definition.metadata)
 
-    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator):  # noqa: ANN001
+    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: SchemaCreator) -> Schema | Reference:
         (marker,) = [meta for meta in field_definition.metadata if isinstance(meta, DocumentedAs)]
         return schema_creator.for_field_definition(FieldDefinition.from_annotation(marker.model))
 
