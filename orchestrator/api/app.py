@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import msgspec
 from anyio import to_thread
@@ -17,14 +16,14 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import OpenAPIFormat
 from litestar.params import Parameter
-from litestar.plugins import OpenAPISchemaPlugin
 from litestar.routes import HTTPRoute
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
-from litestar.typing import FieldDefinition
 
 from orchestrator import __version__, db
 from orchestrator.api.serialize import (
     CloudName,
+    DocumentedAs,
+    DocumentedAsPlugin,
     ErrorBody,
     FeatureFlags,
     FeaturesView,
@@ -53,10 +52,6 @@ from orchestrator.ingest import ReportRejected
 from orchestrator.runtime import Runtime
 from orchestrator.services import MAX_OFFSET, MAX_PAGE, Orchestrator, ServiceError
 from stacks.spec import LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, InstanceDoc
-
-if TYPE_CHECKING:
-    from litestar._openapi.schema_generation import SchemaCreator
-    from litestar.openapi.spec import Reference, Schema
 
 API_PREFIX = "/api/v1"
 # The whole request body of the user API. An Instance document is a few KB; the largest
@@ -114,32 +109,6 @@ def _instance_json(request: Request, instance) -> InstanceView:
 
 
 # ---------------------------------------------------------------- OpenAPI
-
-
-@dataclass(frozen=True)
-class DocumentedAs:
-    """Marks a JSON object body that the service validates itself, documented as `model`.
-
-    The handler receives the raw object; stacks.spec validates it so a 422 names every
-    bad field (Litestar's own validation would stop at the first, as a 400).
-    """
-
-    model: type
-
-
-class DocumentedBodyPlugin(OpenAPISchemaPlugin):
-    """Gives a body marked DocumentedAs(model) the OpenAPI schema of its model."""
-
-    @staticmethod
-    def is_plugin_supported_type(value: Any) -> bool:
-        return False
-
-    def is_plugin_supported_field(self, field_definition: FieldDefinition) -> bool:
-        return any(isinstance(meta, DocumentedAs) for meta in field_definition.metadata)
-
-    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: SchemaCreator) -> Schema | Reference:
-        (marker,) = [meta for meta in field_definition.metadata if isinstance(meta, DocumentedAs)]
-        return schema_creator.for_field_definition(FieldDefinition.from_annotation(marker.model))
 
 
 ERROR_DESCRIPTIONS = {
@@ -427,7 +396,7 @@ def create_app(runtime: Runtime) -> Litestar:
         },
         request_class=JsonBodyRequest,
         before_request=_answer_options,
-        plugins=[DocumentedBodyPlugin()],
+        plugins=[DocumentedAsPlugin()],
         openapi_config=OpenAPIConfig(title="orch", version=__version__, path="/schema"),
         on_shutdown=[runtime.close],
         debug=False,

@@ -7,9 +7,12 @@ same definitions the responses are encoded from. Times are ISO 8601 strings in U
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
+from litestar.plugins import OpenAPISchemaPlugin
+from litestar.typing import FieldDefinition
 
 from orchestrator.ingest import health_state
 from orchestrator.models import INSTANCE_TRANSITIONS, OPERATION_KINDS, SNAPSHOT_TRANSITIONS, Instance, Operation, Snapshot
@@ -22,6 +25,38 @@ OperationKind = Literal[OPERATION_KINDS]  # type: ignore[valid-type]
 OperationStatus = Literal["queued", "running", "succeeded", "failed"]
 StepStatus = Literal["running", "succeeded", "failed", "skipped"]
 CloudName = Literal[tuple(CLOUDS)]  # type: ignore[valid-type]
+
+if TYPE_CHECKING:
+    from litestar._openapi.schema_generation import SchemaCreator
+    from litestar.openapi.spec import Reference, Schema
+
+
+@dataclass(frozen=True)
+class DocumentedAs:
+    """Marks a JSON object documented as `model` but handled as a plain dict.
+
+    A request body marked so reaches the handler as the raw object, and stacks.spec
+    validates it so a 422 names every bad field (Litestar's own validation would stop at
+    the first, as a 400). A stored spec in a response is sent as stored, so a rule added
+    to the model later never makes an old record unreadable.
+    """
+
+    model: type
+
+
+class DocumentedAsPlugin(OpenAPISchemaPlugin):
+    """Gives a value marked DocumentedAs(model) the OpenAPI schema of its model."""
+
+    @staticmethod
+    def is_plugin_supported_type(value: Any) -> bool:
+        return False
+
+    def is_plugin_supported_field(self, field_definition: FieldDefinition) -> bool:
+        return any(isinstance(meta, DocumentedAs) for meta in field_definition.metadata)
+
+    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: SchemaCreator) -> Schema | Reference:
+        (marker,) = [meta for meta in field_definition.metadata if isinstance(meta, DocumentedAs)]
+        return schema_creator.for_field_definition(FieldDefinition.from_annotation(marker.model))
 
 
 class _Shape(msgspec.Struct):
@@ -61,7 +96,7 @@ class InstanceView(_Shape):
     name: str
     owner: str
     labels: dict[str, str]
-    spec: InstanceSpec
+    spec: Annotated[dict[str, Any], DocumentedAs(InstanceSpec)]
     status: InstanceStatus
     status_reason: str | None
     cloud: CloudName
@@ -221,7 +256,7 @@ def instance_json(
         owner=instance.owner,
         labels=dict(instance.labels or {}),
         # The stored spec is a validated document's canonical form (stacks.spec.InstanceDoc.to_dict).
-        spec=msgspec.convert(dict(instance.spec or {}), InstanceSpec),
+        spec=dict(instance.spec or {}),
         status=instance.status,
         status_reason=instance.status_reason,
         cloud=instance.cloud,
