@@ -48,7 +48,8 @@ def serve(host: str, port: int) -> int:
     store = redact_url(settings.mongodb_url) or f"embedded store in {settings.data_dir}"
     log.info("orch serving on http://%s:%d (MongoDB: %s; operations: %s; Pulumi backend: %s)",
              host, port, store, mode, redact_url(settings.pulumi_backend_url))
-    uvicorn.run(create_app(runtime), host=host, port=port, log_level="warning", access_log=False)
+    uvicorn.run(create_app(runtime), host=host, port=port, log_level="warning", access_log=False,
+                http="orchestrator.api.http_protocol:HeaderLimitedHttpToolsProtocol")
     return 0
 
 

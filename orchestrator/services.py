@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,13 +24,16 @@ from orchestrator.ingest import read_samples
 from orchestrator.models import Instance, Operation, Snapshot, claim_key, utcnow
 from orchestrator.settings import Settings
 from orchestrator.sshkeys import generate_keypair
-from stacks.spec import InstanceDoc, SpecError, parse_instance, parse_snapshot
+from stacks.spec import LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, InstanceDoc, SpecError, parse_instance, parse_snapshot
 
 log = logging.getLogger("orch.services")
 
 MAX_PAGE = 500
 # A preview renews the instance's lock this many times per lease while it runs.
 PREVIEW_LOCK_RENEWALS_PER_LEASE = 3
+# Deepest page a list may start at: MongoDB's skip takes 32-bit counts, and no real
+# listing pages this far.
+MAX_OFFSET = 1_000_000
 
 
 class ServiceError(Exception):
@@ -72,6 +76,26 @@ def engine_error(error: EngineError) -> ServiceError:
 def spec_error(error: SpecError) -> Invalid:
     first = error.errors[0] if error.errors else None
     return Invalid(str(error), field=getattr(first, "field", None))
+
+
+def _label_filter(label: str) -> dict:
+    """The query for `key=value`: an exact match on one label, the key and value checked as in documents.
+
+    The key becomes a field path, so it must never be able to name an operator (`$where`,
+    `__raw__`, `a__ne`) or another field (`a.b`): it is checked against the label key
+    pattern and used as a literal path, never as mongoengine keyword syntax.
+    """
+    key, sep, value = label.partition("=")
+    if not sep or not key:
+        raise Invalid(f"label: filter {label!r} must be key=value", field="label")
+    if not re.fullmatch(LABEL_KEY_PATTERN, key):
+        raise Invalid(
+            f"label: key {key!r}: lowercase letters, digits, '-' and '_', starting with a letter, at most 63 characters",
+            field="label",
+        )
+    if not re.fullmatch(LABEL_VALUE_PATTERN, value):
+        raise Invalid(f"label: value {value!r}: lowercase letters, digits, '-' and '_', at most 63 characters", field="label")
+    return {f"labels.{key}": value}
 
 
 @dataclass
@@ -269,14 +293,12 @@ class Orchestrator:
             query["cloud"] = cloud
         if status:
             query["status"] = status
-        if label:
-            key, sep, value = label.partition("=")
-            if not sep or not key:
-                raise Invalid("label: filter must be key=value", field="label")
-            query[f"labels__{key}"] = value
+        queryset = Instance.objects(**query)
+        if label is not None:  # an empty filter is a malformed one, not "no filter"
+            queryset = queryset.filter(__raw__=_label_filter(label))
         limit = max(1, min(limit, MAX_PAGE))
-        offset = max(0, offset)
-        queryset = Instance.objects(**query).exclude("admin_private_key").order_by("-created_at")
+        offset = max(0, min(offset, MAX_OFFSET))
+        queryset = queryset.exclude("admin_private_key").order_by("-created_at")
         return Page(items=list(queryset.skip(offset).limit(limit)), total=queryset.count(), limit=limit, offset=offset)
 
     def stack(self, principal: Principal, name: str, owner: str | None = None) -> dict:
@@ -406,7 +428,7 @@ class Orchestrator:
         if instance:
             query["instance"] = instance
         limit = max(1, min(limit, MAX_PAGE))
-        offset = max(0, offset)
+        offset = max(0, min(offset, MAX_OFFSET))
         queryset = Snapshot.objects(**query).order_by("-created_at")
         return Page(items=list(queryset.skip(offset).limit(limit)), total=queryset.count(), limit=limit, offset=offset)
 

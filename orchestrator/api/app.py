@@ -3,23 +3,65 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+import logging
+from typing import Annotated, Any
 
+import msgspec
 from anyio import to_thread
 from litestar import Controller, Litestar, Request, Response, delete, get, patch, post
 from litestar.di import Provide
-from litestar.exceptions import HTTPException
-from litestar.openapi import OpenAPIConfig
+from litestar.enums import MediaType
+from litestar.exceptions import ClientException, HTTPException, SerializationException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.openapi.spec import OpenAPIFormat
 from litestar.params import Parameter
+from litestar.routes import HTTPRoute
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from orchestrator import __version__, db
-from orchestrator.api.serialize import instance_json, operation_json, snapshot_json
+from orchestrator.api.serialize import (
+    CloudName,
+    DocumentedAs,
+    DocumentedAsPlugin,
+    ErrorBody,
+    FeatureFlags,
+    FeaturesView,
+    InstanceChange,
+    InstanceOperation,
+    InstancePage,
+    InstanceStatus,
+    InstanceView,
+    MetricsView,
+    OperationView,
+    PreviewView,
+    ServiceHealth,
+    SnapshotOperation,
+    SnapshotPage,
+    SnapshotRequest,
+    SnapshotView,
+    StackView,
+    instance_json,
+    operation_json,
+    preview_view,
+    snapshot_json,
+    stack_view,
+)
 from orchestrator.auth import AGENT_AUDIENCE, Principal, TokenError, bearer_token, decode_user_token
 from orchestrator.ingest import ReportRejected
 from orchestrator.runtime import Runtime
-from orchestrator.services import Orchestrator, ServiceError
+from orchestrator.services import MAX_OFFSET, MAX_PAGE, Orchestrator, ServiceError
+from stacks.spec import LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, InstanceDoc
 
 API_PREFIX = "/api/v1"
+# The whole request body of the user API. An Instance document is a few KB; the largest
+# legitimate one (a 64 KiB bootstrap script and many keys) stays well under this.
+MAX_REQUEST_BODY_BYTES = 1024 * 1024
+
+# GET /instances?label=key=value, as the label keys and values of documents.
+LABEL_FILTER_PATTERN = f"{LABEL_KEY_PATTERN.removesuffix('$')}={LABEL_VALUE_PATTERN.removeprefix('^')}"
+
+log = logging.getLogger("orch.api")
 
 
 def _runtime(request: Request) -> Runtime:
@@ -48,188 +90,239 @@ async def provide_principal(request: Request) -> Principal:
     return principal
 
 
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    if value is None or value.tzinfo is None:
-        return value
-    return value.astimezone(dt.UTC).replace(tzinfo=None)
+# Taken as text and parsed strictly: Litestar's lenient parsing would also take numbers
+# (as epoch seconds), which the documented date-time format does not allow.
+TIME_PARAMETER = Parameter(
+    default=None, description="an RFC 3339 date-time, e.g. 2026-01-31T12:00:00Z", schema_extra={"format": OpenAPIFormat.DATE_TIME}
+)
 
 
-def _instance_json(request: Request, instance) -> dict:
+def _time(parameter: str, value: str | None) -> dt.datetime | None:
+    """A date-time query parameter in naive UTC, as times are stored; a 400 naming the parameter otherwise."""
+    if value is None:
+        return None
+    try:
+        parsed = msgspec.convert(value, dt.datetime)
+    except msgspec.ValidationError:
+        raise ServiceError(f"{parameter}: {value!r} is not an RFC 3339 date-time (e.g. 2026-01-31T12:00:00Z)", field=parameter) from None
+    if parsed.tzinfo is None:
+        return parsed
+    return parsed.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def _instance_json(request: Request, instance) -> InstanceView:
     runtime = _runtime(request)
     latest = runtime.ingest.latest(instance.agent_identity)
     return instance_json(instance, runtime.settings.agent_report_interval_s, latest)
 
 
-def _page(page, render) -> dict:
-    return {"items": [render(item) for item in page.items], "total": page.total, "limit": page.limit, "offset": page.offset}
+# ---------------------------------------------------------------- OpenAPI
 
+
+ERROR_DESCRIPTIONS = {
+    400: "Malformed request: a query parameter out of range, a body that is not a JSON object",
+    401: "Missing, malformed, expired or wrong-audience bearer token",
+    404: "No such resource for this user",
+    409: "The resource's state does not allow this now (exists, busy, locked)",
+    413: f"The request body is larger than the endpoint accepts ({MAX_REQUEST_BODY_BYTES} bytes on the user API)",
+    422: "The document is invalid; detail and extra.field name the field",
+    502: "The Pulumi engine failed; detail has its message",
+    503: "MongoDB is unreachable",
+}
+
+
+def _errors(*codes: int, descriptions: dict[int, str] | None = None) -> dict[int, ResponseSpec]:
+    """The error responses a route returns, each with the error body."""
+    described = {**ERROR_DESCRIPTIONS, **(descriptions or {})}
+    return {
+        code: ResponseSpec(data_container=ErrorBody, description=described[code], generate_examples=False)
+        for code in (400, 401, *codes)
+    }
+
+
+def _success(model: type, description: str) -> ResponseSpec:
+    return ResponseSpec(data_container=model, description=description, generate_examples=False)
+
+
+# ---------------------------------------------------------------- user API
 
 # Names are unique per owner: an admin addresses another user's with ?owner=USER.
 OWNER = Parameter(default=None, description="admins: the owner whose instances and snapshots are addressed")
 
-
 USER_DEPENDENCIES = {"principal": Provide(provide_principal), "orch": Provide(provide_orchestrator, sync_to_thread=False)}
+InstanceDocBody = Annotated[dict[str, Any], DocumentedAs(InstanceDoc)]
+InstanceChangeBody = Annotated[dict[str, Any], DocumentedAs(InstanceChange)]
+SnapshotRequestBody = Annotated[dict[str, Any], DocumentedAs(SnapshotRequest)]
 
 
 class InstanceController(Controller):
     path = f"{API_PREFIX}/instances"
     dependencies = USER_DEPENDENCIES
+    request_max_body_size = MAX_REQUEST_BODY_BYTES
     tags = ["instances"]
 
-    @post("/", status_code=202, sync_to_thread=True, summary="Create an instance from a spec")
+    @post("/", status_code=202, sync_to_thread=True, summary="Create an instance from a spec",
+          responses=_errors(409, 413, 422))
     def create(
-        self,
-        request: Request,
-        data: dict[str, Any],
-        principal: Principal,
-        orch: Orchestrator,
-        owner: str | None = OWNER,
-    ) -> dict:
+        self, request: Request, data: InstanceDocBody, principal: Principal, orch: Orchestrator, owner: str | None = OWNER
+    ) -> InstanceOperation:
         instance, op = orch.create_instance(principal, data, owner)
-        return {"instance": _instance_json(request, instance), "operation": operation_json(op)}
+        return InstanceOperation(instance=_instance_json(request, instance), operation=operation_json(op))
 
-    @get("/", sync_to_thread=True, summary="List instances")
+    @get("/", sync_to_thread=True, summary="List instances", responses=_errors(422))
     def list(
         self,
         request: Request,
         principal: Principal,
         orch: Orchestrator,
-        cloud: str | None = None,
-        status: str | None = None,
-        label: str | None = Parameter(default=None, description="key=value"),
-        limit: int = Parameter(default=100, ge=1, le=500),
-        offset: int = Parameter(default=0, ge=0),
+        cloud: CloudName | None = None,
+        status: InstanceStatus | None = None,
+        label: str | None = Parameter(
+            default=None,
+            description="key=value: instances with this label (keys and values as in an Instance document)",
+            # Documented, and checked by the service (a 422 naming the key or the value).
+            schema_extra={"pattern": LABEL_FILTER_PATTERN},
+        ),
+        limit: int = Parameter(default=100, ge=1, le=MAX_PAGE),
+        offset: int = Parameter(default=0, ge=0, le=MAX_OFFSET),
         owner: str | None = OWNER,
-    ) -> dict:
+    ) -> InstancePage:
         page = orch.list_instances(
             principal, cloud=cloud, status=status, label=label, owner=owner, limit=limit, offset=offset
         )
-        return _page(page, lambda i: _instance_json(request, i))
+        return InstancePage(
+            items=[_instance_json(request, i) for i in page.items], total=page.total, limit=page.limit, offset=page.offset
+        )
 
-    @get("/{name:str}", sync_to_thread=True, summary="One instance")
+    @get("/{name:str}", sync_to_thread=True, summary="One instance", responses=_errors(404, 422))
     def get_one(
         self, request: Request, name: str, principal: Principal, orch: Orchestrator, owner: str | None = OWNER
-    ) -> dict:
+    ) -> InstanceView:
         return _instance_json(request, orch.get_instance(principal, name, owner))
 
-    @patch("/{name:str}", sync_to_thread=True, summary="Change the spec (a pulumi up)")
+    @patch("/{name:str}", sync_to_thread=True, summary="Change the spec (a pulumi up)",
+           responses={202: _success(InstanceOperation, "An update was started"), **_errors(404, 409, 413, 422)})
     def update(
         self,
         request: Request,
         name: str,
-        data: dict[str, Any],
+        data: InstanceChangeBody,
         principal: Principal,
         orch: Orchestrator,
         owner: str | None = OWNER,
-    ) -> Response:
+    ) -> Response[InstanceOperation]:
+        """200 with operation null when the document changes nothing; 202 with the update's operation otherwise."""
         instance, op = orch.update_instance(principal, name, data, owner)
-        body = {"instance": _instance_json(request, instance), "operation": operation_json(op)}
+        body = InstanceOperation(instance=_instance_json(request, instance), operation=operation_json(op))
         return Response(body, status_code=202 if op is not None else 200)
 
-    @delete("/{name:str}", status_code=202, sync_to_thread=True, summary="Delete (a pulumi destroy)")
+    @delete("/{name:str}", status_code=202, sync_to_thread=True, summary="Delete (a pulumi destroy)",
+            responses=_errors(404, 409, 422))
     def remove(
         self, request: Request, name: str, principal: Principal, orch: Orchestrator, owner: str | None = OWNER
-    ) -> dict:
+    ) -> InstanceOperation:
         instance, op = orch.delete_instance(principal, name, owner)
-        return {"instance": _instance_json(request, instance), "operation": operation_json(op)}
+        return InstanceOperation(instance=_instance_json(request, instance), operation=operation_json(op))
 
-    @get("/{name:str}/stack", sync_to_thread=True, summary="Stack resources and outputs")
-    def stack(self, name: str, principal: Principal, orch: Orchestrator, owner: str | None = OWNER) -> dict:
-        return orch.stack(principal, name, owner)
+    @get("/{name:str}/stack", sync_to_thread=True, summary="Stack resources and outputs",
+         responses=_errors(404, 409, 422, 502))
+    def stack(self, name: str, principal: Principal, orch: Orchestrator, owner: str | None = OWNER) -> StackView:
+        return stack_view(orch.stack(principal, name, owner))
 
-    @post("/{name:str}/preview", status_code=200, sync_to_thread=True, summary="What an update would change")
+    @post("/{name:str}/preview", status_code=200, sync_to_thread=True, summary="What an update would change",
+          responses=_errors(404, 409, 413, 422, 502))
     def preview(
-        self,
-        name: str,
-        data: dict[str, Any],
-        principal: Principal,
-        orch: Orchestrator,
-        owner: str | None = OWNER,
-    ) -> dict:
-        return orch.preview(principal, name, data, owner)
+        self, name: str, data: InstanceChangeBody, principal: Principal, orch: Orchestrator, owner: str | None = OWNER
+    ) -> PreviewView:
+        return preview_view(orch.preview(principal, name, data, owner))
 
-    @get("/{name:str}/metrics", sync_to_thread=True, summary="Reported samples by time range")
+    @get("/{name:str}/metrics", sync_to_thread=True, summary="Reported samples by time range", responses=_errors(404, 422))
     def metrics(
         self,
         name: str,
         principal: Principal,
         orch: Orchestrator,
-        since: dt.datetime | None = None,
-        until: dt.datetime | None = None,
+        since: str | None = TIME_PARAMETER,
+        until: str | None = TIME_PARAMETER,
         limit: int = Parameter(default=1000, ge=1, le=10000),
         owner: str | None = OWNER,
-    ) -> dict:
-        return {"instance": name, "samples": orch.metrics(principal, name, _utc(since), _utc(until), limit, owner)}
+    ) -> MetricsView:
+        samples = orch.metrics(principal, name, _time("since", since), _time("until", until), limit, owner)
+        return MetricsView(instance=name, samples=samples)
 
-    @post("/{name:str}/snapshots", status_code=202, sync_to_thread=True, summary="Take a snapshot")
+    @post("/{name:str}/snapshots", status_code=202, sync_to_thread=True, summary="Take a snapshot",
+          responses=_errors(404, 409, 413, 422))
     def snapshot(
-        self,
-        name: str,
-        data: dict[str, Any],
-        principal: Principal,
-        orch: Orchestrator,
-        owner: str | None = OWNER,
-    ) -> dict:
+        self, name: str, data: SnapshotRequestBody, principal: Principal, orch: Orchestrator, owner: str | None = OWNER
+    ) -> SnapshotOperation:
         snapshot_name = data.get("name")
         if not isinstance(snapshot_name, str):
             raise ServiceError("name: the snapshot's name is required", field="name")
         snapshot, op = orch.create_snapshot(principal, name, snapshot_name, owner)
-        return {"snapshot": snapshot_json(snapshot), "operation": operation_json(op)}
+        return SnapshotOperation(snapshot=snapshot_json(snapshot), operation=operation_json(op))
 
 
 class SnapshotController(Controller):
     path = f"{API_PREFIX}/snapshots"
     dependencies = USER_DEPENDENCIES
+    request_max_body_size = MAX_REQUEST_BODY_BYTES
     tags = ["snapshots"]
 
-    @get("/", sync_to_thread=True, summary="List snapshots")
+    @get("/", sync_to_thread=True, summary="List snapshots", responses=_errors(422))
     def list(
         self,
         principal: Principal,
         orch: Orchestrator,
         instance: str | None = None,
-        limit: int = Parameter(default=100, ge=1, le=500),
-        offset: int = Parameter(default=0, ge=0),
+        limit: int = Parameter(default=100, ge=1, le=MAX_PAGE),
+        offset: int = Parameter(default=0, ge=0, le=MAX_OFFSET),
         owner: str | None = OWNER,
-    ) -> dict:
+    ) -> SnapshotPage:
         page = orch.list_snapshots(principal, instance=instance, owner=owner, limit=limit, offset=offset)
-        return _page(page, snapshot_json)
+        return SnapshotPage(items=[snapshot_json(s) for s in page.items], total=page.total, limit=page.limit, offset=page.offset)
 
-    @get("/{name:str}", sync_to_thread=True, summary="One snapshot")
-    def get_one(self, name: str, principal: Principal, orch: Orchestrator, owner: str | None = OWNER) -> dict:
+    @get("/{name:str}", sync_to_thread=True, summary="One snapshot", responses=_errors(404, 422))
+    def get_one(self, name: str, principal: Principal, orch: Orchestrator, owner: str | None = OWNER) -> SnapshotView:
         return snapshot_json(orch.get_snapshot(principal, name, owner))
 
-    @delete("/{name:str}", status_code=202, sync_to_thread=True, summary="Delete a snapshot and its image")
-    def remove(self, name: str, principal: Principal, orch: Orchestrator, owner: str | None = OWNER) -> dict:
+    @delete("/{name:str}", status_code=202, sync_to_thread=True, summary="Delete a snapshot and its image",
+            responses=_errors(404, 409, 422))
+    def remove(self, name: str, principal: Principal, orch: Orchestrator, owner: str | None = OWNER) -> SnapshotOperation:
         snapshot, op = orch.delete_snapshot(principal, name, owner)
-        return {"snapshot": snapshot_json(snapshot), "operation": operation_json(op)}
+        return SnapshotOperation(snapshot=snapshot_json(snapshot), operation=operation_json(op))
 
 
 class OperationController(Controller):
     path = f"{API_PREFIX}/operations"
     dependencies = USER_DEPENDENCIES
+    request_max_body_size = MAX_REQUEST_BODY_BYTES
     tags = ["operations"]
 
-    @get("/{op_id:str}", sync_to_thread=True, summary="Status, steps, log lines and error")
+    @get("/{op_id:str}", sync_to_thread=True, summary="Status, steps, log lines and error", responses=_errors(404))
     def get_one(
         self, op_id: str, principal: Principal, orch: Orchestrator, log_offset: int = Parameter(default=0, ge=0)
-    ) -> dict:
+    ) -> OperationView:
         return operation_json(orch.get_operation(principal, op_id), log_offset)
+
+
+# ---------------------------------------------------------------- agent API
 
 
 class AgentController(Controller):
     path = f"{API_PREFIX}/agent"
     tags = ["agent"]
 
-    @post("/report", status_code=202, summary="An agent's report (agent token only)")
-    async def report(self, request: Request) -> dict:
+    @post("/report", status_code=202, summary="An agent's report (agent token only)", responses=_errors(
+        403, 413, 422, 503, descriptions={403: "The report is for another instance than the token's",
+                                          503: "The ingest buffer is full; retry later"}))
+    async def report(self, request: Request) -> dict[str, int]:
         ingest = _runtime(request).ingest
         instance, _ = await _authenticate_agent(request)
         body = await request.json()
         return {"accepted": ingest.accept(instance, body)}
 
-    @post("/token", status_code=200, summary="Renew the agent's token before it expires")
-    async def renew(self, request: Request) -> dict:
+    @post("/token", status_code=200, summary="Renew the agent's token before it expires", responses=_errors())
+    async def renew(self, request: Request) -> dict[str, str]:
         instance, _ = await _authenticate_agent(request)
         token, expires = await to_thread.run_sync(_runtime(request).ingest.renew, instance)
         return {"token": token, "expires_at": expires.isoformat()}
@@ -242,45 +335,100 @@ async def _authenticate_agent(request: Request) -> tuple[str, str]:
     return ingest.authenticate(header, may_query=False) or await to_thread.run_sync(ingest.authenticate, header)
 
 
-@get("/healthz", sync_to_thread=True, tags=["health"], summary="Liveness, MongoDB and broker")
-def healthz(request: Request) -> Response:
+# ---------------------------------------------------------------- service
+
+
+@get("/healthz", sync_to_thread=True, tags=["health"], summary="Liveness, MongoDB and broker",
+     responses={503: _success(ServiceHealth, ERROR_DESCRIPTIONS[503])})
+def healthz(request: Request) -> Response[ServiceHealth]:
     runtime = _runtime(request)
     mongodb = db.ping()
     broker = runtime.dispatcher.ping()
-    body = {"status": "ok" if mongodb and broker else "degraded", "mongodb": mongodb, "broker": broker,
-            "dispatch": "rabbitmq" if runtime.settings.amqp_url else "in-process", "version": __version__}
+    body = ServiceHealth(status="ok" if mongodb and broker else "degraded", mongodb=mongodb, broker=broker,
+                         dispatch="rabbitmq" if runtime.settings.amqp_url else "in-process", version=__version__)
     return Response(body, status_code=200 if mongodb else 503)
 
 
 @get(f"{API_PREFIX}/features", sync_to_thread=False, tags=["features"], summary="Enabled clouds and features")
-def features(request: Request) -> dict:
+def features(request: Request) -> FeaturesView:
     settings = _runtime(request).settings
-    return {
-        "clouds": list(settings.clouds),
-        "features": {
-            "snapshots": True,
-            "preview": True,
-            "configuration": True,
-            "dispatch": "rabbitmq" if settings.amqp_url else "in-process",
-        },
-    }
+    return FeaturesView(
+        clouds=list(settings.clouds),
+        features=FeatureFlags(
+            snapshots=True,
+            preview=True,
+            configuration=True,
+            dispatch="rabbitmq" if settings.amqp_url else "in-process",
+        ),
+    )
+
+
+# ---------------------------------------------------------------- requests and errors
+
+
+class JsonBodyRequest(Request):
+    """A request whose JSON body errors are 400s that say what is wrong with the body."""
+
+    async def json(self) -> Any:
+        try:
+            return await super().json()
+        except SerializationException as error:  # not JSON, or not UTF-8
+            raise ClientException(f"request body is not valid JSON: {error}") from None
+        except RecursionError:  # msgspec's decoder stops at the interpreter's recursion limit
+            raise ClientException("request body is not valid JSON: nested too deeply") from None
+
+
+def _answer_options(request: Request) -> Response | None:
+    """OPTIONS answers with every method of the path.
+
+    Litestar 2 makes a path's automatic OPTIONS handler when the path's first handler is
+    registered, so its Allow header lists only that handler's methods (litestar#4169,
+    fixed in Litestar 3); the path's finished route has them all.
+    """
+    if request.method != "OPTIONS":
+        return None
+    template = request.scope["path_template"]
+    for route in request.app.routes:
+        if isinstance(route, HTTPRoute) and route.path_format == template:
+            return Response(None, status_code=204, headers={"Allow": ", ".join(sorted(route.methods))}, media_type=MediaType.TEXT)
+    return None
+
+
+def _error(status_code: int, detail: str, extra: dict | None = None) -> Response:
+    return Response(ErrorBody(status_code=status_code, detail=detail, extra=extra), status_code=status_code)
 
 
 def _service_error(request: Request, error: ServiceError) -> Response:
-    body: dict = {"status_code": error.status_code, "detail": error.detail}
-    if error.field:
-        body["extra"] = {"field": error.field}
-    return Response(body, status_code=error.status_code)
+    return _error(error.status_code, error.detail, {"field": error.field} if error.field else None)
 
 
 def _report_rejected(request: Request, error: ReportRejected) -> Response:
-    return Response({"status_code": error.status_code, "detail": error.detail}, status_code=error.status_code)
+    return _error(error.status_code, error.detail)
+
+
+def _body_too_large(request: Request, error: RequestEntityTooLarge) -> Response:
+    limit = request.route_handler.resolve_request_max_body_size()
+    return _error(413, f"request body: larger than the {limit} bytes this endpoint accepts")
+
+
+def _unexpected(request: Request, error: Exception) -> Response:
+    """Any exception no other handler answers: logged with its traceback, a 500 without internals."""
+    log.exception("%s %s failed", request.method, request.url.path, exc_info=error)
+    return _error(HTTP_500_INTERNAL_SERVER_ERROR, "Internal Server Error")
 
 
 def create_app(runtime: Runtime) -> Litestar:
     app = Litestar(
         route_handlers=[InstanceController, SnapshotController, OperationController, AgentController, healthz, features],
-        exception_handlers={ServiceError: _service_error, ReportRejected: _report_rejected},
+        exception_handlers={
+            ServiceError: _service_error,
+            ReportRejected: _report_rejected,
+            RequestEntityTooLarge: _body_too_large,
+            HTTP_500_INTERNAL_SERVER_ERROR: _unexpected,
+        },
+        request_class=JsonBodyRequest,
+        before_request=_answer_options,
+        plugins=[DocumentedAsPlugin()],
         openapi_config=OpenAPIConfig(title="orch", version=__version__, path="/schema"),
         on_shutdown=[runtime.close],
         debug=False,

@@ -1,11 +1,240 @@
-"""JSON shapes of instances, snapshots and operations (docs/DESIGN.md, "REST shapes")."""
+"""JSON shapes of the API's bodies (docs/DESIGN.md, "REST shapes").
+
+Typed msgspec Structs, so the OpenAPI document at /schema is generated from the
+same definitions the responses are encoded from. Times are ISO 8601 strings in UTC.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import msgspec
+from litestar.plugins import OpenAPISchemaPlugin
+from litestar.typing import FieldDefinition
 
 from orchestrator.ingest import health_state
-from orchestrator.models import Instance, Operation, Snapshot
+from orchestrator.models import INSTANCE_TRANSITIONS, OPERATION_KINDS, SNAPSHOT_TRANSITIONS, Instance, Operation, Snapshot
+from stacks.catalog import CLOUDS
+from stacks.spec import InstanceSpec, Name
+
+InstanceStatus = Literal[tuple(INSTANCE_TRANSITIONS)]  # type: ignore[valid-type]
+SnapshotStatus = Literal[tuple(SNAPSHOT_TRANSITIONS)]  # type: ignore[valid-type]
+OperationKind = Literal[OPERATION_KINDS]  # type: ignore[valid-type]
+OperationStatus = Literal["queued", "running", "succeeded", "failed"]
+StepStatus = Literal["running", "succeeded", "failed", "skipped"]
+CloudName = Literal[tuple(CLOUDS)]  # type: ignore[valid-type]
+
+if TYPE_CHECKING:
+    from litestar._openapi.schema_generation import SchemaCreator
+    from litestar.openapi.spec import Reference, Schema
+
+
+@dataclass(frozen=True)
+class DocumentedAs:
+    """Marks a JSON object documented as `model` but handled as a plain dict.
+
+    A request body marked so reaches the handler as the raw object, and stacks.spec
+    validates it so a 422 names every bad field (Litestar's own validation would stop at
+    the first, as a 400). A stored spec in a response is sent as stored, so a rule added
+    to the model later never makes an old record unreadable.
+    """
+
+    model: type
+
+
+class DocumentedAsPlugin(OpenAPISchemaPlugin):
+    """Gives a value marked DocumentedAs(model) the OpenAPI schema of its model."""
+
+    @staticmethod
+    def is_plugin_supported_type(value: Any) -> bool:
+        return False
+
+    def is_plugin_supported_field(self, field_definition: FieldDefinition) -> bool:
+        return any(isinstance(meta, DocumentedAs) for meta in field_definition.metadata)
+
+    def to_openapi_schema(self, field_definition: FieldDefinition, schema_creator: SchemaCreator) -> Schema | Reference:
+        (marker,) = [meta for meta in field_definition.metadata if isinstance(meta, DocumentedAs)]
+        return schema_creator.for_field_definition(FieldDefinition.from_annotation(marker.model))
+
+
+class _Shape(msgspec.Struct):
+    pass
+
+
+# ---------------------------------------------------------------- requests
+# Documented request bodies; the service validates them itself (stacks.spec), so its
+# 422s name every bad field.
+
+
+class InstanceChange(_Shape, kw_only=True):
+    """PATCH and preview body: the whole Instance document, or just the parts that change."""
+
+    kind: Literal["Instance"] = "Instance"
+    name: Name | msgspec.UnsetType = msgspec.UNSET  # the instance's own name: an instance is not renamed
+    labels: dict[str, str] | msgspec.UnsetType = msgspec.UNSET  # left out: the labels stay as they are
+    spec: InstanceSpec
+
+
+class SnapshotRequest(_Shape):
+    """POST /instances/{name}/snapshots body."""
+
+    name: Name
+
+
+# ---------------------------------------------------------------- responses
+
+
+class HealthView(_Shape):
+    state: Literal["unknown", "healthy", "unreachable"]
+    last_report_at: str | None
+    last_report: dict[str, Any]
+
+
+class InstanceView(_Shape):
+    name: str
+    owner: str
+    labels: dict[str, str]
+    spec: Annotated[dict[str, Any], DocumentedAs(InstanceSpec)]
+    status: InstanceStatus
+    status_reason: str | None
+    cloud: CloudName
+    region: str
+    public_ip: str | None
+    outputs: dict[str, Any]
+    health: HealthView
+    generation: int
+    operation_id: str | None
+    created_at: str | None
+    updated_at: str | None
+
+
+class StepView(_Shape):
+    name: str
+    status: StepStatus
+    started_at: str | None
+    finished_at: str | None
+
+
+class OperationView(_Shape):
+    id: str
+    kind: OperationKind
+    target: str
+    owner: str
+    status: OperationStatus
+    attempts: int
+    steps: list[StepView]
+    logs: list[str]
+    log_offset: int
+    log_count: int
+    error: str | None
+    created_at: str | None
+    updated_at: str | None
+
+
+class SnapshotView(_Shape):
+    name: str
+    instance: str
+    owner: str
+    status: SnapshotStatus
+    cloud: CloudName
+    region: str
+    image_id: str | None
+    source_instance_id: str | None
+    error: str | None
+    operation_id: str | None
+    created_at: str | None
+    updated_at: str | None
+
+
+class InstanceOperation(_Shape):
+    """An instance and the operation that changes it (null when nothing changes)."""
+
+    instance: InstanceView
+    operation: OperationView | None
+
+
+class SnapshotOperation(_Shape):
+    snapshot: SnapshotView
+    operation: OperationView
+
+
+class InstancePage(_Shape):
+    items: list[InstanceView]
+    total: int
+    limit: int
+    offset: int
+
+
+class SnapshotPage(_Shape):
+    items: list[SnapshotView]
+    total: int
+    limit: int
+    offset: int
+
+
+class StackResource(_Shape):
+    urn: str | None
+    type: str | None
+    name: str
+    id: str | None
+
+
+class StackView(_Shape):
+    stack: str
+    resources: list[StackResource]
+    outputs: dict[str, Any]
+
+
+class PreviewStepView(_Shape):
+    op: str
+    urn: str
+    type: str
+    name: str
+    diff: list[str]
+
+
+class PreviewView(_Shape):
+    stack: str
+    changes: dict[str, int]
+    steps: list[PreviewStepView]
+
+
+class MetricsView(_Shape):
+    instance: str
+    samples: list[dict[str, Any]]
+
+
+class FeatureFlags(_Shape):
+    snapshots: bool
+    preview: bool
+    configuration: bool
+    dispatch: Literal["rabbitmq", "in-process"]
+
+
+class FeaturesView(_Shape):
+    clouds: list[CloudName]
+    features: FeatureFlags
+
+
+class ServiceHealth(_Shape):
+    status: Literal["ok", "degraded"]
+    mongodb: bool
+    broker: bool
+    dispatch: Literal["rabbitmq", "in-process"]
+    version: str
+
+
+class ErrorBody(_Shape, omit_defaults=True):
+    """Every error: `detail` names the field or the reason; `extra` gives the field or the failed checks."""
+
+    status_code: int
+    detail: str
+    extra: dict[str, Any] | list[Any] | None = None
+
+
+# ---------------------------------------------------------------- builders
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -14,7 +243,7 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 def instance_json(
     instance: Instance, report_interval_s: int, latest: tuple[dt.datetime, dict] | None = None
-) -> dict:
+) -> InstanceView:
     """`latest` is (received_at, report) from this process's ingest, when newer than the stored health."""
     health = instance.health
     last_at = health.last_report_at if health else None
@@ -22,64 +251,74 @@ def instance_json(
     fresh = latest is not None and latest[0] >= instance.created_at  # not a deleted namesake's
     if fresh and (last_at is None or latest[0] > last_at):
         last_at, last_report = latest
-    return {
-        "name": instance.name,
-        "owner": instance.owner,
-        "labels": dict(instance.labels or {}),
-        "spec": dict(instance.spec or {}),
-        "status": instance.status,
-        "status_reason": instance.status_reason,
-        "cloud": instance.cloud,
-        "region": instance.region,
-        "public_ip": instance.public_ip,
-        "outputs": dict(instance.outputs or {}),
-        "health": {
-            "state": health_state(last_at, report_interval_s) if instance.status != "deleted" else "unknown",
-            "last_report_at": _iso(last_at),
-            "last_report": last_report,
-        },
-        "generation": instance.generation,
-        "operation_id": instance.operation_id,
-        "created_at": _iso(instance.created_at),
-        "updated_at": _iso(instance.updated_at),
-    }
+    return InstanceView(
+        name=instance.name,
+        owner=instance.owner,
+        labels=dict(instance.labels or {}),
+        # The stored spec is a validated document's canonical form (stacks.spec.InstanceDoc.to_dict).
+        spec=dict(instance.spec or {}),
+        status=instance.status,
+        status_reason=instance.status_reason,
+        cloud=instance.cloud,
+        region=instance.region,
+        public_ip=instance.public_ip,
+        outputs=dict(instance.outputs or {}),
+        health=HealthView(
+            state=health_state(last_at, report_interval_s) if instance.status != "deleted" else "unknown",
+            last_report_at=_iso(last_at),
+            last_report=last_report,
+        ),
+        generation=instance.generation,
+        operation_id=instance.operation_id,
+        created_at=_iso(instance.created_at),
+        updated_at=_iso(instance.updated_at),
+    )
 
 
-def snapshot_json(snapshot: Snapshot) -> dict:
-    return {
-        "name": snapshot.name,
-        "instance": snapshot.instance,
-        "owner": snapshot.owner,
-        "status": snapshot.status,
-        "cloud": snapshot.cloud,
-        "region": snapshot.region,
-        "image_id": snapshot.image_id,
-        "source_instance_id": snapshot.source_instance_id,
-        "error": snapshot.error,
-        "operation_id": snapshot.operation_id,
-        "created_at": _iso(snapshot.created_at),
-        "updated_at": _iso(snapshot.updated_at),
-    }
+def snapshot_json(snapshot: Snapshot) -> SnapshotView:
+    return SnapshotView(
+        name=snapshot.name,
+        instance=snapshot.instance,
+        owner=snapshot.owner,
+        status=snapshot.status,
+        cloud=snapshot.cloud,
+        region=snapshot.region,
+        image_id=snapshot.image_id,
+        source_instance_id=snapshot.source_instance_id,
+        error=snapshot.error,
+        operation_id=snapshot.operation_id,
+        created_at=_iso(snapshot.created_at),
+        updated_at=_iso(snapshot.updated_at),
+    )
 
 
-def operation_json(op: Operation | None, log_offset: int = 0) -> dict | None:
+def operation_json(op: Operation | None, log_offset: int = 0) -> OperationView | None:
     if op is None:
         return None
-    return {
-        "id": str(op.id),
-        "kind": op.kind,
-        "target": op.target,
-        "owner": op.owner,
-        "status": op.status,
-        "attempts": op.attempts,
-        "steps": [
-            {"name": s.name, "status": s.status, "started_at": _iso(s.started_at), "finished_at": _iso(s.finished_at)}
+    return OperationView(
+        id=str(op.id),
+        kind=op.kind,
+        target=op.target,
+        owner=op.owner,
+        status=op.status,
+        attempts=op.attempts,
+        steps=[
+            StepView(name=s.name, status=s.status, started_at=_iso(s.started_at), finished_at=_iso(s.finished_at))
             for s in op.steps
         ],
-        "logs": list(op.logs[log_offset:]),
-        "log_offset": log_offset,
-        "log_count": len(op.logs),
-        "error": op.error,
-        "created_at": _iso(op.created_at),
-        "updated_at": _iso(op.updated_at),
-    }
+        logs=list(op.logs[log_offset:]),
+        log_offset=log_offset,
+        log_count=len(op.logs),
+        error=op.error,
+        created_at=_iso(op.created_at),
+        updated_at=_iso(op.updated_at),
+    )
+
+
+def stack_view(inspected: dict) -> StackView:
+    """The engine's stack inspection (orchestrator.engine.StackEngine.inspect) as a typed body."""
+    return msgspec.convert(inspected, StackView)
+
+
+def preview_view(preview: dict) -> PreviewView:
+    return msgspec.convert(preview, PreviewView)
