@@ -198,7 +198,7 @@ def validate_report(report: object, instance: str, now: dt.datetime | None = Non
     now = now or utcnow()
     if ts > now + MAX_CLOCK_SKEW:
         raise ReportRejected(
-            422, f"{ts_field}: {ts.isoformat()}Z is more than {MAX_CLOCK_SKEW} ahead of the service's clock ({now.isoformat()}Z)"
+            422, f"{ts_field}: {ts.isoformat()}Z is more than {MAX_CLOCK_SKEW.total_seconds():g} s ahead of the service's clock ({now.isoformat()}Z)"
         )
     if ts < now - MAX_REPORT_AGE:
         raise ReportRejected(422, f"{ts_field}: {ts.isoformat()}Z is older than the samples' retention ({MAX_REPORT_AGE.days} days)")
@@ -379,27 +379,31 @@ class AgentIngest:
                 batch, self._buffer = self._buffer, []
                 rows, self._unstored = self._unstored, []
                 self._held = len(rows) + len(batch)
-            for instance, report, ts, received in batch:
-                rows.append((instance, ts, report))
-                current = self._latest.get(instance)
-                if current is None or ts >= current.ts:
-                    written = current.first_written if current else False
-                    self._latest[instance] = _Latest(ts, received, report, persisted=False, first_written=written)
-            unstored = self._store(rows)
+            rows.extend((instance, ts, report) for instance, report, ts, _ in batch)
+            dropped: list[tuple[str, dt.datetime, dict]] = []
+            unstored = self._store(rows, dropped)
             with self._lock:
                 self._unstored = unstored
                 self._held = len(unstored)
+            # The newest report per instance, unless it had to be dropped (a storage outage
+            # does not make a report less recent: the agent is alive).
+            dropped_ids = {id(row[2]) for row in dropped}
+            for instance, report, ts, received in batch:
+                current = self._latest.get(instance)
+                if id(report) not in dropped_ids and (current is None or ts >= current.ts):
+                    written = current.first_written if current else False
+                    self._latest[instance] = _Latest(ts, received, report, persisted=False, first_written=written)
             self._persist_health()
             self._last_flush_ok = self._errors == errors_before
             self._last_flush_at = utcnow()
             self._last_flush_monotonic = time.monotonic()
 
-    def _store(self, rows: list[tuple[str, dt.datetime, dict]]) -> list[tuple[str, dt.datetime, dict]]:
+    def _store(self, rows: list[tuple[str, dt.datetime, dict]], dropped: list) -> list[tuple[str, dt.datetime, dict]]:
         """Insert the rows as batch documents; returns the rows a storage outage left unstored.
 
         A batch MongoDB refuses for its content is split in halves until the report
-        that cannot be stored is alone; that one is dropped (counted and logged), the
-        others are stored.
+        that cannot be stored is alone; that one is dropped (counted, logged, and
+        added to `dropped`), the others are stored.
         """
         encoded = []
         for row in rows:
@@ -407,7 +411,7 @@ class AgentIngest:
             try:
                 encoded.append((row, json.dumps([instance, ts.isoformat(), report], separators=(",", ":"))))
             except (TypeError, ValueError) as error:
-                self._drop([row], error)
+                self._drop(row, error, dropped)
         pending = list(self._chunks(encoded))
         while pending:
             chunk = pending.pop(0)
@@ -420,7 +424,7 @@ class AgentIngest:
                 return remaining
             except Exception as error:  # refused for what it holds (BSON, size, server-side checks)
                 if len(chunk) == 1:
-                    self._drop([chunk[0][0]], error)
+                    self._drop(chunk[0][0], error, dropped)
                 else:
                     pending[:0] = [chunk[: len(chunk) // 2], chunk[len(chunk) // 2 :]]
                 continue
@@ -454,11 +458,12 @@ class AgentIngest:
             "data": Binary(zlib.compress(data, 1)),
         }
 
-    def _drop(self, rows: list[tuple[str, dt.datetime, dict]], error: BaseException) -> None:
-        self._dropped += len(rows)
-        for instance, ts, _ in rows:
-            log.error("dropped the agent report of %s at %s: it cannot be stored: %r", instance, ts.isoformat(), error)
-        self._failed(f"dropped {len(rows)} agent report(s) that cannot be stored: {error!r}")
+    def _drop(self, row: tuple[str, dt.datetime, dict], error: BaseException, dropped: list) -> None:
+        instance, ts, _ = row
+        dropped.append(row)
+        self._dropped += 1
+        log.error("dropped the agent report of %s at %s: it cannot be stored: %r", instance, ts.isoformat(), error)
+        self._failed(f"dropped the agent report of {instance} at {ts.isoformat()}: it cannot be stored: {error!r}")
 
     def _failed(self, message: str) -> None:
         self._last_error = f"{utcnow().isoformat()}Z {message}"[:MAX_ERROR_CHARS]
