@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 import zlib
+from pathlib import Path
 
 import httpx
 import jwt
@@ -43,10 +44,11 @@ MAX_MEAN_LATENCY_S = 0.3
 class Agent:
     """The service and one instance's agent token; reports carry the token's identity."""
 
-    def __init__(self, live, token: str):
+    def __init__(self, live, instance: str):
         self.live = live
-        self.token = token
-        self.identity = jwt.decode(token, options={"verify_signature": False})["sub"]
+        self.instance = instance
+        self.token = agent_token_for(live, instance)
+        self.identity = jwt.decode(self.token, options={"verify_signature": False})["sub"]
 
     def report(self, **fields) -> dict:
         return {**report(self.identity), **fields}
@@ -65,7 +67,7 @@ class Agent:
 
     def samples(self) -> list[dict]:
         with self.live.client("alice") as client:
-            response = client.get(f"/api/v1/instances/{INSTANCE}/metrics", params={"limit": 10000})
+            response = client.get(f"/api/v1/instances/{self.instance}/metrics", params={"limit": 10000})
             assert response.status_code == 200, response.text
             return response.json()["samples"]
 
@@ -83,14 +85,24 @@ class Agent:
         assert "Traceback" not in self.live.logs()
 
 
+def start_agent_service(tmp: Path, mongo_url: str, instance: str) -> Agent:
+    """The real service with one instance (created through the API) and its agent token."""
+    live = start_service(tmp, mongo_url, ORCH_AGENT_INTERVAL_S="1")
+    try:
+        with live.client("alice") as client:
+            op = client.post("/api/v1/instances", json=instance_doc(instance)).json()["operation"]
+            assert wait_operation(client, op["id"])["status"] == "succeeded"
+        return Agent(live, instance)
+    except BaseException:
+        live.stop()
+        raise
+
+
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory, mongo_url):
-    live = start_service(tmp_path_factory.mktemp("ingest-limits"), mongo_url, ORCH_AGENT_INTERVAL_S="1")
-    with live.client("alice") as client:
-        op = client.post("/api/v1/instances", json=instance_doc(INSTANCE)).json()["operation"]
-        assert wait_operation(client, op["id"])["status"] == "succeeded"
-    yield Agent(live, agent_token_for(live, INSTANCE))
-    live.stop()
+    agent = start_agent_service(tmp_path_factory.mktemp("ingest-limits"), mongo_url, INSTANCE)
+    yield agent
+    agent.live.stop()
 
 
 def test_healthz_shows_the_ingest_state(agent):
