@@ -149,20 +149,18 @@ class _Report(msgspec.Struct):
     agent_version: Text
 
 
-def report_time(report: dict) -> dt.datetime:
-    """The report's `ts` (ISO 8601, or seconds since the epoch) as naive UTC."""
-    value = report.get("ts")
+def report_time(value: str | float) -> dt.datetime:
+    """A report's `ts` (ISO 8601 with a zone, or seconds since the epoch) as naive UTC; ValueError if neither."""
     try:
         if isinstance(value, str):
             parsed = dt.datetime.fromisoformat(value)
-            if parsed.tzinfo is None:
-                raise ValueError
-            return parsed.astimezone(dt.UTC).replace(tzinfo=None)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+            if parsed.tzinfo is not None:
+                return parsed.astimezone(dt.UTC).replace(tzinfo=None)
+        elif value >= 0:
             return dt.datetime.fromtimestamp(value, dt.UTC).replace(tzinfo=None)
     except (ValueError, OverflowError, OSError):
         pass
-    raise ReportRejected(422, f"ts: {value!r} is not an ISO 8601 time with a zone or seconds since the epoch")
+    raise ValueError(f"{value!r} is not an ISO 8601 time with a zone or seconds since the epoch")
 
 
 def _validation_detail(error: msgspec.ValidationError, where: str) -> str:
@@ -174,39 +172,45 @@ def _validation_detail(error: msgspec.ValidationError, where: str) -> str:
     return f"{field}: {message[0].lower()}{message[1:]}"
 
 
-def validate_report(report: object, instance: str, now: dt.datetime | None = None, where: str = "") -> tuple[dict, dt.datetime]:
+def validate_report(
+    report: object, instance: str, now: dt.datetime | None = None, where: str = ""
+) -> tuple[dict, dt.datetime]:
     """Check one report against the schema and the server's clock.
 
     Returns the report as it is stored (unknown fields dropped) and its time;
     raises ReportRejected naming the field (prefixed with `where`, e.g. "reports[3]").
     """
+
+    def named(field: str) -> str:
+        return f"{where}.{field}" if where else field
+
     if not isinstance(report, dict):
         raise ReportRejected(422, f"{where or 'report'}: must be a JSON object")
     if report.get("instance") != instance:
         claimed = report.get("instance")
         shown = repr(claimed)[:MAX_TEXT_CHARS] if isinstance(claimed, str) else type(claimed).__name__
-        raise ReportRejected(403, f"{where}.instance: this agent token is for {instance!r}, the report is for {shown}".lstrip("."))
+        mismatch = f"this agent token is for {instance!r}, the report is for {shown}"
+        raise ReportRejected(403, f"{named('instance')}: {mismatch}")
     try:
         checked = msgspec.convert(report, _Report)
     except msgspec.ValidationError as error:
         raise ReportRejected(422, _validation_detail(error, where)) from None
-    ts_field = f"{where}.ts".lstrip(".")
     try:
-        ts = report_time({"ts": checked.ts})
-    except ReportRejected:
-        raise ReportRejected(422, f"{ts_field}: {checked.ts!r} is not an ISO 8601 time with a zone or seconds since the epoch") from None
+        ts = report_time(checked.ts)
+    except ValueError as error:
+        raise ReportRejected(422, f"{named('ts')}: {error}") from None
     now = now or utcnow()
     if ts > now + MAX_CLOCK_SKEW:
-        raise ReportRejected(
-            422, f"{ts_field}: {ts.isoformat()}Z is more than {MAX_CLOCK_SKEW.total_seconds():g} s ahead of the service's clock ({now.isoformat()}Z)"
-        )
+        ahead = f"more than {MAX_CLOCK_SKEW.total_seconds():g} s ahead of the service's clock ({now.isoformat()}Z)"
+        raise ReportRejected(422, f"{named('ts')}: {ts.isoformat()}Z is {ahead}")
     if ts < now - MAX_REPORT_AGE:
-        raise ReportRejected(422, f"{ts_field}: {ts.isoformat()}Z is older than the samples' retention ({MAX_REPORT_AGE.days} days)")
+        older = f"older than the samples' retention ({MAX_REPORT_AGE.days} days)"
+        raise ReportRejected(422, f"{named('ts')}: {ts.isoformat()}Z is {older}")
     if checked.memory.used > checked.memory.total:
-        raise ReportRejected(422, f"{where}.memory.used: more than memory.total".lstrip("."))
+        raise ReportRejected(422, f"{named('memory.used')}: more than memory.total")
     for position, disk in enumerate(checked.disk):
         if disk.used > disk.total:
-            raise ReportRejected(422, f"{where}.disk[{position}].used: more than its total".lstrip("."))
+            raise ReportRejected(422, f"{named(f'disk[{position}].used')}: more than its total")
     return msgspec.to_builtins(checked), ts
 
 
@@ -268,7 +272,9 @@ class AgentIngest:
         None when MongoDB must be asked (so an event loop can ask off-thread).
         """
         if authorization is not None and len(authorization) > MAX_AUTHORIZATION_BYTES:
-            raise ReportRejected(401, f"Authorization: header over {MAX_AUTHORIZATION_BYTES} bytes (an agent token is a few hundred)")
+            raise ReportRejected(
+                401, f"Authorization: header over {MAX_AUTHORIZATION_BYTES} bytes (an agent token is a few hundred)"
+            )
         try:
             token = bearer_token(authorization)
             claims = decode_agent_token(self.settings.jwt_secret, token)
@@ -522,7 +528,8 @@ class AgentIngest:
         if not alive:
             last_error = "the flush thread is not running"
         elif buffered and overdue:
-            last_error = f"no flush for over {STALLED_FLUSH_INTERVALS * FLUSH_INTERVAL_S:g} s with {buffered} report(s) waiting"
+            waited = STALLED_FLUSH_INTERVALS * FLUSH_INTERVAL_S
+            last_error = f"no flush for over {waited:g} s with {buffered} report(s) waiting"
         return {
             "ok": alive and self._last_flush_ok and not (buffered and overdue),
             "last_error": last_error,

@@ -202,8 +202,9 @@ def healthz(request: Request) -> Response:
     mongodb = db.ping()
     broker = runtime.dispatcher.ping()
     ingest = runtime.ingest.health()
-    body = {"status": "ok" if mongodb and broker and ingest["ok"] else "degraded", "mongodb": mongodb, "broker": broker,
-            "ingest": ingest, "dispatch": "rabbitmq" if runtime.settings.amqp_url else "in-process", "version": __version__}
+    body = {"status": "ok" if mongodb and broker and ingest["ok"] else "degraded", "mongodb": mongodb,
+            "broker": broker, "ingest": ingest, "dispatch": "rabbitmq" if runtime.settings.amqp_url else "in-process",
+            "version": __version__}
     return Response(body, status_code=200 if mongodb else 503)
 
 
