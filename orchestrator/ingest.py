@@ -76,7 +76,8 @@ MAX_TEMPERATURE_C = 200.0
 MAX_TEXT_CHARS = 256
 MAX_TS_CHARS = 64
 MAX_LOAD_VALUES = 3
-MAX_DISKS = 64
+# The agent lists every mounted filesystem, an overlay mount per container on a docker host.
+MAX_DISKS = 256
 MAX_GPUS = 64
 
 
