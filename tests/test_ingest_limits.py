@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import os
 import socket
+import sys
 import threading
 import time
 import zlib
@@ -19,8 +21,10 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
+from pymongo import MongoClient
 from pymongo.errors import AutoReconnect, WriteError
 
+from orchestrator.auth import mint_agent_token, token_hash
 from orchestrator.ingest import (
     MAX_AUTHORIZATION_BYTES,
     MAX_BODY_BYTES,
@@ -35,10 +39,13 @@ from orchestrator.ingest import (
 from orchestrator.models import MetricBatch
 from orchestrator.settings import load_settings
 from tests.live import JWT_SECRET, instance_doc, start_service, wait_operation
+from tests.test_agent import run_once
 from tests.test_agent_api import agent_token_for, report
 
 INSTANCE = "limits-a"
 FLUSH_WAIT_S = 10
+# A short agent token's lifetime, for the renewal test.
+RENEW_TEST_TTL_S = 6
 # A healthy report's mean latency while huge tokens are being sent (see the test).
 MAX_MEAN_LATENCY_S = 0.3
 
@@ -270,6 +277,38 @@ def test_a_huge_authorization_header_is_refused_before_it_is_decoded(agent):
     # this flood; when the tokens were decoded, the average was about 0.9 s.
     mean = sum(latencies) / len(latencies)
     assert mean < MAX_MEAN_LATENCY_S, f"mean latency {mean:.3f} s: {[round(x, 3) for x in sorted(latencies)]}"
+
+
+def test_the_agent_renews_its_token_in_the_last_third_of_its_lifetime(agent, tmp_path):
+    """The agent decides when to renew (a third of its token's lifetime left, agent/__main__.py);
+    the service renews any current, valid agent token (there is no service-side renewal window)."""
+    with agent.live.client("alice") as client:
+        op = client.post("/api/v1/instances", json=instance_doc("renew-a")).json()["operation"]
+        assert wait_operation(client, op["id"])["status"] == "succeeded"
+    renewing = Agent(agent.live, "renew-a")
+    short, _ = mint_agent_token(JWT_SECRET, renewing.identity, ttl=dt.timedelta(seconds=RENEW_TEST_TTL_S))
+    # Made the instance's current token, as `orch token create` does (the instance found by its token's hash).
+    with MongoClient(agent.live.env["ORCH_MONGODB_URL"]) as mongo:
+        changed = mongo.get_default_database()["instances"].update_one(
+            {"agent_token_hash": token_hash(renewing.token)}, {"$set": {"agent_token_hash": token_hash(short)}}
+        )
+        assert changed.modified_count == 1
+    config = tmp_path / "agent.json"
+    config.write_text(json.dumps({"url": agent.live.url, "token": short, "instance": renewing.identity}))
+    # Into the token's last third: the agent renews before it reports.
+    expires = jwt.decode(short, options={"verify_signature": False})["exp"]
+    time.sleep(max(0.0, expires - RENEW_TEST_TTL_S / 3 + 0.5 - time.time()))
+    result = run_once(sys.executable, config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    renewed = json.loads(config.read_text())["token"]
+    assert renewed != short and "token renewed" in result.stderr
+    assert jwt.decode(renewed, options={"verify_signature": False})["exp"] > expires
+    response = renewing.post(renewing.report(), token=short)
+    assert response.status_code == 401 and "revoked" in response.json()["detail"], response.text
+    deadline = time.monotonic() + FLUSH_WAIT_S
+    while not renewing.samples():
+        assert time.monotonic() < deadline, "the renewed agent's report was not stored"
+        time.sleep(0.2)
 
 
 # -- the flush loop, without HTTP -------------------------------------------------
