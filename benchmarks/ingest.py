@@ -59,7 +59,8 @@ def build_requests(port: int, agents: list[tuple[str, str]], total: int, batch: 
     now = time.time()
     for k in range(total // batch):
         name, token = agents[k % len(agents)]
-        reports = [agent_report(name, now + k + j / batch) for j in range(batch)]
+        # Increasing times up to now: the service refuses reports from the future.
+        reports = [agent_report(name, now - (total // batch - k) + j / batch) for j in range(batch)]
         body = json.dumps(reports[0] if batch == 1 else {"reports": reports}).encode()
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
         requests.append(build_request("POST", "127.0.0.1", port, "/api/v1/agent/report", body, headers))

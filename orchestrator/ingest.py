@@ -1,10 +1,15 @@
 """Agent report ingestion: token checks per request, storage in batches.
 
 A report is authenticated and validated on the request path, then buffered;
-a flusher thread stores each flush's reports as one compressed batch document
+a flusher thread stores each flush's reports as compressed batch documents
 and keeps the latest report per instance in memory, writing it to the
 instance documents at a bounded rate. Storage cost is paid per batch rather
 than per report.
+
+Nothing one agent sends can stop ingestion for the others: the body is capped
+before it is parsed, every value is range-checked into a fixed schema (so what
+is stored is always storable), and the flush loop survives any error, storing
+what it can and counting (and logging) what it has to drop.
 """
 
 from __future__ import annotations
@@ -12,16 +17,18 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import math
 import threading
 import time
 import zlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Annotated
 
+import msgspec
 from bson import Binary, ObjectId
 from bson.errors import InvalidId
 from pymongo import UpdateOne
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from orchestrator.auth import TokenError, bearer_token, decode_agent_token, mint_agent_token, token_hash
 from orchestrator.models import Instance, MetricBatch, utcnow
@@ -40,8 +47,39 @@ FLUSH_INTERVAL_S = 0.5
 # Instance documents updated with their latest report per flush (see _persist_health).
 HEALTH_WRITES_PER_FLUSH = 100
 MAX_BUFFER = 200_000
+# Ingest is failing when reports wait this many flush intervals without a flush finishing.
+STALLED_FLUSH_INTERVALS = 20
+# JSON (before zlib) per batch document, well under MongoDB's 16 MiB document limit.
+MAX_BATCH_JSON_BYTES = 8 * 1024 * 1024
+# /healthz shows the last storage error cut to this length.
+MAX_ERROR_CHARS = 1000
+
+# -- request limits (POST /agent/report) -------------------------------------
+# An agent token is a few hundred bytes; a longer Authorization header is refused
+# before it is decoded, so huge tokens cost the event loop nothing.
+MAX_AUTHORIZATION_BYTES = 8 * 1024
+# A real report is 1-2 KB (under 10 KB with many disks and GPUs). A body may hold one
+# report or {"reports": [...]} (an agent's backlog); it may use MAX_REPORT_BYTES per
+# report it holds, and never more than MAX_BODY_BYTES, which is checked before parsing.
+MAX_REPORT_BYTES = 64 * 1024
 MAX_REPORTS_PER_REQUEST = 500
-RENEW_WITHIN = dt.timedelta(days=7)
+MAX_BODY_BYTES = 4 * 1024 * 1024  # MAX_REPORTS_PER_REQUEST reports of about 8 KiB
+# A report's `ts` may be this far ahead of the server's clock (clock skew), and no
+# older than the samples' retention (MetricBatch expires batches after 7 days).
+MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
+MAX_REPORT_AGE = dt.timedelta(days=7)
+# Value ranges: bytes fit MongoDB's int64, the rest are what a real host can report.
+MAX_BYTES = 2**63 - 1
+MAX_UPTIME_S = 100 * 365 * 86400
+MAX_LOAD = 1_000_000.0
+MIN_TEMPERATURE_C = -60.0
+MAX_TEMPERATURE_C = 200.0
+MAX_TEXT_CHARS = 256
+MAX_TS_CHARS = 64
+MAX_LOAD_VALUES = 3
+# The agent lists every mounted filesystem, an overlay mount per container on a docker host.
+MAX_DISKS = 256
+MAX_GPUS = 64
 
 
 class ReportRejected(Exception):
@@ -69,60 +107,138 @@ class _TokenState:
     fetched_at: float
 
 
-def _number(report: dict, key: str, *, minimum: float | None = None, maximum: float | None = None) -> None:
-    value = report.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ReportRejected(422, f"{key}: must be a number")
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise ReportRejected(422, f"{key}: {value} is out of range")
+# -- the report schema ---------------------------------------------------------
+# Fields not named here are dropped: a newer agent's extra fields do not break
+# ingestion, and what is stored is bounded by these types.
+
+ByteCount = Annotated[int, msgspec.Meta(ge=0, le=MAX_BYTES)]
+Percent = Annotated[float, msgspec.Meta(ge=0, le=100)]
+Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT_CHARS)]
+Temperature = Annotated[float, msgspec.Meta(ge=MIN_TEMPERATURE_C, le=MAX_TEMPERATURE_C)]
+LoadValue = Annotated[float, msgspec.Meta(ge=0, le=MAX_LOAD)]
 
 
-def report_time(report: dict) -> dt.datetime:
-    """The report's `ts` (ISO 8601, or seconds since the epoch) as naive UTC."""
-    value = report.get("ts")
+class _Memory(msgspec.Struct):
+    total: ByteCount
+    used: ByteCount
+
+
+class _Disk(msgspec.Struct):
+    mount: Text
+    total: ByteCount
+    used: ByteCount
+
+
+class _Gpu(msgspec.Struct):
+    # nvidia-smi reports "[N/A]" for figures a GPU does not have: the agent sends null.
+    index: Annotated[int, msgspec.Meta(ge=0, lt=MAX_GPUS)]
+    name: Text
+    utilization_percent: Percent | None
+    memory_total: ByteCount | None
+    memory_used: ByteCount | None
+    temperature_c: Temperature | None
+
+
+class _Report(msgspec.Struct):
+    instance: Text
+    ts: Annotated[str, msgspec.Meta(max_length=MAX_TS_CHARS)] | float
+    uptime_s: Annotated[float, msgspec.Meta(ge=0, le=MAX_UPTIME_S)]
+    load: Annotated[list[LoadValue], msgspec.Meta(max_length=MAX_LOAD_VALUES)]
+    cpu_percent: Percent
+    memory: _Memory
+    disk: Annotated[list[_Disk], msgspec.Meta(max_length=MAX_DISKS)]
+    gpus: Annotated[list[_Gpu], msgspec.Meta(max_length=MAX_GPUS)]
+    agent_version: Text
+
+
+def report_time(value: str | float) -> dt.datetime:
+    """A report's `ts` (ISO 8601 with a zone, or seconds since the epoch) as naive UTC; ValueError if neither."""
     try:
         if isinstance(value, str):
             parsed = dt.datetime.fromisoformat(value)
-            if parsed.tzinfo is None:
-                raise ValueError
-            return parsed.astimezone(dt.UTC).replace(tzinfo=None)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+            if parsed.tzinfo is not None:
+                return parsed.astimezone(dt.UTC).replace(tzinfo=None)
+        elif value >= 0:
             return dt.datetime.fromtimestamp(value, dt.UTC).replace(tzinfo=None)
     except (ValueError, OverflowError, OSError):
         pass
-    raise ReportRejected(422, f"ts: {value!r} is not an ISO 8601 time with a zone or seconds since the epoch")
+    raise ValueError(f"{value!r} is not an ISO 8601 time with a zone or seconds since the epoch")
 
 
-def validate_report(report: object, instance: str) -> dict:
-    """Check a report's shape; returns it. Raises ReportRejected naming the field."""
+def _validation_detail(error: msgspec.ValidationError, where: str) -> str:
+    """msgspec's "Expected ... - at `$.memory.total`" as "memory.total: expected ..."."""
+    message, _, path = str(error).rpartition(" - at `$")
+    if not message:
+        return f"{where or 'report'}: {error}"
+    field = (where + path.rstrip("`")).lstrip(".") or "report"
+    return f"{field}: {message[0].lower()}{message[1:]}"
+
+
+def validate_report(
+    report: object, instance: str, now: dt.datetime | None = None, where: str = ""
+) -> tuple[dict, dt.datetime]:
+    """Check one report against the schema and the server's clock.
+
+    Returns the report as it is stored (unknown fields dropped) and its time;
+    raises ReportRejected naming the field (prefixed with `where`, e.g. "reports[3]").
+    """
+
+    def named(field: str) -> str:
+        return f"{where}.{field}" if where else field
+
     if not isinstance(report, dict):
-        raise ReportRejected(422, "report: must be a JSON object")
+        raise ReportRejected(422, f"{where or 'report'}: must be a JSON object")
     if report.get("instance") != instance:
-        raise ReportRejected(
-            403, f"instance: this agent token is for {instance!r}, the report is for {report.get('instance')!r}"
-        )
-    report_time(report)
-    _number(report, "uptime_s", minimum=0)
-    _number(report, "cpu_percent", minimum=0, maximum=100)
-    load = report.get("load")
-    if not isinstance(load, list) or not all(isinstance(v, (int, float)) for v in load):
-        raise ReportRejected(422, "load: must be a list of numbers")
-    memory = report.get("memory")
-    if not isinstance(memory, dict) or not all(isinstance(memory.get(k), int) for k in ("total", "used")):
-        raise ReportRejected(422, "memory: must be an object with integer total and used")
-    disk = report.get("disk")
-    if not isinstance(disk, list) or not all(
-        isinstance(d, dict) and isinstance(d.get("mount"), str) and isinstance(d.get("total"), int)
-        and isinstance(d.get("used"), int)
-        for d in disk
-    ):
-        raise ReportRejected(422, "disk: must be a list of {mount, total, used}")
-    gpus = report.get("gpus")
-    if not isinstance(gpus, list) or not all(isinstance(g, dict) for g in gpus):
-        raise ReportRejected(422, "gpus: must be a list of objects")
-    if not isinstance(report.get("agent_version"), str):
-        raise ReportRejected(422, "agent_version: must be a string")
-    return report
+        claimed = report.get("instance")
+        shown = repr(claimed)[:MAX_TEXT_CHARS] if isinstance(claimed, str) else type(claimed).__name__
+        mismatch = f"this agent token is for {instance!r}, the report is for {shown}"
+        raise ReportRejected(403, f"{named('instance')}: {mismatch}")
+    try:
+        checked = msgspec.convert(report, _Report)
+    except msgspec.ValidationError as error:
+        raise ReportRejected(422, _validation_detail(error, where)) from None
+    try:
+        ts = report_time(checked.ts)
+    except ValueError as error:
+        raise ReportRejected(422, f"{named('ts')}: {error}") from None
+    now = now or utcnow()
+    if ts > now + MAX_CLOCK_SKEW:
+        ahead = f"more than {MAX_CLOCK_SKEW.total_seconds():g} s ahead of the service's clock ({now.isoformat()}Z)"
+        raise ReportRejected(422, f"{named('ts')}: {ts.isoformat()}Z is {ahead}")
+    if ts < now - MAX_REPORT_AGE:
+        older = f"older than the samples' retention ({MAX_REPORT_AGE.days} days)"
+        raise ReportRejected(422, f"{named('ts')}: {ts.isoformat()}Z is {older}")
+    if checked.memory.used > checked.memory.total:
+        raise ReportRejected(422, f"{named('memory.used')}: more than memory.total")
+    for position, disk in enumerate(checked.disk):
+        if disk.used > disk.total:
+            raise ReportRejected(422, f"{named(f'disk[{position}].used')}: more than its total")
+    return msgspec.to_builtins(checked), ts
+
+
+def decode_body(raw: bytes) -> object:
+    """The request body as JSON; a body that is not JSON is a 400 naming the problem."""
+    if len(raw) > MAX_BODY_BYTES:
+        raise ReportRejected(413, f"body: {len(raw)} bytes is over the limit of {MAX_BODY_BYTES} bytes per request")
+    try:
+        return msgspec.json.decode(raw)
+    except RecursionError:
+        raise ReportRejected(400, "body: JSON nested too deeply (a report is nested 3 levels)") from None
+    except msgspec.DecodeError as error:
+        raise ReportRejected(400, f"body: not valid JSON: {error}") from None
+
+
+async def read_body(chunks: AsyncIterator[bytes], content_length: str | None) -> bytes:
+    """The request body, refused (413) as soon as it is known to exceed MAX_BODY_BYTES."""
+    too_large = f"body: over the limit of {MAX_BODY_BYTES} bytes per request"
+    if content_length is not None and content_length.strip().isdigit() and int(content_length) > MAX_BODY_BYTES:
+        raise ReportRejected(413, too_large)
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise ReportRejected(413, too_large)
+    return bytes(body)
 
 
 class AgentIngest:
@@ -130,9 +246,21 @@ class AgentIngest:
         self.settings = settings
         self._tokens: dict[str, _TokenState] = {}
         self._stale_tokens: set[str] = set()
-        self._buffer: list[tuple[str, dict, dt.datetime]] = []
+        self._buffer: list[tuple[str, dict, dt.datetime, dt.datetime]] = []
+        # Rows (instance, ts, report) taken from the buffer and not yet stored: those of the
+        # flush under way, then those a storage outage left for the next flush.
+        self._unstored: list[tuple[str, dt.datetime, dict]] = []
+        self._held = 0
         self._latest: dict[str, _Latest] = {}
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._stored = 0
+        self._dropped = 0
+        self._errors = 0
+        self._last_error: str | None = None
+        self._last_flush_ok = True
+        self._last_flush_at: dt.datetime | None = None
+        self._last_flush_monotonic = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._flush_loop, name="ingest-flush", daemon=True)
         self._thread.start()
@@ -148,6 +276,10 @@ class AgentIngest:
         With may_query=False it answers from the token cache alone and returns
         None when MongoDB must be asked (so an event loop can ask off-thread).
         """
+        if authorization is not None and len(authorization) > MAX_AUTHORIZATION_BYTES:
+            raise ReportRejected(
+                401, f"Authorization: header over {MAX_AUTHORIZATION_BYTES} bytes (an agent token is a few hundred)"
+            )
         try:
             token = bearer_token(authorization)
             claims = decode_agent_token(self.settings.jwt_secret, token)
@@ -217,53 +349,137 @@ class AgentIngest:
 
     # -- reports ----------------------------------------------------------
 
-    def accept(self, instance: str, body: object) -> int:
-        reports = body.get("reports") if isinstance(body, dict) and "reports" in body else [body]
+    def accept(self, instance: str, raw: bytes) -> int:
+        """Validate a request body (one report or {"reports": [...]}) and buffer its reports."""
+        body = decode_body(raw)
+        batch = isinstance(body, dict) and "reports" in body
+        reports = body["reports"] if batch else [body]
         if not isinstance(reports, list) or not reports:
             raise ReportRejected(422, "reports: must be a non-empty list")
         if len(reports) > MAX_REPORTS_PER_REQUEST:
             raise ReportRejected(413, f"reports: at most {MAX_REPORTS_PER_REQUEST} per request")
-        checked = [validate_report(report, instance) for report in reports]
-        received = utcnow()
+        if len(raw) > len(reports) * MAX_REPORT_BYTES:
+            raise ReportRejected(
+                413, f"body: {len(raw)} bytes for {len(reports)} report(s); at most {MAX_REPORT_BYTES} bytes per report"
+            )
+        now = utcnow()
+        checked = [
+            validate_report(report, instance, now, f"reports[{position}]" if batch else "")
+            for position, report in enumerate(reports)
+        ]
         with self._lock:
-            if len(self._buffer) + len(checked) > MAX_BUFFER:
+            if len(self._buffer) + self._held + len(checked) > MAX_BUFFER:
                 raise ReportRejected(503, "ingest buffer is full; retry later")
-            self._buffer.extend((instance, report, received) for report in checked)
+            self._buffer.extend((instance, report, ts, now) for report, ts in checked)
         return len(checked)
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(FLUSH_INTERVAL_S):
-            self.flush()
-            self._refresh_stale_tokens()
+            try:
+                self.flush()
+                self._refresh_stale_tokens()
+            except Exception as error:  # the loop outlives any error: every instance's ingestion depends on it
+                log.exception("agent report flush failed")
+                self._failed(f"flush failed: {error!r}")
+                self._last_flush_ok = False
 
     def flush(self) -> None:
-        """Store the buffered reports as one batch, then persist some of the latest health."""
-        with self._lock:
-            batch, self._buffer = self._buffer, []
-        if batch:
-            rows = []
-            times = []
-            for instance, report, received in batch:
-                ts = report_time(report)
-                times.append(ts)
-                rows.append([instance, ts.isoformat(), report])
+        """Store the buffered reports in batches, then persist some of the latest health."""
+        with self._flush_lock:
+            errors_before = self._errors
+            with self._lock:
+                batch, self._buffer = self._buffer, []
+                rows, self._unstored = self._unstored, []
+                self._held = len(rows) + len(batch)
+            rows.extend((instance, ts, report) for instance, report, ts, _ in batch)
+            dropped: list[tuple[str, dt.datetime, dict]] = []
+            unstored = self._store(rows, dropped)
+            with self._lock:
+                self._unstored = unstored
+                self._held = len(unstored)
+            # The newest report per instance, unless it had to be dropped (a storage outage
+            # does not make a report less recent: the agent is alive).
+            dropped_ids = {id(row[2]) for row in dropped}
+            for instance, report, ts, received in batch:
                 current = self._latest.get(instance)
-                if current is None or ts >= current.ts:
+                if id(report) not in dropped_ids and (current is None or ts >= current.ts):
                     written = current.first_written if current else False
                     self._latest[instance] = _Latest(ts, received, report, persisted=False, first_written=written)
-            document = {
-                "flushed_at": utcnow(),
-                "instances": sorted({row[0] for row in rows}),
-                "ts_min": min(times),
-                "ts_max": max(times),
-                "count": len(rows),
-                "data": Binary(zlib.compress(json.dumps(rows, separators=(",", ":")).encode(), 1)),
-            }
+            self._persist_health()
+            self._last_flush_ok = self._errors == errors_before
+            self._last_flush_at = utcnow()
+            self._last_flush_monotonic = time.monotonic()
+
+    def _store(self, rows: list[tuple[str, dt.datetime, dict]], dropped: list) -> list[tuple[str, dt.datetime, dict]]:
+        """Insert the rows as batch documents; returns the rows a storage outage left unstored.
+
+        A batch MongoDB refuses for its content is split in halves until the report
+        that cannot be stored is alone; that one is dropped (counted, logged, and
+        added to `dropped`), the others are stored.
+        """
+        encoded = []
+        for row in rows:
+            instance, ts, report = row
             try:
-                MetricBatch._get_collection().insert_one(document)
-            except PyMongoError as error:
-                log.error("could not store %d agent reports: %s", len(batch), error)
-        self._persist_health()
+                encoded.append((row, json.dumps([instance, ts.isoformat(), report], separators=(",", ":"))))
+            except (TypeError, ValueError) as error:
+                self._drop(row, error, dropped)
+        pending = list(self._chunks(encoded))
+        while pending:
+            chunk = pending.pop(0)
+            try:
+                MetricBatch._get_collection().insert_one(self._batch_document(chunk))
+            except ConnectionFailure as error:
+                remaining = [row for row, _ in chunk] + [row for rest in pending for row, _ in rest]
+                log.error("could not store %d agent reports (kept for the next flush): %s", len(remaining), error)
+                self._failed(f"could not store {len(remaining)} agent reports: {error}")
+                return remaining
+            except Exception as error:  # refused for what it holds (BSON, size, server-side checks)
+                if len(chunk) == 1:
+                    self._drop(chunk[0][0], error, dropped)
+                else:
+                    pending[:0] = [chunk[: len(chunk) // 2], chunk[len(chunk) // 2 :]]
+                continue
+            self._stored += len(chunk)
+        return []
+
+    @staticmethod
+    def _chunks(encoded: list[tuple[tuple, str]]):
+        """Consecutive runs of rows whose JSON stays under MAX_BATCH_JSON_BYTES (at least one row each)."""
+        chunk: list[tuple[tuple, str]] = []
+        size = 0
+        for item in encoded:
+            if chunk and size + len(item[1]) > MAX_BATCH_JSON_BYTES:
+                yield chunk
+                chunk, size = [], 0
+            chunk.append(item)
+            size += len(item[1]) + 1
+        if chunk:
+            yield chunk
+
+    @staticmethod
+    def _batch_document(chunk: list[tuple[tuple, str]]) -> dict:
+        times = [row[1] for row, _ in chunk]
+        data = ("[" + ",".join(text for _, text in chunk) + "]").encode()
+        return {
+            "flushed_at": utcnow(),
+            "instances": sorted({row[0] for row, _ in chunk}),
+            "ts_min": min(times),
+            "ts_max": max(times),
+            "count": len(chunk),
+            "data": Binary(zlib.compress(data, 1)),
+        }
+
+    def _drop(self, row: tuple[str, dt.datetime, dict], error: BaseException, dropped: list) -> None:
+        instance, ts, _ = row
+        dropped.append(row)
+        self._dropped += 1
+        log.error("dropped the agent report of %s at %s: it cannot be stored: %r", instance, ts.isoformat(), error)
+        self._failed(f"dropped the agent report of {instance} at {ts.isoformat()}: it cannot be stored: {error!r}")
+
+    def _failed(self, message: str) -> None:
+        self._last_error = f"{utcnow().isoformat()}Z {message}"[:MAX_ERROR_CHARS]
+        self._errors += 1
 
     def _persist_health(self) -> None:
         """Write the newest report of some instances to their documents, first reports first.
@@ -277,23 +493,57 @@ class AgentIngest:
             return
         pending.sort(key=lambda item: (item[1].first_written, item[1].received_at))
         chosen = pending[:HEALTH_WRITES_PER_FLUSH]
-        try:
-            Instance._get_collection().bulk_write(
-                [
-                    UpdateOne(
-                        {"_id": _object_id(name)},
-                        {"$set": {"health.last_report_at": entry.received_at, "health.last_report": entry.report}},
-                    )
-                    for name, entry in chosen
-                ],
-                ordered=False,
+        updates = [
+            (
+                {"_id": _object_id(name)},
+                {"$set": {"health.last_report_at": entry.received_at, "health.last_report": entry.report}},
             )
-        except PyMongoError as error:
-            log.error("could not store the health of %d instances: %s", len(chosen), error)
+            for name, entry in chosen
+        ]
+        try:
+            Instance._get_collection().bulk_write([UpdateOne(*update) for update in updates], ordered=False)
+        except ConnectionFailure as error:
+            log.error("could not store the health of %d instances (retried next flush): %s", len(chosen), error)
+            self._failed(f"could not store the health of {len(chosen)} instances: {error}")
+            return
+        except Exception:
+            # One report the store refuses fails the whole bulk: write them one by one.
+            for (name, entry), update in zip(chosen, updates):
+                try:
+                    Instance._get_collection().update_one(*update)
+                except ConnectionFailure as error:
+                    self._failed(f"could not store the health of {name}: {error}")
+                    return
+                except Exception as error:
+                    log.error("could not store the health of %s (skipped until its next report): %r", name, error)
+                    self._failed(f"could not store the health of {name}: {error!r}")
+                entry.persisted = True
+                entry.first_written = True
             return
         for name, entry in chosen:
             entry.persisted = True
             entry.first_written = True
+
+    def health(self) -> dict:
+        """Whether ingestion works: the flush thread runs, its last flush stored everything, none is overdue."""
+        with self._lock:
+            buffered = len(self._buffer) + self._held
+        alive = self._thread.is_alive()
+        overdue = time.monotonic() - self._last_flush_monotonic > STALLED_FLUSH_INTERVALS * FLUSH_INTERVAL_S
+        last_error = self._last_error
+        if not alive:
+            last_error = "the flush thread is not running"
+        elif buffered and overdue:
+            waited = STALLED_FLUSH_INTERVALS * FLUSH_INTERVAL_S
+            last_error = f"no flush for over {waited:g} s with {buffered} report(s) waiting"
+        return {
+            "ok": alive and self._last_flush_ok and not (buffered and overdue),
+            "last_error": last_error,
+            "last_flush_at": f"{self._last_flush_at.isoformat()}Z" if self._last_flush_at else None,
+            "stored": self._stored,
+            "dropped": self._dropped,
+            "buffered": buffered,
+        }
 
     def latest(self, instance: str) -> tuple[dt.datetime, dict] | None:
         """(received_at, report) of the newest report this process has seen for the instance (by id)."""

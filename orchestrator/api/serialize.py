@@ -218,10 +218,22 @@ class FeaturesView(_Shape):
     features: FeatureFlags
 
 
+class IngestHealth(_Shape):
+    """Agent report ingestion: not ok while its flush thread is down, failing or overdue."""
+
+    ok: bool
+    last_error: str | None
+    last_flush_at: str | None
+    stored: int
+    dropped: int
+    buffered: int
+
+
 class ServiceHealth(_Shape):
     status: Literal["ok", "degraded"]
     mongodb: bool
     broker: bool
+    ingest: IngestHealth
     dispatch: Literal["rabbitmq", "in-process"]
     version: str
 
