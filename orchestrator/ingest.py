@@ -54,10 +54,6 @@ MAX_BATCH_JSON_BYTES = 8 * 1024 * 1024
 # /healthz shows the last storage error cut to this length.
 MAX_ERROR_CHARS = 1000
 
-# -- request limits (POST /agent/report) -------------------------------------
-# An agent token is a few hundred bytes; a longer Authorization header is refused
-# before it is decoded, so huge tokens cost the event loop nothing.
-MAX_AUTHORIZATION_BYTES = 8 * 1024
 # A real report is 1-2 KB (under 10 KB with many disks and GPUs). A body may hold one
 # report or {"reports": [...]} (an agent's backlog); it may use MAX_REPORT_BYTES per
 # report it holds, and never more than MAX_BODY_BYTES, which is checked before parsing.
@@ -276,10 +272,6 @@ class AgentIngest:
         With may_query=False it answers from the token cache alone and returns
         None when MongoDB must be asked (so an event loop can ask off-thread).
         """
-        if authorization is not None and len(authorization) > MAX_AUTHORIZATION_BYTES:
-            raise ReportRejected(
-                401, f"Authorization: header over {MAX_AUTHORIZATION_BYTES} bytes (an agent token is a few hundred)"
-            )
         try:
             token = bearer_token(authorization)
             claims = decode_agent_token(self.settings.jwt_secret, token)

@@ -24,9 +24,8 @@ import pytest
 from pymongo import MongoClient
 from pymongo.errors import AutoReconnect, WriteError
 
-from orchestrator.auth import mint_agent_token, token_hash
+from orchestrator.auth import MAX_AUTHORIZATION_BYTES, mint_agent_token, token_hash
 from orchestrator.ingest import (
-    MAX_AUTHORIZATION_BYTES,
     MAX_BODY_BYTES,
     MAX_CLOCK_SKEW,
     MAX_DISKS,
@@ -231,12 +230,20 @@ def test_not_json_does_not_stop_ingestion(agent):
 
 
 def _send_raw(url: str, request: bytes) -> bytes:
+    """The server's answer to a raw request; b"" when it reset the connection without one."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
+    answer = b""
     with socket.create_connection((host, int(port)), timeout=60) as connection:
-        connection.sendall(request)
-        answer = b""
-        while chunk := connection.recv(1 << 16):
-            answer += chunk
+        try:
+            # The server may answer and close before a huge request is all sent.
+            connection.sendall(request)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            while chunk := connection.recv(1 << 16):
+                answer += chunk
+        except ConnectionResetError:
+            pass
     return answer
 
 
@@ -244,19 +251,23 @@ def test_a_huge_authorization_header_is_refused_before_it_is_decoded(agent):
     # Validly signed, so the old code decoded all of it (about a second per request, on the
     # event loop) and looked its 7 MB `sub` up in MongoDB.
     big = jwt.encode({"sub": "x" * 7_000_000, "aud": "agent", "exp": time.time() + 3600}, JWT_SECRET, "HS256")
-    response = agent.post(agent.report(), token=big)
+    # A header over the token cap but under the HTTP head limit reaches the app: 401 naming the cap.
+    over_cap = jwt.encode({"sub": "x" * 2 * MAX_AUTHORIZATION_BYTES, "aud": "agent"}, JWT_SECRET, "HS256")
+    response = agent.post(agent.report(), token=over_cap)
     assert response.status_code == 401, response.text
-    assert response.json()["detail"].startswith(f"Authorization: header over {MAX_AUTHORIZATION_BYTES} bytes")
+    detail = response.json()["detail"]
+    assert detail.startswith("Authorization header is") and str(MAX_AUTHORIZATION_BYTES) in detail
     # Four such tokens sent over and over: a healthy agent's report is still answered quickly.
     request = (
         f"POST /api/v1/agent/report HTTP/1.1\r\nHost: orch\r\nAuthorization: Bearer {big}\r\n"
         "Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
     ).encode()
     stop = threading.Event()
+    answers: list[bytes] = []
 
     def flood() -> None:
         while not stop.is_set():
-            assert _send_raw(agent.live.url, request).startswith(b"HTTP/1.1 401")
+            answers.append(_send_raw(agent.live.url, request)[:12])
 
     flooders = [threading.Thread(target=flood) for _ in range(4)]
     for thread in flooders:
@@ -273,6 +284,9 @@ def test_a_huge_authorization_header_is_refused_before_it_is_decoded(agent):
         stop.set()
         for thread in flooders:
             thread.join()
+    # Refused before the app sees them: the HTTP head limit (431) comes first, or the server
+    # closes the connection while the rest of the head is still being sent.
+    assert len(answers) >= 4 and set(answers) <= {b"HTTP/1.1 431", b""}, set(answers)
     # Generous: a healthy report alone takes a few milliseconds, about 0.07 s on average during
     # this flood; when the tokens were decoded, the average was about 0.9 s.
     mean = sum(latencies) / len(latencies)
