@@ -18,6 +18,8 @@ from pathlib import Path
 import ansible_runner
 import pytest
 import yaml
+from ansible.parsing.dataloader import DataLoader
+from ansible.template import is_trusted_as_template
 
 from orchestrator import configure
 
@@ -134,40 +136,51 @@ def run_playbook(tmp_path: Path, playbook_text: str, vars_file: Path, out: Path)
     )
 
 
-def test_every_string_in_the_extravars_file_is_tagged_unsafe(tmp_path, monkeypatch):
+def strings_in(value, where: str = ""):
+    """(where, string) for every string value in a loaded value (keys are the service's own names)."""
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from strings_in(item, f"{where}[{index}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from strings_in(item, f"{where}.{key}")
+
+
+def test_ansible_loads_every_string_of_the_extravars_file_as_untrusted(tmp_path, monkeypatch):
     extravars = hostile_extravars(tmp_path / "marker")
-    text = captured_extravars_file(tmp_path, monkeypatch, extravars).read_text()
+    vars_file = captured_extravars_file(tmp_path, monkeypatch, extravars)
+    # Loaded the way ansible-playbook loads `-e @file`: trusted unless tagged otherwise.
+    loaded = DataLoader().load_from_file(str(vars_file), trusted_as_template=True)
 
-    def check(node: yaml.Node, where: str) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                assert key.tag == "tag:yaml.org,2002:str", f"{where}: keys are plain names"
-                check(value, f"{where}.{key.value}")
-        elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                check(item, f"{where}[{index}]")
-        elif node.tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:bool"):
-            assert node.tag == "!unsafe", f"{where} is a {node.tag}, not tagged unsafe"
-
-    check(yaml.compose(text), "")
-    # Every string is there unchanged.
-    loader = yaml.SafeLoader
-    loader.add_constructor("!unsafe", lambda load, node: load.construct_scalar(node))
-    try:
-        assert yaml.load(text, Loader=loader) == extravars
-    finally:
-        del loader.yaml_constructors["!unsafe"]
+    assert loaded == extravars
+    assert [where for where, text in strings_in(loaded) if is_trusted_as_template(text)] == []
+    # Control: the same file without the tag is all templates.
+    plain = tmp_path / "plain.yml"
+    plain.write_text(yaml.safe_dump(extravars))
+    loaded_plain = DataLoader().load_from_file(str(plain), trusted_as_template=True)
+    assert is_trusted_as_template(loaded_plain["orch_ssh_users"][0]["public_key"])
 
 
 def test_awkward_strings_survive_the_extravars_file(tmp_path, monkeypatch):
     """Control characters, line separators and non-ASCII text come back as they went in."""
     awkward = "tab\there\nnul\x00 esc\x1b cr\r ls\u2028 ps\u2029 nel\x85 é 日本 \U0001f600 '\"\\ : # - {{x}}"
-    extravars = {**hostile_extravars(tmp_path / "marker"), "orch_bootstrap_script": awkward}
+    # Strings that YAML would read as something else unquoted: they stay strings.
+    lookalikes = ["", "true", "no", "123", "0x1f", "1.5", "null", "~", "2001-01-01", ".inf", "=", "<<"]
+    extravars = {
+        **hostile_extravars(tmp_path / "marker"),
+        "orch_bootstrap_script": awkward,
+        "orch_ssh_users": [{"name": text, "public_key": f"k{text}", "sudo": False} for text in lookalikes],
+    }
     vars_file = captured_extravars_file(tmp_path, monkeypatch, extravars)
+    assert DataLoader().load_from_file(str(vars_file), trusted_as_template=True) == extravars
     out = tmp_path / "out"
     result = run_playbook(tmp_path, PROBE_PLAYBOOK, vars_file, out)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (out / "script").read_bytes() == awkward.encode()
+    for index, text in enumerate(lookalikes):  # a number or a boolean would be written differently
+        assert (out / f"sudo-{index}").read_text() == f"{text.replace('.', '_')} ALL=(ALL) NOPASSWD:ALL\n"
 
 
 def test_hostile_extravars_are_never_templated(tmp_path, monkeypatch):
@@ -204,3 +217,5 @@ def test_extravars_that_are_not_json_values_are_refused(tmp_path):
         configure.write_extravars(tmp_path / "vars", {"orch_mounts": [{"x"}]})
     with pytest.raises(TypeError, match="key 1 is not a string"):
         configure.write_extravars(tmp_path / "vars2", {"orch_mounts": {1: "a"}})
+    with pytest.raises(ValueError, match="could be a template"):
+        configure.write_extravars(tmp_path / "vars3", {"orch_mounts": [{"{{ x }}": "a"}]})
