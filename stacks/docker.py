@@ -27,6 +27,8 @@ printf '%s\n' "$ORCH_SSH_USERS" | while read -r name_b64 sudo key_b64 extra; do
   # The trailing x keeps any trailing newline of the name, for the check below to refuse.
   name=$(printf '%s' "$name_b64" | base64 -d && echo x) || { echo "orch: user $name_b64 is not base64" >&2; exit 1; }
   name=${name%x}
+  # The shell drops NUL bytes from the decoded name: encoding it again must give the same text.
+  [ "$(printf '%s' "$name" | base64 -w 0)" = "$name_b64" ] || { echo "orch: refusing user name (base64) $name_b64" >&2; exit 1; }
   case "$name" in
     ""|-*|*[!a-z0-9_-]*) echo "orch: refusing user name (base64) $name_b64" >&2; exit 1 ;;
   esac

@@ -58,7 +58,7 @@ def test_users_are_created_with_their_keys_and_sudo(ssh_host):  # noqa: F811
 
 def test_a_name_with_a_newline_cannot_give_another_user_sudo(ssh_host):  # noqa: F811
     before = sudoers_files(ssh_host)
-    for name in ("bob\n", "bob\nno", "no\nmallory", "mallory yes", "../../etc/x", "-o", "bób"):
+    for name in ("bob\n", "bob\nno", "no\nmallory", "mallory yes", "../../etc/x", "-o", "bób", "mal\x00lory"):
         users = [SshUser(name=name, public_key=public_key(), sudo=True)]
         result = run_users_script(ssh_host, users)
         assert result.returncode != 0 and "refusing user name" in result.stderr, (name, result.stderr)
