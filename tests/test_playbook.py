@@ -291,6 +291,21 @@ def test_mounts_that_could_change_fstab_are_refused(configured, tmp_path, mount,
     assert (configured.host.root / "etc/fstab").read_text() == fstab_before
 
 
+@pytest.mark.parametrize(
+    "user",
+    [
+        {"name": "bob\nroot", "public_key": "ssh-ed25519 AAAA bob", "sudo": True},
+        {"name": "bob", "public_key": "ssh-ed25519 AAAA bob\nssh-ed25519 BBBB mallory", "sudo": False},
+        {"name": "bob", "public_key": "ssh-ed25519 AAAA bob\rssh-ed25519 BBBB mallory", "sudo": False},
+    ],
+)
+def test_users_that_could_add_lines_are_refused(configured, tmp_path, user):
+    extravars = {**configured.extravars, "orch_ssh_users": [user]}
+    with pytest.raises(ConfigureError) as error:
+        configure(configured.host, extravars, tmp_path, [])
+    assert "task 'Check the user names and key lines' failed" in str(error.value)
+
+
 def test_removed_users_lose_access_and_rotated_keys_replace_the_old(configured, tmp_path):
     """Runs last on this host: it changes its users."""
     host, marker = configured.host, tmp_path / "pwned"
