@@ -16,15 +16,75 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import ansible_runner
+import yaml
 
 PLAYBOOKS_DIR = Path(__file__).resolve().parent.parent / "playbooks"
 PLAYBOOK = "site.yml"
 DEFAULT_ATTEMPTS = 10
 DEFAULT_RETRY_DELAY_S = 10.0
 SSH_CONNECT_TIMEOUT_S = 15
+
+
+class _Unsafe(str):
+    """A string Ansible must take as data: written with the `!unsafe` tag."""
+
+
+class _UnsafeDumper(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True  # each value written out in full, no anchors
+
+
+_UnsafeDumper.add_representer(_Unsafe, lambda dumper, value: dumper.represent_scalar("!unsafe", str(value)))
+_PLAIN_RESOLVER = yaml.resolver.Resolver()
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+def _mark_unsafe(value: Any, where: str) -> Any:
+    """`value` with every string in it, at any depth, marked unsafe; refuses anything but JSON values.
+
+    ansible-core 2.19+ reads an `!unsafe` scalar as if it were unquoted: '', 'true' or
+    '123' would come back as null, a boolean, a number. Strings like those (which YAML
+    reads as another type) hold no "{" and so no template: they are written untagged,
+    and stay strings. (A tag on the whole mapping is not an option: ansible-core 2.17
+    drops the lists inside it.)
+    """
+    if isinstance(value, str):
+        if _PLAIN_RESOLVER.resolve(yaml.ScalarNode, value, (True, False)) == _STR_TAG:
+            return _Unsafe(value)
+        if "{" in value:  # cannot happen: no implicit YAML type has a "{"; refuse rather than assume
+            raise ValueError(f"extra var {where}: cannot mark {value!r} unsafe")
+        return value
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_mark_unsafe(item, f"{where}[{index}]") for index, item in enumerate(value)]
+    if isinstance(value, dict):
+        marked = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"extra var {where}: key {key!r} is not a string")
+            if "{" in key:  # keys are the service's own names (variables, fields), written untagged
+                raise ValueError(f"extra var {where}: key {key!r} could be a template")
+            marked[key] = _mark_unsafe(item, f"{where}.{key}" if where else key)
+        return marked
+    raise TypeError(f"extra var {where}: {type(value).__name__} is not a JSON value")
+
+
+def write_extravars(path: Path, extravars: dict) -> None:
+    """Write the playbook's extra vars as YAML in which every string that could hold a template is tagged `!unsafe`.
+
+    User text (key comments, user names, the bootstrap script, mount paths) reaches these
+    variables, and Ansible renders any "{{ ... }}" in a variable's value as Jinja on this
+    machine when a task uses it; an unsafe string is only ever data. The file is private
+    (it holds the agent's token) and reaches ansible-playbook as `-e @file`.
+    """
+    text = yaml.dump(_mark_unsafe(extravars, ""), Dumper=_UnsafeDumper, allow_unicode=False, sort_keys=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(text)
 
 
 class ConfigureError(Exception):
@@ -134,7 +194,10 @@ def configure_instance(
             "PATH": _path_with_ansible(),
         }
         private_data_dir = run_dir / "runner"
-        private_data_dir.mkdir()
+        (private_data_dir / "env").mkdir(parents=True)
+        # ansible-runner passes env/extravars as `-e @env/extravars`; given `extravars=` instead,
+        # it would write them there as JSON, where every string is a template.
+        write_extravars(private_data_dir / "env" / "extravars", extravars)
         for attempt in range(1, attempts + 1):
             events = _RunEvents(on_log)
             runner = ansible_runner.run(
@@ -142,7 +205,6 @@ def configure_instance(
                 project_dir=str(PLAYBOOKS_DIR),
                 playbook=PLAYBOOK,
                 inventory=inventory,
-                extravars=extravars,
                 envvars=envvars,
                 event_handler=events,
                 quiet=True,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 from urllib.parse import urlparse
@@ -12,14 +13,53 @@ import pulumi_docker as docker
 
 from stacks import common
 from stacks.catalog import DOCKER, DOCKER_SIZES
-from stacks.spec import InstanceDoc, SnapshotDoc
+from stacks.spec import InstanceDoc, SnapshotDoc, SshUser
 
 SDK_MODULES = ()
+
+# Creates the spec's users from $ORCH_SSH_USERS, one line per user: "<name> <yes|no> <key>"
+# with the name and the key line base64-encoded, so that no character of either can move
+# a field or start another line. A name that is not a plain user name stops the container.
+# The sudoers file is the one the playbook's ssh_users role manages.
+USERS_SCRIPT = r"""export LC_ALL=C  # so that [a-z] below means the ASCII letters only
+printf '%s\n' "$ORCH_SSH_USERS" | while read -r name_b64 sudo key_b64 extra; do
+  [ -n "$name_b64" ] || continue
+  # The trailing x keeps any trailing newline of the name, for the check below to refuse.
+  name=$(printf '%s' "$name_b64" | base64 -d && echo x) || { echo "orch: user $name_b64 is not base64" >&2; exit 1; }
+  name=${name%x}
+  # The shell drops NUL bytes from the decoded name: encoding it again must give the same text.
+  [ "$(printf '%s' "$name" | base64 -w 0)" = "$name_b64" ] || { echo "orch: refusing user name (base64) $name_b64" >&2; exit 1; }
+  case "$name" in
+    ""|-*|*[!a-z0-9_-]*) echo "orch: refusing user name (base64) $name_b64" >&2; exit 1 ;;
+  esac
+  case "$sudo" in
+    yes|no) ;;
+    *) echo "orch: user $name: sudo must be yes or no" >&2; exit 1 ;;
+  esac
+  [ -z "$extra" ] || { echo "orch: user $name: unexpected fields" >&2; exit 1; }
+  newlines=$(printf '%s' "$key_b64" | base64 -d | wc -l)
+  [ "$newlines" -eq 0 ] || { echo "orch: user $name: the key is not one line" >&2; exit 1; }
+  id "$name" >/dev/null 2>&1 || useradd -m -s /bin/bash "$name"
+  install -d -m 700 -o "$name" -g "$name" "/home/$name/.ssh"
+  printf '%s' "$key_b64" | base64 -d > "/home/$name/.ssh/authorized_keys"
+  echo >> "/home/$name/.ssh/authorized_keys"
+  chown "$name:$name" "/home/$name/.ssh/authorized_keys"
+  chmod 600 "/home/$name/.ssh/authorized_keys"
+  if [ "$sudo" = yes ]; then
+    install -d -m 750 /etc/sudoers.d
+    echo "$name ALL=(ALL) NOPASSWD:ALL" > "/etc/sudoers.d/orch-$name"
+    chmod 440 "/etc/sudoers.d/orch-$name"
+  else
+    rm -f "/etc/sudoers.d/orch-$name"
+  fi
+done
+"""
 
 # Runs as the container's command: installs sshd (and python3 for Ansible)
 # when the image lacks them (a snapshot image already has them), authorizes
 # the login keys for root, creates the spec's users, then runs sshd.
-ENTRYPOINT_SCRIPT = r"""set -eu
+ENTRYPOINT_SCRIPT = (
+    r"""set -eu
 if [ ! -x /usr/sbin/sshd ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
@@ -29,21 +69,23 @@ mkdir -p /run/sshd /root/.ssh
 chmod 700 /root/.ssh
 printf '%s\n' "$ORCH_AUTHORIZED_KEYS" > /root/.ssh/authorized_keys
 chmod 600 /root/.ssh/authorized_keys
-printf '%s\n' "$ORCH_SSH_USERS" | while read -r name sudo key; do
-  [ -n "$name" ] || continue
-  id "$name" >/dev/null 2>&1 || useradd -m -s /bin/bash "$name"
-  install -d -m 700 -o "$name" -g "$name" "/home/$name/.ssh"
-  printf '%s\n' "$key" > "/home/$name/.ssh/authorized_keys"
-  chown "$name:$name" "/home/$name/.ssh/authorized_keys"
-  chmod 600 "/home/$name/.ssh/authorized_keys"
-  if [ "$sudo" = yes ]; then
-    echo "$name ALL=(ALL) NOPASSWD:ALL" > "/etc/sudoers.d/90-orch-$name"
-    chmod 440 "/etc/sudoers.d/90-orch-$name"
-  fi
-done
-ssh-keygen -A
+"""
+    + USERS_SCRIPT
+    + """ssh-keygen -A
 exec /usr/sbin/sshd -D -e
 """
+)
+
+
+def ssh_users_env(users: list[SshUser]) -> str:
+    """$ORCH_SSH_USERS for USERS_SCRIPT: one line per user, name and key line base64-encoded."""
+
+    def encoded(text: str) -> str:
+        return base64.b64encode(text.encode()).decode()
+
+    return "\n".join(
+        f"{encoded(user.name)} {'yes' if user.sudo else 'no'} {encoded(user.public_key.strip())}" for user in users
+    )
 
 
 def docker_host_address() -> str:
@@ -67,9 +109,6 @@ def instance_program(instance: InstanceDoc, *, admin_public_key: str, base_image
         # keep_locally: base images are shared with everything else on the engine.
         image = docker.RemoteImage(instance.name, name=common.catalog_image(DOCKER, instance).ref, keep_locally=True)
         image_id = image.image_id
-    users = "\n".join(
-        f"{user.name} {'yes' if user.sudo else 'no'} {user.public_key.strip()}" for user in spec.ssh_users
-    )
     cpus, memory_mib = DOCKER_SIZES[spec.machine_type]
     container = docker.Container(
         instance.name,
@@ -80,7 +119,7 @@ def instance_program(instance: InstanceDoc, *, admin_public_key: str, base_image
         command=["/bin/sh", "-c", ENTRYPOINT_SCRIPT],
         envs=[
             "ORCH_AUTHORIZED_KEYS=" + "\n".join(common.login_keys(instance, admin_public_key)),
-            "ORCH_SSH_USERS=" + users,
+            "ORCH_SSH_USERS=" + ssh_users_env(spec.ssh_users),
         ],
         ports=[{"internal": 22}],  # the engine picks a free host port
         restart="unless-stopped",

@@ -14,6 +14,7 @@ import binascii
 import ipaddress
 import posixpath
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -24,6 +25,9 @@ from msgspec import Meta
 
 from stacks.catalog import CLOUDS, DEFAULT_IMAGE, Cloud, canonical_gpu_type, default_zone, machine_family
 
+# Patterns are matched against the whole string (re.fullmatch, ASCII): a trailing newline
+# or a Unicode letter never passes. The anchors are for the JSON Schema, where a pattern
+# is searched for.
 NAME_PATTERN = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"
 USER_NAME_PATTERN = r"^[a-z_][a-z0-9_-]{0,31}$"
 # Labels become GCP labels and AWS/Azure tags: GCP's rules are the strictest, so they hold everywhere.
@@ -40,11 +44,25 @@ RESERVED_USER_NAMES = frozenset(
         "ubuntu", "admin", "azureuser", "ec2-user", "debian",
     }
 )
-# Mounting a bucket over these would break the machine.
-SYSTEM_PATHS = frozenset(
-    {"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/proc", "/root", "/run",
-     "/sbin", "/sys", "/tmp", "/usr", "/var"}
-)
+# Bounds on what one document may hold: each is far above real use and far below what
+# breaks a cloud API, a command line or an instance's boot (a 1 MB key, 20,000 users).
+MAX_SSH_USERS = 64
+MAX_PUBLIC_KEY_LENGTH = 16 * 1024  # an RSA-16384 key line is under 3 KiB, with room for a long comment
+MAX_SSH_CIDRS = 64
+MAX_MOUNTS = 16
+MAX_BOOTSTRAP_SCRIPT_LENGTH = 64 * 1024
+MAX_MOUNT_PATH_LENGTH = 1024
+MAX_IDENTIFIER_LENGTH = 128  # region, zone, machine type, image, GPU type, a CIDR
+# Mount points: absolute, made of these characters only (no whitespace, control characters,
+# backslashes or '#': nothing that could change an /etc/fstab line or add one).
+MOUNT_PATH_PATTERN = r"^(/[A-Za-z0-9._+@-]+)+$"
+# Mounting a bucket on these would hide what the machine needs...
+SYSTEM_PATHS = frozenset({"/", "/home", "/mnt", "/opt", "/root", "/tmp", "/var", "/var/lib", "/var/tmp"})
+# ...and on these or anywhere below them, as would a mount in a `.ssh` directory. The last
+# three are where the playbooks install the agent and the bootstrap script, and keep state.
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/proc", "/run", "/sbin", "/sys", "/usr",
+                "/opt/orch-agent", "/var/lib/orch", "/var/lib/orch-bootstrap")
+SYSTEM_TREE_PREFIXES = ("lib",)  # top-level directories named so: /lib, /lib32, /lib64, /libx32
 BUCKET_PATTERN = r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$"
 SSH_KEY_TYPES = frozenset(
     {
@@ -69,10 +87,16 @@ class _Model(msgspec.Struct, forbid_unknown_fields=True):
     pass
 
 
+Identifier = Annotated[str, Meta(min_length=1, max_length=MAX_IDENTIFIER_LENGTH)]
+
+
 class Gpu(_Model, kw_only=True):
     """GPUs to attach (or that the machine type carries)."""
 
-    type: Annotated[str, Meta(min_length=1, description="e.g. nvidia-t4, nvidia-a10g, nvidia-l4, nvidia-a100, nvidia-h100")]
+    type: Annotated[
+        str,
+        Meta(min_length=1, max_length=MAX_IDENTIFIER_LENGTH, description="e.g. nvidia-t4, nvidia-a10g, nvidia-l4, nvidia-a100, nvidia-h100"),
+    ]
     count: Annotated[int, Meta(ge=1, le=16)] = 1
 
 
@@ -80,30 +104,44 @@ class SshUser(_Model, kw_only=True):
     """A login account created on the instance."""
 
     name: Annotated[str, Meta(pattern=USER_NAME_PATTERN, description="a Linux user name")]
-    public_key: Annotated[str, Meta(description="an OpenSSH public key line: '<type> <base64> [comment]'")]
+    public_key: Annotated[
+        str, Meta(max_length=MAX_PUBLIC_KEY_LENGTH, description="an OpenSSH public key line: '<type> <base64> [comment]'")
+    ]
     sudo: bool = False
 
 
 class Mount(_Model, kw_only=True):
     """A bucket mounted with goofys."""
 
-    bucket: str
-    path: Annotated[str, Meta(description="absolute mount point")]
+    bucket: Annotated[str, Meta(max_length=MAX_IDENTIFIER_LENGTH, description="a bucket name")]
+    path: Annotated[
+        str,
+        Meta(
+            max_length=MAX_MOUNT_PATH_LENGTH,
+            description="absolute mount point: ASCII letters, digits and . _ + @ - between slashes",
+        ),
+    ]
 
 
 class InstanceSpec(_Model, kw_only=True):
     cloud: Literal[tuple(CLOUDS)]  # type: ignore[valid-type]  # the clouds in stacks.catalog
-    region: str
-    zone: str | None = None
-    machine_type: Annotated[str, Meta(min_length=1)] | None = None
+    region: Identifier
+    zone: Identifier | None = None
+    machine_type: Identifier | None = None
     gpu: Gpu | None = None
-    image: Annotated[str, Meta(description=f"defaults to {DEFAULT_IMAGE} unless from_snapshot is given")] | None = None
+    image: (
+        Annotated[
+            str,
+            Meta(min_length=1, max_length=MAX_IDENTIFIER_LENGTH, description=f"defaults to {DEFAULT_IMAGE} unless from_snapshot is given"),
+        ]
+        | None
+    ) = None
     from_snapshot: Name | None = None
     disk_gb: Annotated[int, Meta(ge=1, le=MAX_DISK_GB)] | None = None
-    ssh_users: Annotated[list[SshUser], Meta(min_length=1)]
-    allowed_ssh_cidrs: list[str] = []
-    mounts: list[Mount] = []
-    bootstrap_script: Annotated[str, Meta(max_length=65536)] | None = None
+    ssh_users: Annotated[list[SshUser], Meta(min_length=1, max_length=MAX_SSH_USERS)]
+    allowed_ssh_cidrs: Annotated[list[Identifier], Meta(max_length=MAX_SSH_CIDRS)] = []
+    mounts: Annotated[list[Mount], Meta(max_length=MAX_MOUNTS)] = []
+    bootstrap_script: Annotated[str, Meta(max_length=MAX_BOOTSTRAP_SCRIPT_LENGTH)] | None = None
     configure: bool = True
 
 
@@ -112,7 +150,7 @@ class InstanceDoc(_Model, kw_only=True):
 
     kind: Literal["Instance"] = "Instance"
     name: Name
-    labels: dict[str, str] = {}
+    labels: Annotated[dict[str, str], Meta(max_length=MAX_LABELS)] = {}
     spec: InstanceSpec
 
     def to_dict(self) -> dict:
@@ -160,6 +198,21 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
+SHOWN_VALUE_LENGTH = 80  # error messages quote at most this much of a bad value
+
+
+def _shown(value: str) -> str:
+    """`value` quoted for an error message, cut short when long."""
+    if len(value) <= SHOWN_VALUE_LENGTH:
+        return repr(value)
+    return f"{value[:SHOWN_VALUE_LENGTH]!r}... ({len(value)} characters)"
+
+
+def _fullmatch(pattern: str, value: str) -> bool:
+    """The whole of `value` matches `pattern`; character classes and \\d are ASCII only."""
+    return re.fullmatch(pattern, value, flags=re.ASCII) is not None
+
+
 def _check_shape(value: Any, info: mi.Type, path: str, errors: list[FieldError]) -> None:
     """Check `value` against a msgspec type, adding one error per bad field (not just the first)."""
     where = path or "document"
@@ -185,16 +238,17 @@ def _check_shape(value: Any, info: mi.Type, path: str, errors: list[FieldError])
     elif isinstance(info, mi.LiteralType):
         if value not in info.values:
             choices = ", ".join(str(v) for v in info.values)
-            errors.append(FieldError(where, f"unknown value {value!r}; expected one of {choices}"))
+            shown = _shown(value) if isinstance(value, str) else _describe(value)
+            errors.append(FieldError(where, f"unknown value {shown}; expected one of {choices}"))
     elif isinstance(info, mi.StrType):
         if not isinstance(value, str):
             errors.append(FieldError(where, f"expected a string, got {_describe(value)}"))
         elif info.min_length is not None and len(value) < info.min_length:
             errors.append(FieldError(where, "must not be empty"))
         elif info.max_length is not None and len(value) > info.max_length:
-            errors.append(FieldError(where, f"longer than {info.max_length} characters"))
-        elif info.pattern is not None and not re.search(info.pattern, value):
-            errors.append(FieldError(where, f"{value!r} does not match {info.pattern}"))
+            errors.append(FieldError(where, f"{len(value)} characters; at most {info.max_length} are allowed"))
+        elif info.pattern is not None and not _fullmatch(info.pattern, value):
+            errors.append(FieldError(where, f"{_shown(value)} does not match {info.pattern}"))
     elif isinstance(info, mi.BoolType):
         if not isinstance(value, bool):
             errors.append(FieldError(where, f"expected a boolean, got {_describe(value)}"))
@@ -211,11 +265,18 @@ def _check_shape(value: Any, info: mi.Type, path: str, errors: list[FieldError])
             return
         if info.min_length is not None and len(value) < info.min_length:
             errors.append(FieldError(where, f"needs at least {info.min_length} item(s)"))
+        if info.max_length is not None and len(value) > info.max_length:
+            # Reported without looking at the items: there may be very many.
+            errors.append(FieldError(where, f"{len(value)} items; at most {info.max_length} are allowed"))
+            return
         for index, item in enumerate(value):
             _check_shape(item, info.item_type, f"{path}[{index}]", errors)
     elif isinstance(info, mi.DictType):
         if not isinstance(value, dict):
             errors.append(FieldError(where, f"expected an object, got {_describe(value)}"))
+            return
+        if info.max_length is not None and len(value) > info.max_length:
+            errors.append(FieldError(where, f"{len(value)} entries; at most {info.max_length} are allowed"))
             return
         for key, item in value.items():
             _check_shape(key, info.key_type, _join(path, str(key)), errors)
@@ -237,14 +298,18 @@ def _convert[T](doc: Any, model: type[T]) -> T:
 
 def public_key_problem(text: str) -> str | None:
     """Why `text` is not a usable OpenSSH public key line, or None when it is."""
-    if "\n" in text.strip() or "\r" in text:
+    line = text.strip(" \t\n")  # a key pasted from a .pub file ends with a newline
+    if "\n" in line or "\r" in text:
         return "must be a single line"
-    parts = text.split()
+    if any(unicodedata.category(char) in ("Cc", "Zl", "Zp") and char != "\t" for char in line):
+        return "must not contain control characters or line separators"
+    # sshd separates the fields with spaces and tabs only.
+    parts = re.split(r"[ \t]+", line)
     if len(parts) < 2:
         return "expected '<type> <base64 key> [comment]'"
     key_type, blob = parts[0], parts[1]
     if key_type not in SSH_KEY_TYPES:
-        return f"unsupported key type {key_type!r} (one of {', '.join(sorted(SSH_KEY_TYPES))})"
+        return f"unsupported key type {_shown(key_type)} (one of {', '.join(sorted(SSH_KEY_TYPES))})"
     try:
         data = base64.b64decode(blob, validate=True)
     except (binascii.Error, ValueError):
@@ -282,18 +347,16 @@ def _ssh_strings(data: bytes) -> list[bytes]:
 
 
 def _check_labels(labels: dict[str, str], errors: list[FieldError]) -> None:
-    if len(labels) > MAX_LABELS:
-        errors.append(FieldError("labels", f"at most {MAX_LABELS} labels"))
     for key, value in labels.items():
         if key in RESERVED_LABELS:
             errors.append(FieldError(f"labels.{key}", "reserved: the service sets this label"))
-        elif not re.fullmatch(LABEL_KEY_PATTERN, key):
+        elif not _fullmatch(LABEL_KEY_PATTERN, key):
             errors.append(
                 FieldError(f"labels.{key}", "keys are lowercase letters, digits, '-' and '_', starting with a letter, at most 63 characters")
             )
-        if not re.fullmatch(LABEL_VALUE_PATTERN, value):
+        if not _fullmatch(LABEL_VALUE_PATTERN, value):
             errors.append(
-                FieldError(f"labels.{key}", f"value {value!r}: lowercase letters, digits, '-' and '_', at most 63 characters")
+                FieldError(f"labels.{key}", f"value {_shown(value)}: lowercase letters, digits, '-' and '_', at most 63 characters")
             )
 
 
@@ -313,7 +376,7 @@ def _check_machine_and_gpu(cloud: Cloud, spec: InstanceSpec, errors: list[FieldE
     if machine_type is None:
         errors.append(FieldError("spec.machine_type", f"required on {cloud.name}"))
         return spec.gpu
-    if not re.fullmatch(cloud.machine_type_pattern, machine_type):
+    if not _fullmatch(cloud.machine_type_pattern, machine_type):
         hint = f" (one of {cloud.machine_type_pattern.replace('|', ', ')})" if cloud.name == "docker" else ""
         errors.append(FieldError("spec.machine_type", f"{machine_type!r} is not a {cloud.name} machine type{hint}"))
         return spec.gpu
@@ -322,7 +385,7 @@ def _check_machine_and_gpu(cloud: Cloud, spec: InstanceSpec, errors: list[FieldE
     if built_in is not None:
         carried = built_in.count
         if carried is None:  # the count is the `-<n>g` suffix (GCP a2-highgpu-4g)
-            carried = int(re.search(r"(\d+)g$", machine_type).group(1))
+            carried = int(re.search(r"(\d+)g\Z", machine_type, flags=re.ASCII).group(1))
         if gpu is None:
             return Gpu(type=built_in.gpu_type, count=carried)
         if canonical_gpu_type(gpu.type) != built_in.gpu_type:
@@ -413,22 +476,47 @@ def _check_cidrs(cloud: Cloud, cidrs: list[str], errors: list[FieldError]) -> No
                 errors.append(FieldError(where, f"{cidr!r} has host bits set (did you mean {network}?)"))
 
 
-def _check_mounts(mounts: list[Mount], errors: list[FieldError]) -> None:
-    seen: set[str] = set()
+def _mount_path_problem(path: str, user_names: set[str]) -> str | None:
+    """Why a bucket must not be mounted at `path`, or None when it may."""
+    if not path.startswith("/"):
+        return f"{_shown(path)} must be an absolute path"
+    if posixpath.normpath(path) != path or path.startswith("//"):  # normpath keeps a leading '//'
+        return f"{_shown(path)} is not normalized (no '..', '.', '//' or trailing '/')"
+    if path in SYSTEM_PATHS:
+        return f"{path} is a system directory"
+    if not _fullmatch(MOUNT_PATH_PATTERN, path):
+        return f"{_shown(path)}: only ASCII letters, digits and . _ + @ - may appear between the slashes"
+    components = path.split("/")[1:]
+    trees = [tree for tree in SYSTEM_TREES if path == tree or path.startswith(tree + "/")]
+    if trees or components[0].startswith(SYSTEM_TREE_PREFIXES):
+        return f"{path} is in a system directory ({trees[0] if trees else '/' + components[0]})"
+    if ".ssh" in components:
+        return f"{path} is in a .ssh directory"
+    if len(components) == 2 and components[0] == "home" and components[1] in user_names:
+        return f"{path} is the home directory of SSH user {components[1]!r}"
+    return None
+
+
+def _check_mounts(mounts: list[Mount], users: list[SshUser], errors: list[FieldError]) -> None:
+    user_names = {user.name for user in users}
+    seen: list[str] = []
     for index, mount in enumerate(mounts):
         where = f"spec.mounts[{index}]"
-        if not re.fullmatch(BUCKET_PATTERN, mount.bucket):
-            errors.append(FieldError(f"{where}.bucket", f"{mount.bucket!r} is not a bucket name"))
+        if not _fullmatch(BUCKET_PATTERN, mount.bucket) or ".." in mount.bucket:
+            errors.append(FieldError(f"{where}.bucket", f"{_shown(mount.bucket)} is not a bucket name"))
         path = mount.path
-        if not path.startswith("/"):
-            errors.append(FieldError(f"{where}.path", f"{path!r} must be an absolute path"))
-        elif posixpath.normpath(path) != path:
-            errors.append(FieldError(f"{where}.path", f"{path!r} is not normalized (no '..', '.', '//' or trailing '/')"))
-        elif path in SYSTEM_PATHS:
-            errors.append(FieldError(f"{where}.path", f"{path} is a system directory"))
-        elif path in seen:
-            errors.append(FieldError(f"{where}.path", f"duplicate mount path {path}"))
-        seen.add(path)
+        problem = _mount_path_problem(path, user_names)
+        if problem is None:
+            if path in seen:
+                problem = f"duplicate mount path {path}"
+            else:
+                # One mount inside another would depend on their order and write into a bucket.
+                nested = [other for other in seen if path.startswith(other + "/") or other.startswith(path + "/")]
+                if nested:
+                    problem = f"{path} and {nested[0]} are inside one another"
+            seen.append(path)
+        if problem:
+            errors.append(FieldError(f"{where}.path", problem))
 
 
 def parse_instance(doc: dict, *, enabled_clouds: Iterable[str] | None = None) -> InstanceDoc:
@@ -446,7 +534,7 @@ def parse_instance(doc: dict, *, enabled_clouds: Iterable[str] | None = None) ->
     image, disk_gb = _check_image_and_disk(cloud, spec, gpu, errors)
     _check_ssh_users(spec.ssh_users, errors)
     _check_cidrs(cloud, spec.allowed_ssh_cidrs, errors)
-    _check_mounts(spec.mounts, errors)
+    _check_mounts(spec.mounts, spec.ssh_users, errors)
     if errors:
         raise SpecError(errors)
     filled = msgspec.structs.replace(
@@ -473,7 +561,8 @@ def parse_document(doc: dict, *, enabled_clouds: Iterable[str] | None = None) ->
         return parse_snapshot(doc)
     if not isinstance(doc, dict):
         raise SpecError([FieldError("document", f"expected an object, got {_describe(doc)}")])
-    raise SpecError([FieldError("kind", f"expected Instance or Snapshot, got {kind!r}")])
+    shown = _shown(kind) if isinstance(kind, str) else repr(kind) if kind is None else _describe(kind)
+    raise SpecError([FieldError("kind", f"expected Instance or Snapshot, got {shown}")])
 
 
 def json_schema() -> dict:

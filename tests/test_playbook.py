@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import stat
@@ -34,6 +35,7 @@ echo "$*" >> /var/tmp/goofys-calls
 for mount_point; do :; done
 mount -t tmpfs -o mode=0755 fake-goofys "$mount_point"
 """
+FAKE_GOOFYS_SHA256 = hashlib.sha256(FAKE_GOOFYS.encode()).hexdigest()
 BOOTSTRAP_SCRIPT = """#!/bin/sh
 echo "hello from bootstrap"
 echo ran >> /var/tmp/bootstrap-runs
@@ -113,6 +115,7 @@ def configured(ssh_host, tmp_path_factory):
         "orch_agent_instance": "play-1",
         "orch_agent_interval": AGENT_INTERVAL_S,
         "goofys_src": str(fake_goofys),
+        "goofys_sha256": FAKE_GOOFYS_SHA256,
         "agent_restart_delay_s": 1,
     }
     methods_before = auth_methods(ssh_host)
@@ -152,8 +155,9 @@ def test_users_keys_and_sudo(configured):
     assert bob_sudo.returncode != 0
     keys = host.root / "home/alice/.ssh/authorized_keys"
     assert stat.S_IMODE(keys.stat().st_mode) == 0o600
-    assert configured.extravars["orch_ssh_users"][0]["public_key"] in keys.read_text()
+    assert keys.read_text() == configured.extravars["orch_ssh_users"][0]["public_key"] + "\n"
     assert not (host.root / "etc/sudoers.d/orch-bob").exists()
+    assert (host.root / "var/lib/orch/ssh-users").read_text() == "alice\nbob\n"
 
 
 def test_password_login_is_off(configured):
@@ -244,6 +248,109 @@ def test_host_that_comes_up_late_is_configured_after_retries(configured, tmp_pat
     assert summary.attempts > 1 and summary.changed == 0, log
 
 
+def test_goofys_that_does_not_match_its_checksum_fails_the_play(configured, tmp_path):
+    wrong = "0" * 64
+    with pytest.raises(ConfigureError) as copied:
+        configure(configured.host, {**configured.extravars, "goofys_sha256": wrong}, tmp_path, [])
+    message = str(copied.value)
+    assert "task 'Check goofys against its checksum' failed" in message
+    assert f"has sha256 {FAKE_GOOFYS_SHA256}, not goofys_sha256 {wrong}" in message
+
+    # A mirror that serves another file than the one pinned (the installed one matches neither,
+    # so get_url downloads).
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "goofys").write_text(FAKE_GOOFYS.replace("tmpfs", "evil"))
+    pinned = hashlib.sha256(b"the release that was pinned").hexdigest()
+    downloaded = {key: value for key, value in configured.extravars.items() if key != "goofys_src"}
+    with serving_directory(mirror) as mirror_url:
+        with pytest.raises(ConfigureError) as fetched:
+            configure(
+                configured.host, {**downloaded, "goofys_url": f"{mirror_url}/goofys", "goofys_sha256": pinned}, tmp_path, []
+            )
+    message = str(fetched.value)
+    assert "task 'Download goofys' failed" in message and "checksum" in message.lower(), message
+    assert (configured.host.root / "usr/local/bin/goofys").read_text() == FAKE_GOOFYS, "the binary is kept"
+
+
+@pytest.mark.parametrize(
+    ("mount", "why"),
+    [
+        ({"bucket": "data", "path": "/mnt/x\n/dev/sda /"}, "a line break in the path"),
+        ({"bucket": "data", "path": "/mnt/x y"}, "a space in the path"),
+        ({"bucket": "data\nevil", "path": "/mnt/x"}, "a line break in the bucket"),
+        ({"bucket": "data", "path": "/mnt/x\\040"}, "an fstab escape in the path"),
+    ],
+)
+def test_mounts_that_could_change_fstab_are_refused(configured, tmp_path, mount, why):
+    fstab_before = (configured.host.root / "etc/fstab").read_text()
+    extravars = {**configured.extravars, "orch_mounts": [mount]}
+    with pytest.raises(ConfigureError) as error:
+        configure(configured.host, extravars, tmp_path, [])
+    assert "task 'Check the mounts and the goofys checksum' failed" in str(error.value), why
+    assert (configured.host.root / "etc/fstab").read_text() == fstab_before
+
+
+@pytest.mark.parametrize(
+    "user",
+    [
+        {"name": "bob\nroot", "public_key": "ssh-ed25519 AAAA bob", "sudo": True},
+        {"name": "bob", "public_key": "ssh-ed25519 AAAA bob\nssh-ed25519 BBBB mallory", "sudo": False},
+        {"name": "bob", "public_key": "ssh-ed25519 AAAA bob\rssh-ed25519 BBBB mallory", "sudo": False},
+    ],
+)
+def test_users_that_could_add_lines_are_refused(configured, tmp_path, user):
+    extravars = {**configured.extravars, "orch_ssh_users": [user]}
+    with pytest.raises(ConfigureError) as error:
+        configure(configured.host, extravars, tmp_path, [])
+    assert "task 'Check the user names and key lines' failed" in str(error.value)
+
+
+def test_removed_users_lose_access_and_rotated_keys_replace_the_old(configured, tmp_path):
+    """Runs last on this host: it changes its users."""
+    host, marker = configured.host, tmp_path / "pwned"
+    alice = configured.extravars["orch_ssh_users"][0]
+    bob_private, bob_public = generate_keypair("bob@test")
+    log: list[str] = []
+    with_sudo_bob = {**configured.extravars, "orch_ssh_users": [alice, {"name": "bob", "public_key": bob_public, "sudo": True}]}
+    configure(host, with_sudo_bob, tmp_path / "runs", log)
+    bob_key = write_private_key(tmp_path, "bob_key", bob_private)
+    assert host.ssh("bob", bob_key, "sudo -n true").returncode == 0, "bob has sudo before his removal"
+    # Whatever is in the record on the host is data: a name that is a template is not run, nor kept.
+    record = host.root / "var/lib/orch/ssh-users"
+    record.write_text(record.read_text() + f"{{{{ lookup('pipe', 'id > {marker}') }}}}\n")
+
+    alice_private, alice_public = generate_keypair("alice@test-rotated")
+    rotated = {**configured.extravars, "orch_ssh_users": [{**alice, "public_key": alice_public}]}
+    first = configure(host, rotated, tmp_path / "runs", log)
+    second = configure(host, rotated, tmp_path / "runs", log)
+
+    assert first.changed > 0 and second.changed == 0, "\n".join(log)
+    assert not marker.exists()
+    assert record.read_text() == "alice\nbob\n"
+    # bob: no key, no sudoers file, and an expired account that no key can log in to.
+    assert host.ssh("bob", bob_key, "true").returncode != 0
+    assert not list((host.root / "etc/sudoers.d").glob("*bob*"))
+    assert not (host.root / "home/bob/.ssh/authorized_keys").exists()
+    (host.root / "home/bob/.ssh/authorized_keys").write_text(bob_public + "\n")
+    assert host.run("chown bob:bob /home/bob/.ssh/authorized_keys && chmod 600 /home/bob/.ssh/authorized_keys").returncode == 0
+    refused = host.ssh("bob", bob_key, "true")
+    # 255: ssh itself failed (no login), not a shell that refused the command.
+    assert refused.returncode == 255, ("a key planted for a removed user must not let it in", refused.stderr)
+    # alice: the new key only, sudo kept.
+    assert (host.root / "home/alice/.ssh/authorized_keys").read_text() == alice_public + "\n"
+    assert host.ssh("alice", configured.alice_key, "true").returncode != 0, "the old key is gone"
+    new_key = write_private_key(tmp_path, "alice_new_key", alice_private)
+    assert host.ssh("alice", new_key, "sudo -n true").returncode == 0
+    # The account this play logs in with is untouched.
+    assert host.ssh("root", host.key_file, "true").returncode == 0
+
+    # bob back in the spec: he logs in again.
+    back = {**rotated, "orch_ssh_users": [*rotated["orch_ssh_users"], {"name": "bob", "public_key": bob_public}]}
+    configure(host, back, tmp_path / "runs", log)
+    assert host.ssh("bob", bob_key, "id -un").stdout.strip() == "bob"
+
+
 @contextmanager
 def serving_directory(directory: Path):
     """An HTTP server for the files in directory: a goofys mirror for hosts without Internet access."""
@@ -283,6 +390,7 @@ def _check_systemd_host(
         "orch_ssh_users": [{"name": "alice", "public_key": alice_public, "sudo": True}],
         "orch_mounts": [{"bucket": "models", "path": "/mnt/models"}],
         "goofys_url": goofys_url,
+        "goofys_sha256": FAKE_GOOFYS_SHA256,
         "orch_bootstrap_script": "",
         "orch_agent_url": server.url,
         "orch_agent_token": valid_token("unit-1"),

@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from stacks import spec
 from stacks.spec import SpecError, json_schema, parse_document, parse_instance, parse_snapshot
 
 
@@ -357,3 +358,174 @@ def test_docker_sizes_are_the_docker_machine_types():
     parse_instance(instance_document("docker", machine_type="large"))
     message = errors_of(instance_document("docker", machine_type="huge"))["spec.machine_type"]
     assert "'huge' is not a docker machine type" in message and "small, medium, large" in message
+
+
+# ---------------------------------------------------------------- whole-string patterns (issue 11, item 4)
+
+# A trailing newline passed `re.search` with `$`; Unicode letters and digits pass `\d`/`\w`-style classes.
+AWKWARD_ENDINGS = ["\n", "\r", "\x00", " ", "\t", "\u2028"]
+UNICODE_LOOKALIKES = ["wéb", "web\u0663", "\uff57eb", "web\u212a", "ſeb"]  # é, Arabic-Indic 3, fullwidth w, Kelvin K, long s
+
+
+@pytest.mark.parametrize("name", [f"web-1{ending}" for ending in AWKWARD_ENDINGS] + UNICODE_LOOKALIKES)
+def test_instance_and_snapshot_names_are_matched_whole(name):
+    assert "does not match" in errors_of(instance_document(name=name))["name"]
+    with pytest.raises(SpecError) as caught:
+        parse_snapshot({"kind": "Snapshot", "name": name, "instance": name})
+    assert {error.field for error in caught.value.errors} == {"name", "instance"}
+
+
+@pytest.mark.parametrize("user", [f"bob{ending}" for ending in AWKWARD_ENDINGS] + ["bob\nno", "bób", "bob\u0663", "ſam"])
+def test_user_names_are_matched_whole(user):
+    doc = instance_document(ssh_users=[{"name": user, "public_key": public_key(), "sudo": False}])
+    assert "does not match" in errors_of(doc)["spec.ssh_users[0].name"]
+
+
+@pytest.mark.parametrize("bucket", [f"my-data{ending}" for ending in AWKWARD_ENDINGS] + ["my-dáta", "data\u0663x", "my..data"])
+def test_bucket_names_are_matched_whole(bucket):
+    doc = instance_document(mounts=[{"bucket": bucket, "path": "/mnt/data"}])
+    assert "is not a bucket name" in errors_of(doc)["spec.mounts[0].bucket"]
+
+
+@pytest.mark.parametrize("text", [f"ml{ending}" for ending in AWKWARD_ENDINGS] + ["mł", "ml\u0663", "\u212aey"])
+def test_label_keys_and_values_are_matched_whole(text):
+    errors = errors_of(instance_document(labels={text: "ok", "team": text}))
+    assert "keys are lowercase" in errors[f"labels.{text}"]
+    assert f"value {text!r}" in errors["labels.team"]
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x1b", "\x7f", "\x85", "\u2028", "\u2029"])
+def test_key_lines_with_control_characters_are_refused(char):
+    doc = instance_document(ssh_users=[{"name": "bob", "public_key": public_key(comment=f"bob{char}x")}])
+    assert "control characters" in errors_of(doc)["spec.ssh_users[0].public_key"]
+
+
+def test_key_fields_are_separated_by_spaces_and_tabs_only():
+    key_type, blob, comment = public_key().split(" ", 2)
+    parse_instance(instance_document(ssh_users=[{"name": "bob", "public_key": f"{key_type}\t{blob} {comment}\n"}]))
+    glued = f"{key_type}\u00a0{blob} {comment}"  # to sshd, type and key are one field
+    doc = instance_document(ssh_users=[{"name": "bob", "public_key": glued}])
+    assert "unsupported key type 'ssh-ed25519\\xa0AAAA" in errors_of(doc)["spec.ssh_users[0].public_key"]
+
+
+def test_error_messages_quote_long_values_short():
+    errors = errors_of(instance_document(name="x" * 100_000 + "\n", region="r" * 100_000))
+    assert len(errors["name"]) < 300 and "100001 characters" in errors["name"]
+    assert len(errors["spec.region"]) < 300
+
+
+# ---------------------------------------------------------------- size bounds (issue 11, item 6)
+
+
+def test_a_one_megabyte_key_comment_is_refused():
+    doc = instance_document(ssh_users=[{"name": "bob", "public_key": public_key(comment="c" * 1_000_000)}])
+    message = errors_of(doc)["spec.ssh_users[0].public_key"]
+    assert message.endswith(f"at most {spec.MAX_PUBLIC_KEY_LENGTH} are allowed"), message
+
+
+def test_a_key_at_the_bound_is_accepted():
+    line = public_key("rsa4096")
+    key = line + " " + "c" * (spec.MAX_PUBLIC_KEY_LENGTH - len(line) - 1)
+    assert len(key) == spec.MAX_PUBLIC_KEY_LENGTH
+    parse_instance(instance_document(ssh_users=[{"name": "bob", "public_key": key}]))
+
+
+def test_twenty_thousand_users_are_refused_naming_the_field():
+    users = [{"name": f"u{index}", "public_key": public_key()} for index in range(20_000)]
+    errors = errors_of(instance_document(ssh_users=users))
+    assert errors == {"spec.ssh_users": f"20000 items; at most {spec.MAX_SSH_USERS} are allowed"}
+
+
+@pytest.mark.parametrize(
+    ("field", "too_many", "bound"),
+    [
+        ("ssh_users", [{"name": f"u{i}", "public_key": public_key()} for i in range(spec.MAX_SSH_USERS + 1)], spec.MAX_SSH_USERS),
+        ("allowed_ssh_cidrs", [f"10.0.{i}.0/24" for i in range(spec.MAX_SSH_CIDRS + 1)], spec.MAX_SSH_CIDRS),
+        ("mounts", [{"bucket": "data", "path": f"/mnt/m{i}"} for i in range(spec.MAX_MOUNTS + 1)], spec.MAX_MOUNTS),
+    ],
+)
+def test_list_bounds(field, too_many, bound):
+    parse_instance(instance_document(**{field: too_many[:bound]}))
+    message = errors_of(instance_document(**{field: too_many}))[f"spec.{field}"]
+    assert message == f"{bound + 1} items; at most {bound} are allowed"
+
+
+def test_label_count_bound():
+    labels = {f"k{i}": "v" for i in range(spec.MAX_LABELS)}
+    parse_instance(instance_document(labels=labels))
+    errors = errors_of(instance_document(labels={**labels, "one-more": "v"}))
+    assert errors == {"labels": f"{spec.MAX_LABELS + 1} entries; at most {spec.MAX_LABELS} are allowed"}
+
+
+def test_bootstrap_script_bound():
+    parse_instance(instance_document(bootstrap_script="x" * spec.MAX_BOOTSTRAP_SCRIPT_LENGTH))
+    message = errors_of(instance_document(bootstrap_script="x" * (spec.MAX_BOOTSTRAP_SCRIPT_LENGTH + 1)))["spec.bootstrap_script"]
+    assert message.endswith(f"at most {spec.MAX_BOOTSTRAP_SCRIPT_LENGTH} are allowed")
+
+
+@pytest.mark.parametrize("field", ["region", "zone", "machine_type", "image"])
+def test_identifier_bounds(field):
+    message = errors_of(instance_document(**{field: "x" * (spec.MAX_IDENTIFIER_LENGTH + 1)}))[f"spec.{field}"]
+    assert message.endswith(f"at most {spec.MAX_IDENTIFIER_LENGTH} are allowed")
+
+
+def test_json_schema_carries_the_bounds():
+    properties = json_schema()["$defs"]["InstanceSpec"]["properties"]
+    assert properties["ssh_users"]["maxItems"] == spec.MAX_SSH_USERS
+    assert properties["allowed_ssh_cidrs"]["maxItems"] == spec.MAX_SSH_CIDRS
+    assert properties["mounts"]["maxItems"] == spec.MAX_MOUNTS
+    assert json_schema()["$defs"]["SshUser"]["properties"]["public_key"]["maxLength"] == spec.MAX_PUBLIC_KEY_LENGTH
+
+
+# ---------------------------------------------------------------- mount points (issue 11, item 16)
+
+
+@pytest.mark.parametrize(
+    ("path", "text"),
+    [
+        ("/mnt/my data", "only ASCII letters"),
+        ("/mnt/data\n/x", "only ASCII letters"),
+        ("/mnt/data\n", "only ASCII letters"),
+        ("/mnt/data\t", "only ASCII letters"),
+        ("/mnt/da\x00ta", "only ASCII letters"),
+        ("/mnt/d\\040x", "only ASCII letters"),
+        ("/mnt/#data", "only ASCII letters"),
+        ("/mnt/dátá", "only ASCII letters"),
+        ("/mnt/data,ro", "only ASCII letters"),
+        ("/", "system directory"),
+        ("/home", "system directory"),
+        ("/var/lib", "system directory"),
+        ("/proc/x", "in a system directory (/proc)"),
+        ("/sys", "in a system directory (/sys)"),
+        ("/dev/shm/x", "in a system directory (/dev)"),
+        ("/etc/cron.d", "in a system directory (/etc)"),
+        ("/boot/efi", "in a system directory (/boot)"),
+        ("/usr/local/data", "in a system directory (/usr)"),
+        ("/lib64/x", "in a system directory (/lib64)"),
+        ("/libx32", "in a system directory (/libx32)"),
+        ("/run/sshd", "in a system directory (/run)"),
+        ("/opt/orch-agent/agent", "in a system directory (/opt/orch-agent)"),
+        ("/var/lib/orch", "in a system directory (/var/lib/orch)"),
+        ("/root/.ssh", "in a .ssh directory"),
+        ("/home/alice", "home directory of SSH user 'alice'"),
+        ("/mnt/./data", "not normalized"),
+        ("//mnt/data", "not normalized"),
+        ("/mnt/data/sub", "inside one another"),
+        ("/mnt", "system directory"),
+    ],
+)
+def test_bad_mount_paths(path, text):
+    doc = instance_document(mounts=[{"bucket": "data", "path": "/mnt/data"}, {"bucket": "data", "path": path}])
+    assert text in errors_of(doc)["spec.mounts[1].path"]
+
+
+def test_mount_paths_that_are_fine():
+    paths = ["/data", "/mnt/models", "/home/alice/data", "/home/carol", "/var/lib/models", "/srv/x.y_z+1@2-3", "/opt/data"]
+    mounts = [{"bucket": "data", "path": path} for path in paths]
+    assert [m.path for m in parse_instance(instance_document(mounts=mounts)).spec.mounts] == paths
+
+
+def test_mount_path_length_bound():
+    path = "/mnt/" + "x" * spec.MAX_MOUNT_PATH_LENGTH
+    message = errors_of(instance_document(mounts=[{"bucket": "data", "path": path}]))["spec.mounts[0].path"]
+    assert message.endswith(f"at most {spec.MAX_MOUNT_PATH_LENGTH} are allowed")

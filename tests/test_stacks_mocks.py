@@ -335,7 +335,8 @@ def test_docker_instance(monkeypatch):
     assert {(label["label"], label["value"]) for label in container["labels"]} == set(expected_tags().items())
     env = dict(item.split("=", 1) for item in container["envs"])
     assert env["ORCH_AUTHORIZED_KEYS"].splitlines() == [public_key(), ADMIN_KEY]
-    assert env["ORCH_SSH_USERS"] == f"alice yes {public_key()}"
+    encoded = [base64.b64encode(text.encode()).decode() for text in ("alice", public_key())]
+    assert env["ORCH_SSH_USERS"] == f"{encoded[0]} yes {encoded[1]}"
     assert "/usr/sbin/sshd -D" in container["command"][-1]
 
     assert_contract(outputs, "docker")
