@@ -18,9 +18,9 @@ import pymongo
 import pytest
 
 from tests.live import REPO, STANDIN_ROOT, instance_doc, start_service, wait_operation
+from tests.test_engine import files_holding
 
 BOOTSTRAP_MARKER = "bootstrap-marker-api-51d2e8"
-UNWATCHED_REPO_PARTS = {".git", ".venv", "__pycache__", ".pytest_cache"}
 # Pulumi Cloud's answer to a preview while another update runs (the SDK raises ConcurrentUpdateError).
 CLOUD_CONFLICT = "error: [409] Conflict: Another update is currently in progress."
 LATENCY_MS = "2000"
@@ -123,20 +123,6 @@ def test_a_broken_backend_is_502_with_the_cli_message(service):
         previewed = client.post("/api/v1/instances/corrupted/preview", json={"spec": instance_doc("corrupted")["spec"]})
         assert previewed.status_code == 502, previewed.text
         assert "failed to load checkpoint" in previewed.json()["detail"]
-
-
-def files_holding(root: Path, text: str, since: float) -> list[Path]:
-    found = []
-    for directory, subdirectories, files in os.walk(root):
-        subdirectories[:] = [name for name in subdirectories if name not in UNWATCHED_REPO_PARTS]
-        for name in files:
-            path = Path(directory, name)
-            try:
-                if path.stat().st_mtime >= since and text.encode() in path.read_bytes():
-                    found.append(path)
-            except OSError:
-                continue
-    return found
 
 
 def test_a_bootstrap_script_reaches_no_file_in_plaintext(service):
