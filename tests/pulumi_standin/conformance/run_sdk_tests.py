@@ -53,7 +53,8 @@ PLUGIN_MODULE = "tests.pulumi_standin.conformance.sdk_suite_plugin"
 PER_TEST_TIMEOUT_S = 300
 # The whole suite runs in a few minutes on two cores; past this the run is broken.
 SUITE_TIMEOUT_S = 3600
-# The stand-in's version check passes on its own; the passphrase is the one upstream's conftest uses.
+# The passphrase upstream's conftest uses. (No PULUMI_AUTOMATION_API_SKIP_VERSION_CHECK: the stand-in
+# reports the installed SDK's version, so the SDK's version check passes as it would with the real CLI.)
 CONFIG_PASSPHRASE = "test"
 # Variables that would point the suite at Pulumi Cloud or at state outside the run.
 CLEARED_VARIABLES = ("PULUMI_ACCESS_TOKEN", "PULUMI_TEST_ORG", "PULUMI_TEST_DEPLOYMENTS_API", "PULUMI_API")
