@@ -45,6 +45,7 @@ VALUE_FLAGS = {
     "--config-file", "--profiling", "--memprofilerate", "--otel-traces", "--server", "--out", "--from",
     "--target", "--exclude", "--replace", "--policy-pack", "--policy-pack-config", "--plan", "--save-plan",
     "--import-file",
+    "--name", "--description", "--dir", "--config", "--runtime-options", "--ai", "--language",
 }  # fmt: skip
 # In `config set-all` these carry `key=value` (or the JSON document) instead of being switches.
 SET_ALL_VALUE_FLAGS = {"--plaintext", "--secret", "--json"}
@@ -551,6 +552,33 @@ class Cli:
     def refresh(self) -> int:
         return self.operation("refresh", preview=self.args.switch("--preview-only"))
 
+    # --- new ---------------------------------------------------------------------------------
+
+    def new(self) -> None:
+        from .templates import AI_RETIRED_MESSAGE, NewOptions, TemplateError, new_project
+
+        if self.args.flag("--ai") or self.args.flag("--language"):
+            raise CliError(AI_RETIRED_MESSAGE)
+        if self.args.switch("--list-templates"):
+            raise CliError("the Pulumi CLI stand-in cannot list templates: the CLI lists those of pulumi/templates")
+        options = NewOptions(
+            template=self.args.positionals[0] if self.args.positionals else "",
+            name=self.args.flag("--name") or "",
+            description=self.args.flag("--description") or "",
+            dir=self.args.flag("--dir") or "",
+            force=self.args.switch("--force"),
+            generate_only=self.args.switch("--generate-only"),
+            offline=self.args.switch("--offline"),
+            yes=self.args.switch("--yes") or os.environ.get("PULUMI_SKIP_CONFIRMATIONS", "").lower() in ("1", "true"),
+            runtime_options=[
+                option for value in self.args.flags.get("--runtime-options", []) for option in value.split(",")
+            ],
+        )
+        try:
+            new_project(options, sys.stdout)
+        except TemplateError as error:
+            raise CliError(str(error)) from error
+
 
 COMMANDS: dict[tuple[str, ...], Callable[[Cli], int | None]] = {
     ("version",): Cli.version,
@@ -578,6 +606,7 @@ COMMANDS: dict[tuple[str, ...], Callable[[Cli], int | None]] = {
     ("preview",): Cli.preview,
     ("destroy",): Cli.destroy,
     ("refresh",): Cli.refresh,
+    ("new",): Cli.new,
 }
 
 
