@@ -250,3 +250,158 @@ def test_refresh_flag_rereads_the_cloud_before_preview_up_and_destroy(standin_en
     destroyed = stack.destroy(refresh=True)
     assert "refreshing" in destroyed.stdout
     assert destroyed.summary.resource_changes == {"delete": 3}
+
+
+# --- protect ----------------------------------------------------------------------------------
+
+
+class Component(pulumi.ComponentResource):
+    def __init__(self, name: str, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("my:module:MyResource", name, None, opts)
+
+
+def protect_program() -> None:
+    protect = pulumi.Config().get_bool("protect") or False
+    Component("protected", opts=pulumi.ResourceOptions(protect=protect))
+    Component("unprotected")
+
+
+def test_protected_resource_stops_destroy_with_the_cli_error(standin_env, pulumi_command):
+    stack = open_stack(pulumi_command, "protect", protect_program)
+    stack.set_config("protect", auto.ConfigValue("true"))
+    stack.up()
+    protected_urn = f"urn:pulumi:protect::{PROJECT}::my:module:MyResource::protected"
+
+    # --exclude-protected destroys the rest and keeps the protected resource (and the stack it hangs off).
+    destroyed = stack.destroy(exclude_protected=True)
+    assert destroyed.summary.result == "succeeded"
+    assert destroyed.summary.resource_changes == {"delete": 1}
+    assert "All unprotected resources were destroyed. There are still 2 protected resources" in destroyed.stdout
+    remaining = {resource["urn"] for resource in stack.export_stack().deployment["resources"]}
+    assert remaining == {protected_urn, f"urn:pulumi:protect::{PROJECT}::pulumi:pulumi:Stack::{PROJECT}-protect"}
+    again = stack.destroy(exclude_protected=True)
+    assert "There were no unprotected resources to destroy. There are still 2 protected resources" in again.stdout
+
+    with pytest.raises(auto.CommandError) as raised:
+        stack.destroy()
+    message = str(raised.value)
+    assert f'resource "{protected_urn}" cannot be deleted\nbecause it is protected.' in message
+    assert f"`pulumi state unprotect '{protected_urn}'`" in message
+    assert protected_urn in {resource["urn"] for resource in stack.export_stack().deployment["resources"]}
+
+    # Removing `protect` in the program and updating lets destroy delete everything.
+    stack.remove_config("protect")
+    stack.up()
+    assert stack.destroy().summary.resource_changes == {"delete": 3}  # the stack, both components
+
+
+def test_destroy_refuses_target_with_exclude_protected(standin_env, pulumi_command):
+    stack = open_stack(pulumi_command, "target-protect", protect_program)
+    stack.up()
+    with pytest.raises(auto.CommandError) as raised:
+        stack.destroy(exclude_protected=True, target=[f"urn:pulumi:target-protect::{PROJECT}::my:module:MyResource::protected"])
+    assert "error: you cannot specify --target and --exclude-protected" in str(raised.value)
+
+
+# --- --target and --replace -------------------------------------------------------------------
+
+
+def test_target_updates_only_the_targeted_resources(standin_env, pulumi_command):
+    stack = open_stack(pulumi_command, "targets", group_program("first", ("other",)))
+    stack.up()
+    web = f"urn:pulumi:targets::{PROJECT}::aws:ec2/securityGroup:SecurityGroup::web"
+    other = f"urn:pulumi:targets::{PROJECT}::aws:ec2/securityGroup:SecurityGroup::other"
+
+    def changed_program() -> None:
+        aws.ec2.SecurityGroup("web", description="changed")
+        aws.ec2.SecurityGroup("other", description="changed too")
+        aws.ec2.SecurityGroup("new", description="not targeted")
+
+    stack.workspace.program = changed_program
+    result = stack.up(target=[web])
+    assert result.summary.resource_changes == {"update": 1, "same": 3}
+    inputs = {resource["urn"]: resource.get("inputs", {}) for resource in stack.export_stack().deployment["resources"]}
+    assert inputs[web]["description"] == "changed"
+    assert inputs[other]["description"] == "other"  # untargeted: kept as it was
+    assert not any(urn.endswith("::new") for urn in inputs)  # untargeted create: skipped
+
+    with pytest.raises(auto.CommandError) as raised:
+        stack.up(target=[f"urn:pulumi:targets::{PROJECT}::aws:ec2/securityGroup:SecurityGroup::missing"])
+    assert "could not be found in the stack. Did you forget to escape $ in your shell?" in str(raised.value)
+
+    # A targeted destroy deletes only the target.
+    assert stack.destroy(target=[other]).summary.resource_changes == {"delete": 1}
+    assert other not in {resource["urn"] for resource in stack.export_stack().deployment["resources"]}
+
+
+def test_replace_replaces_the_named_resource(standin_env, pulumi_command):
+    stack = open_stack(pulumi_command, "replace", group_program("first"))
+    stack.up()
+    web = f"urn:pulumi:replace::{PROJECT}::aws:ec2/securityGroup:SecurityGroup::web"
+    created_before = next(r for r in stack.export_stack().deployment["resources"] if r["urn"] == web)["created"]
+
+    preview = stack.preview(replace=[web])
+    assert preview.change_summary == {"replace": 1, "same": 2}
+    result = stack.up(replace=[web])
+    assert result.summary.resource_changes == {"replace": 1, "same": 2}
+    assert "+-1 replaced" in result.stdout
+    created_after = next(r for r in stack.export_stack().deployment["resources"] if r["urn"] == web)["created"]
+    assert created_after != created_before
+
+
+# --- provider packages ------------------------------------------------------------------------
+
+
+class Unknown(pulumi.CustomResource):
+    def __init__(self, name: str) -> None:
+        super().__init__("nosuchpkg:index:Thing", name, {"size": 1})
+
+
+def test_resource_of_a_package_that_is_not_installed_fails_the_update(standin_env, pulumi_command):
+    def program() -> None:
+        aws.ec2.SecurityGroup("kept", description="before the unknown package")
+        Unknown("thing")
+
+    stack = open_stack(pulumi_command, "no-plugin", program)
+    with pytest.raises(auto.CommandError) as raised:
+        stack.up()
+    message = str(raised.value)
+    assert "pulumi:providers:nosuchpkg (default):" in message
+    assert "could not find latest version for provider nosuchpkg" in message
+    types = {resource["type"] for resource in stack.export_stack().deployment.get("resources") or []}
+    assert "nosuchpkg:index:Thing" not in types
+    assert stack.history()[0].result == "failed"
+
+
+# --- human output -----------------------------------------------------------------------------
+
+
+def test_preview_and_up_print_the_cli_summary(standin_env, project_dir):
+    cli(project_dir, "stack", "init", "human")
+    preview = cli(project_dir, "preview")
+    assert preview.stdout.startswith("Previewing update (human):\n\n")
+    assert " +  aws:ec2/securityGroup:SecurityGroup group create\n" in preview.stdout
+    assert preview.stdout.endswith("Resources:\n    + 3 to create\n\n")
+    assert "Duration:" not in preview.stdout
+
+    up = cli(project_dir, "up", "--yes", "--skip-preview")
+    assert up.stdout.startswith("Updating (human):\n\n")
+    assert " +  aws:ec2/securityGroup:SecurityGroup group created (" in up.stdout
+    assert "\nOutputs:\n    group_id: \"sg-" in up.stdout
+    assert "\nResources:\n    + 3 created\n\nDuration: " in up.stdout
+
+    (project_dir / "__main__.py").write_text(LOCAL_PROGRAM.replace('"local"', '"changed"') + EXTRA_GROUP, encoding="utf-8")
+    changed = cli(project_dir, "up", "--yes", "--skip-preview")
+    assert "\nResources:\n    + 1 created\n    ~ 1 updated\n    2 changes. 2 unchanged\n\nDuration: " in changed.stdout
+
+    destroyed = cli(project_dir, "destroy", "--yes", "--skip-preview")
+    assert "\nResources:\n    - 4 deleted\n\nDuration: " in destroyed.stdout
+    assert destroyed.stdout.endswith(
+        "The resources in the stack have been deleted, but the history and configuration associated with the "
+        "stack are still maintained. \nIf you want to remove the stack completely, run `pulumi stack rm human`.\n"
+    )
+
+
+EXTRA_GROUP = """
+aws.ec2.SecurityGroup("extra", description="added")
+"""
