@@ -405,3 +405,17 @@ def test_preview_and_up_print_the_cli_summary(standin_env, project_dir):
 EXTRA_GROUP = """
 aws.ec2.SecurityGroup("extra", description="added")
 """
+
+
+def test_diff_prints_each_step_as_a_property_diff(standin_env, pulumi_command):
+    stack = open_stack(pulumi_command, "diffs", group_program("first"))
+    created = stack.up(diff=True)
+    web = f"urn:pulumi:diffs::{PROJECT}::aws:ec2/securityGroup:SecurityGroup::web"
+    assert f"    + aws:ec2/securityGroup:SecurityGroup: (create)\n        [urn={web}]\n" in created.stdout
+    assert '        description: "first"' in created.stdout
+
+    stack.workspace.program = group_program("second")
+    preview = stack.preview(diff=True)
+    assert "    ~ aws:ec2/securityGroup:SecurityGroup: (update)\n        [id=sg-" in preview.stdout
+    assert '      ~ description: "first" => "second"' in preview.stdout
+    assert "\nResources:\n    ~ 1 to update\n    2 unchanged\n" in preview.stdout

@@ -163,6 +163,7 @@ class OperationSettings:
     replaces: list[str] = field(default_factory=list)
     excluded: set[str] = field(default_factory=set)  # URNs `destroy --exclude-protected` keeps
     refresh: bool = False
+    diff: bool = False  # --diff: each step's property diff instead of the progress lines
 
 
 def _now() -> str:
@@ -363,10 +364,53 @@ class Deployment:
             with self._mutex:
                 self.changes[op] += 1
         self.settings.event_log.emit(resOutputsEvent={"metadata": metadata, "planning": self.preview})
-        if op != "same":
+        if op == "same":
+            return
+        if self.settings.diff:
+            self._print(self._diff_block(metadata))
+        else:
             # As the CLI's progress display: the planned op in a preview, else its outcome and duration.
             status = op if self.preview else f"{OP_DONE[op]} ({time.monotonic() - started:.2f}s)"
             self._print(f" {OP_PREFIX[op]} {metadata['type']} {_name_of(metadata['urn'])} {status}")
+
+    def _depth(self, parent: str) -> int:
+        """How deep the display nests a resource: the stack at 0, its children at 1, theirs at 2, ..."""
+        depth = 0
+        seen: set[str] = set()
+        while parent and parent not in seen:
+            seen.add(parent)
+            depth += 1
+            with self._mutex:
+                parent_state = self.new.get(parent) or self.old.get(parent) or {}
+            parent = parent_state.get("parent", "")
+        return depth
+
+    def _diff_block(self, metadata: dict) -> str:
+        """One step as the CLI's diff display (`--diff`) prints it: header, identity, then properties."""
+        op = metadata["op"]
+        state = metadata["new"] or metadata["old"]
+        indent = "    " * self._depth(state.get("parent", ""))
+        lines = [f"{indent}{OP_PREFIX[op]}{metadata['type']}: ({op})"]
+        if state.get("id") and op != "create":
+            lines.append(f"{indent}    [id={state['id']}]")
+        lines.append(f"{indent}    [urn={metadata['urn']}]")
+        if metadata.get("provider"):
+            lines.append(f"{indent}    [provider={metadata['provider']}]")
+        old_inputs = (metadata["old"] or {}).get("inputs", {})
+        new_inputs = (metadata["new"] or {}).get("inputs", {})
+        if op in ("create", "delete"):
+            shown = new_inputs if op == "create" else old_inputs
+            width = max((len(key) for key in shown), default=0)
+            lines += [f"{indent}    {key:<{width}}: {json.dumps(value)}" for key, value in sorted(shown.items())]
+        for key, diff in sorted(metadata["detailedDiff"].items()):
+            kind = diff["diffKind"]
+            if kind == "add":
+                lines.append(f"{indent}  + {key}: {json.dumps(new_inputs.get(key))}")
+            elif kind == "delete":
+                lines.append(f"{indent}  - {key}: {json.dumps(old_inputs.get(key))}")
+            else:
+                lines.append(f"{indent}  ~ {key}: {json.dumps(old_inputs.get(key))} => {json.dumps(new_inputs.get(key))}")
+        return "\n".join(lines)
 
     def _record_failure(self, failure: StepFailed) -> None:
         with self._mutex:

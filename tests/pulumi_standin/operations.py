@@ -153,6 +153,7 @@ def run(request: OperationRequest) -> int:
         replaces=request.values("--replace"),
         excluded=excluded,
         refresh=request.switch("--refresh"),
+        diff=request.switch("--diff"),
     )
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(event_log.close)
