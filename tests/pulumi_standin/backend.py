@@ -56,6 +56,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _rfc3339(timestamp: object) -> object:
+    """A lock's timestamp as the CLI prints it in the locked error: RFC 3339 to the second."""
+    if not isinstance(timestamp, str):
+        return timestamp
+    try:
+        parsed = dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return timestamp
+    if parsed.utcoffset() == dt.timedelta(0):
+        return parsed.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return parsed.isoformat(timespec="seconds")
+
+
 def write_atomically(path: Path, content: str) -> None:
     """Replaces `path` with `content` so a concurrent reader sees the old file or the new, never a part.
 
@@ -202,7 +215,7 @@ class FileBackend:
                 content = {}
             lines.append(
                 f"  file://{path}: created by {content.get('username')}@{content.get('hostname')} "
-                f"(pid {content.get('pid')}) at {content.get('timestamp')}"
+                f"(pid {content.get('pid')}) at {_rfc3339(content.get('timestamp'))}"
             )
         return StackLockedError("\n".join(lines))
 
@@ -226,9 +239,10 @@ class FileBackend:
             "pid": os.getpid(),
             "username": getpass.getuser(),
             "hostname": socket.gethostname(),
-            "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(),
+            # Go's encoding of a time.Time (RFC 3339 with fractional seconds), as the CLI writes it.
+            "timestamp": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         }
-        write_atomically(mine, json.dumps(content))
+        write_atomically(mine, json.dumps(content, separators=(",", ":")))
         others = [path for path in self._lock_files(stack) if path != mine]
         if others:
             mine.unlink(missing_ok=True)
