@@ -117,8 +117,7 @@ def go_duration(seconds: int) -> str:
 
 
 def run(request: OperationRequest) -> int:
-    """Runs the operation; returns the exit code (raises OperationError for bad flags)."""
-    validate_flags(request.flags, request.kind)
+    """Runs the operation; returns the exit code. The caller has validated the flags (validate_flags)."""
     json_display = request.switch("--json")
     stdout = sys.stdout
     excluded: set[str] = set()
