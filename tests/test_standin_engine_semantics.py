@@ -30,7 +30,6 @@ PULUMI = STANDIN_ROOT / "bin" / "pulumi"
 PARALLEL_REMOVALS = 200
 REMOVAL_WORKERS = 32
 CLI_TIMEOUT_S = 120
-ERROR_EXIT_CODE = 255
 # The program `pulumi up` runs from the project directory (the CLI used by hand).
 LOCAL_PROGRAM = """
 import pulumi
@@ -126,7 +125,7 @@ def test_second_up_on_a_stack_being_updated_gets_the_locked_error(standin_env, p
     assert "the stack is currently locked by 1 lock(s)" in str(raised.value)
 
     denied = cli(project_dir, "up", "--yes", "--stack", "locked", check=False)
-    assert denied.returncode == ERROR_EXIT_CODE
+    assert denied.returncode != 0
     assert denied.stderr.startswith(
         "error: the stack is currently locked by 1 lock(s). Either wait for the other process(es) to end "
         "or delete the lock file with `pulumi cancel`.\n"
@@ -347,6 +346,32 @@ def test_replace_replaces_the_named_resource(standin_env, pulumi_command):
     assert "+-1 replaced" in result.stdout
     created_after = next(r for r in stack.export_stack().deployment["resources"] if r["urn"] == web)["created"]
     assert created_after != created_before
+
+
+def test_targeted_destroy_needs_target_dependents_for_dependents(standin_env, pulumi_command):
+    def program() -> None:
+        parent = Component("parent")
+        Component("child", opts=pulumi.ResourceOptions(parent=parent))
+        Component("alone")
+
+    stack = open_stack(pulumi_command, "dependents", program)
+    stack.up()
+    parent = f"urn:pulumi:dependents::{PROJECT}::my:module:MyResource::parent"
+    child = f"urn:pulumi:dependents::{PROJECT}::my:module:MyResource$my:module:MyResource::child"
+
+    with pytest.raises(auto.CommandError) as raised:
+        stack.destroy(target=[parent])
+    assert f"Resource '{child}' will be destroyed but was not specified in --target list." in str(raised.value)
+
+    result = stack.destroy(target=[parent], target_dependents=True)
+    assert result.summary.resource_changes == {"delete": 2}
+    remaining = {resource["urn"] for resource in stack.export_stack().deployment["resources"]}
+    assert parent not in remaining and child not in remaining
+    assert f"urn:pulumi:dependents::{PROJECT}::my:module:MyResource::alone" in remaining
+    # A glob target: `*` stays within one part of the URN.
+    assert stack.destroy(target=[f"urn:pulumi:dependents::{PROJECT}::my:module:MyResource::*"]).summary.resource_changes == {
+        "delete": 1
+    }
 
 
 # --- provider packages ------------------------------------------------------------------------
