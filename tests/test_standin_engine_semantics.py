@@ -333,6 +333,22 @@ def test_target_updates_only_the_targeted_resources(standin_env, pulumi_command)
     assert other not in {resource["urn"] for resource in stack.export_stack().deployment["resources"]}
 
 
+def test_targeted_resource_depending_on_an_untargeted_new_one_fails(standin_env, pulumi_command):
+    stack = open_stack(pulumi_command, "skipped", group_program("first"))
+    stack.up()
+
+    def program() -> None:
+        new_group = aws.ec2.SecurityGroup("new", description="not targeted")
+        aws.ec2.SecurityGroup("web", description="first", opts=pulumi.ResourceOptions(depends_on=[new_group]))
+
+    stack.workspace.program = program
+    web = f"urn:pulumi:skipped::{PROJECT}::aws:ec2/securityGroup:SecurityGroup::web"
+    new = f"urn:pulumi:skipped::{PROJECT}::aws:ec2/securityGroup:SecurityGroup::new"
+    with pytest.raises(auto.CommandError) as raised:
+        stack.up(target=[web])
+    assert f"Resource '{web}' depends on '{new}' which was was not specified in --target list." in str(raised.value)
+
+
 def test_replace_replaces_the_named_resource(standin_env, pulumi_command):
     stack = open_stack(pulumi_command, "replace", group_program("first"))
     stack.up()
