@@ -56,11 +56,41 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _write_atomically(path: Path, content: str) -> None:
+def _rfc3339(timestamp: object) -> object:
+    """A lock's timestamp as the CLI prints it in the locked error: RFC 3339 to the second."""
+    if not isinstance(timestamp, str):
+        return timestamp
+    try:
+        parsed = dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return timestamp
+    if parsed.utcoffset() == dt.timedelta(0):
+        return parsed.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return parsed.isoformat(timespec="seconds")
+
+
+def write_atomically(path: Path, content: str) -> None:
+    """Replaces `path` with `content` so a concurrent reader sees the old file or the new, never a part.
+
+    As the CLI's file backend: a temporary file in the same directory (so the rename stays on one
+    file system), flushed to disk, then renamed over the target; the directory entry is synced too.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    temporary.write_text(content, encoding="utf-8")
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 class FileBackend:
@@ -77,7 +107,7 @@ class FileBackend:
     def _ensure_meta(self) -> None:
         meta = self.bookkeeping / "meta.yaml"
         if not meta.exists():
-            _write_atomically(meta, "version: 1\n")
+            write_atomically(meta, "version: 1\n")
 
     def qualified_name(self, stack: str) -> str:
         return f"{ORGANIZATION}/{self.project}/{stack}"
@@ -132,7 +162,7 @@ class FileBackend:
     def write_checkpoint(self, stack: str, deployment: dict) -> str:
         document = {"version": 3, "checkpoint": {"stack": self.qualified_name(stack), "latest": deployment}}
         content = json.dumps(document, indent=4)
-        _write_atomically(self.stack_path(stack), content)
+        write_atomically(self.stack_path(stack), content)
         return content
 
     # --- history -----------------------------------------------------------------------------
@@ -140,8 +170,8 @@ class FileBackend:
     def add_history(self, stack: str, update_info: dict, checkpoint_content: str) -> None:
         stamp = time.time_ns()
         directory = self.history_dir(stack)
-        _write_atomically(directory / f"{stack}-{stamp}.checkpoint.json", checkpoint_content)
-        _write_atomically(directory / f"{stack}-{stamp}.history.json", json.dumps(update_info, indent=4))
+        write_atomically(directory / f"{stack}-{stamp}.checkpoint.json", checkpoint_content)
+        write_atomically(directory / f"{stack}-{stamp}.history.json", json.dumps(update_info, indent=4))
 
     def history(self, stack: str) -> list[dict]:
         """UpdateInfo records, newest first."""
@@ -185,7 +215,7 @@ class FileBackend:
                 content = {}
             lines.append(
                 f"  file://{path}: created by {content.get('username')}@{content.get('hostname')} "
-                f"(pid {content.get('pid')}) at {content.get('timestamp')}"
+                f"(pid {content.get('pid')}) at {_rfc3339(content.get('timestamp'))}"
             )
         return StackLockedError("\n".join(lines))
 
@@ -209,9 +239,10 @@ class FileBackend:
             "pid": os.getpid(),
             "username": getpass.getuser(),
             "hostname": socket.gethostname(),
-            "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(),
+            # Go's encoding of a time.Time (RFC 3339 with fractional seconds), as the CLI writes it.
+            "timestamp": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         }
-        _write_atomically(mine, json.dumps(content))
+        write_atomically(mine, json.dumps(content, separators=(",", ":")))
         others = [path for path in self._lock_files(stack) if path != mine]
         if others:
             mine.unlink(missing_ok=True)

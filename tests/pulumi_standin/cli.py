@@ -10,19 +10,14 @@ import os
 import signal
 import socket
 import sys
-import time
 from collections.abc import Callable
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import properties
 from .backend import BackendError, FileBackend, manifest, stack_short_name
 from .passphrase import PassphraseError
 from .project import ConfigValue, Project, ProjectError, StackConfig
-
-if TYPE_CHECKING:
-    from .engine import Deployment, OperationSettings
 
 # The stand-in speaks the contract of the CLI release matching the installed SDK.
 CLI_VERSION = package_version("pulumi")
@@ -50,9 +45,8 @@ VALUE_FLAGS = {
 # In `config set-all` these carry `key=value` (or the JSON document) instead of being switches.
 SET_ALL_VALUE_FLAGS = {"--plaintext", "--secret", "--json"}
 UNSUPPORTED_OPERATION_FLAGS = {
-    "--target", "--exclude", "--replace", "--refresh", "--plan", "--save-plan", "--policy-pack",
-    "--policy-pack-config", "--import-file", "--continue-on-error", "--expect-no-changes", "--remote",
-    "--target-dependents", "--exclude-dependents", "--config-file",
+    "--exclude", "--plan", "--save-plan", "--policy-pack", "--policy-pack-config", "--import-file",
+    "--continue-on-error", "--remote", "--exclude-dependents", "--config-file",
 }  # fmt: skip
 SUBCOMMAND_GROUPS = {"stack", "config", "plugin"}
 
@@ -407,138 +401,31 @@ class Cli:
     # --- operations --------------------------------------------------------------------------
 
     def operation(self, kind: str, preview: bool) -> int:
+        # gRPC and the SDK's protobuf modules are imported only by the commands that deploy.
+        from . import operations
+
         unsupported = sorted(UNSUPPORTED_OPERATION_FLAGS & set(self.args.flags))
         if unsupported:
             raise CliError(f"the Pulumi CLI stand-in does not support {', '.join(unsupported)}")
+        operations.validate_flags(self.args.flags, kind)
         stack = self.existing_stack()
-        backend = self.backend
-        config = self.stack_config(stack)
         with contextlib.ExitStack() as program_host:
             client_address = self.args.flag("--client")
             if client_address is None and kind == "update":
                 # A local program (the CLI run by hand, not by the Automation API).
                 client_address = program_host.enter_context(self.project.program_host())
-            return self._locked_operation(stack, backend, config, client_address, kind, preview)
-
-    def _locked_operation(
-        self, stack: str, backend: FileBackend, config: StackConfig, client_address: str | None, kind: str, preview: bool
-    ) -> int:
-        # gRPC and the SDK's protobuf modules are imported only by the commands that deploy.
-        from .engine import OperationSettings
-        from .events import EventLog
-
-        event_log = EventLog(self.args.flag("--event-log"))
-        settings = OperationSettings(
-            project=self.project,
-            stack=stack,
-            backend=backend,
-            config=config,
-            cli_version=CLI_VERSION,
-            event_log=event_log,
-            exec_kind=self.args.flag("--exec-kind") or "cli",
-            message=self.args.flag("--message") or "",
-            client_address=client_address,
-            parallel=int(self.args.flag("--parallel") or 16),
-        )
-        lock = None
-        try:
-            if not preview:
-                lock = backend.lock(stack)
-            return self._run_operation(settings, kind, preview)
-        finally:
-            event_log.close()
-            if lock is not None:
-                lock.unlink(missing_ok=True)
-
-    def _run_operation(self, settings: OperationSettings, kind: str, preview: bool) -> int:
-        from .engine import Deployment, StepFailed
-
-        titles = {"update": "Updating", "destroy": "Destroying", "refresh": "Refreshing"}
-        title = f"Previewing {kind}" if preview else titles[kind]
-        print(f"{title} ({settings.stack}):\n", flush=True)
-        settings.event_log.emit(
-            preludeEvent={
-                "config": {
-                    key: "[secret]" if entry.secret else str(entry.value)
-                    for key, entry in settings.config.values.items()
-                }
-            }
-        )
-        started = time.time()
-        deployment = Deployment(settings, preview)
-        try:
-            {"update": deployment.run_update, "destroy": deployment.run_destroy, "refresh": deployment.run_refresh}[
-                kind
-            ]()
-        except StepFailed:
-            pass  # recorded on the deployment; the summary and history report it
-        failed = deployment.failure is not None or deployment.program_error is not None
-        ended = time.time()
-        self._print_summary(deployment, kind, preview, failed, ended - started)
-        settings.event_log.emit(
-            summaryEvent={
-                "maybeCorrupt": False,
-                "durationSeconds": int(ended - started),
-                "resourceChanges": dict(deployment.changes),
-                "PolicyPacks": {},
-                "isPreview": preview,
-                "result": "failed" if failed else "succeeded",
-            }
-        )
-        if not preview:
-            self._record_history(deployment, kind, failed, started, ended)
-        if failed:
-            reason = str(deployment.failure) if deployment.failure else deployment.program_error
-            verb = "preview" if preview else kind
-            print(f"error: {verb} failed\n    error: {reason}", file=sys.stderr)
-            return ERROR_EXIT_CODE
-        return 0
-
-    def _print_summary(self, deployment: Deployment, kind: str, preview: bool, failed: bool, seconds: float) -> None:
-        from .engine import OP_DONE, OP_SYMBOLS
-
-        lines = [""]
-        root = next((res for res in deployment.current_resources() if res["type"] == "pulumi:pulumi:Stack"), None)
-        if kind == "update" and root and root.get("outputs") and not self.args.switch("--suppress-outputs"):
-            lines.append("Outputs:")
-            shown = (
-                properties.plain(root["outputs"])
-                if self.args.switch("--show-secrets")
-                else properties.masked(root["outputs"])
+            request = operations.OperationRequest(
+                kind=kind,
+                preview=preview,
+                flags=self.args.flags,
+                project=self.project,
+                stack=stack,
+                backend=self.backend,
+                config=self.stack_config(stack),
+                cli_version=CLI_VERSION,
+                client_address=client_address,
             )
-            lines += [f"    {key}: {json.dumps(value)}" for key, value in shown.items()]
-            lines.append("")
-        lines.append("Resources:")
-        for op, symbol in OP_SYMBOLS.items():
-            if deployment.changes[op]:
-                label = f"to {op}" if preview else OP_DONE[op]
-                lines.append(f"    {symbol} {deployment.changes[op]} {label}")
-        if deployment.changes["same"]:
-            lines.append(f"    {deployment.changes['same']} unchanged")
-        lines.append(f"\nDuration: {int(seconds)}s")
-        if failed:
-            lines.append(f"\n{kind} failed")
-        print("\n".join(lines), flush=True)
-
-    def _record_history(self, deployment: Deployment, kind: str, failed: bool, started: float, ended: float) -> None:
-        settings = deployment.settings
-        backend = settings.backend
-        checkpoint = backend.write_checkpoint(settings.stack, deployment.deployment())
-        update_info = {
-            "kind": kind,
-            "startTime": int(started),
-            "message": settings.message,
-            "environment": {"exec.kind": settings.exec_kind},
-            "config": {
-                key: {"secure": entry.value} if entry.secret else entry.value
-                for key, entry in settings.config.values.items()
-            },
-            "result": "failed" if failed else "succeeded",
-            "endTime": int(ended),
-            "resourceChanges": dict(deployment.changes),
-            "version": len(backend.history(settings.stack)) + 1,
-        }
-        backend.add_history(settings.stack, update_info, checkpoint)
+            return operations.run(request)
 
     def up(self) -> int:
         return self.operation("update", preview=False)

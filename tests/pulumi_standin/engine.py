@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import importlib.metadata
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -47,9 +49,20 @@ GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 400 * 1024 * 1024),
     ("grpc.max_send_message_length", 400 * 1024 * 1024),
 ]
-OP_SYMBOLS = {"create": "+", "update": "~", "delete": "-", "read": ">"}
-OP_DONE = {"create": "created", "update": "updated", "delete": "deleted", "read": "read"}
-OP_DOING = {"create": "creating", "update": "updating", "delete": "deleting", "read": "reading"}
+# Step kinds in the order the CLI's summary lists them, with the display prefix, the past tense
+# and the -ing form of each (pkg/resource/deploy/step.go).
+STEP_OPS = ("same", "create", "update", "delete", "replace", "read", "refresh")
+OP_PREFIX = {"same": "  ", "create": "+ ", "update": "~ ", "delete": "- ", "replace": "+-", "read": "> ", "refresh": "~ "}
+OP_DONE = {
+    "same": "same", "create": "created", "update": "updated", "delete": "deleted", "replace": "replaced",
+    "read": "read", "refresh": "refreshed",
+}  # fmt: skip
+OP_DOING = {
+    "same": "same", "create": "creating", "update": "updating", "delete": "deleting", "replace": "replacing",
+    "read": "reading", "refresh": "refreshing",
+}  # fmt: skip
+# Packages whose resources need no provider plugin: the engine's own and dynamic providers.
+BUILTIN_PACKAGES = {"pulumi", "pulumi-python", "pulumi-nodejs"}
 LOG_SEVERITIES = {
     engine_pb2.DEBUG: "debug",
     engine_pb2.INFO: "info",
@@ -80,9 +93,55 @@ def to_struct(value: dict) -> struct_pb2.Struct:
 
 
 class StepFailed(Exception):
-    def __init__(self, resource: dict, op: str, reason: str) -> None:
+    """A step the engine could not do; the message is the diagnostic reported on the resource."""
+
+    @classmethod
+    def simulated(cls, resource: dict, op: str, reason: str) -> StepFailed:
         name = resource["urn"].rsplit("::", 1)[-1]
-        super().__init__(f"{resource['urn']}: {OP_DOING[op]} {resource['type']} ({name}) failed: {reason}")
+        return cls(f"{resource['urn']}: {OP_DOING[op]} {resource['type']} ({name}) failed: {reason}")
+
+
+def protected_error(urn: str) -> str:
+    """The engine's diagnostic for deleting (or replacing) a protected resource."""
+    return (
+        f'resource "{urn}" cannot be deleted\n'
+        "because it is protected. To unprotect the resource, either remove the `protect` flag from the "
+        "resource in your Pulumi program and run `pulumi up`, or use the command:\n"
+        f"`pulumi state unprotect '{urn}'`"
+    )
+
+
+def missing_plugin_error(package: str, version: str) -> str:
+    """Why the engine could not load the provider of a package that is not installed.
+
+    The CLI tries to download the plugin and fails; the stand-in never downloads anything.
+    """
+    reason = "the Pulumi CLI stand-in does not download plugins"
+    if version:
+        return (
+            f"Could not automatically download and install resource plugin 'pulumi-resource-{package}' at version "
+            f"v{version}, install the plugin using `pulumi plugin install resource {package} v{version}`: "
+            f"error downloading provider {package} to file: {reason}"
+        )
+    return f"could not find latest version for provider {package}: {reason}"
+
+
+def package_installed(package: str) -> bool:
+    """Whether the package's provider is available: its Python SDK (`pulumi_<package>`) is installed."""
+    if package in BUILTIN_PACKAGES:
+        return True
+    try:
+        importlib.metadata.distribution("pulumi_" + package.replace("-", "_"))
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _target_pattern(target: str) -> re.Pattern:
+    """A --target URN; `**` matches anything, `*` anything but `::` separators (as the CLI's globs)."""
+    parts = re.split(r"(\*\*|\*)", target)
+    pattern = "".join(".*" if part == "**" else "[^:]*" if part == "*" else re.escape(part) for part in parts)
+    return re.compile(pattern + r"\Z")
 
 
 @dataclass
@@ -98,6 +157,13 @@ class OperationSettings:
     client_address: str | None = None
     parallel: int = 16
     out: TextIO = field(default_factory=lambda: sys.stdout)
+    show_progress: bool = True  # False with --json: stdout carries JSON only
+    targets: list[str] = field(default_factory=list)
+    target_dependents: bool = False
+    replaces: list[str] = field(default_factory=list)
+    excluded: set[str] = field(default_factory=set)  # URNs `destroy --exclude-protected` keeps
+    refresh: bool = False
+    diff: bool = False  # --diff: each step's property diff instead of the progress lines
 
 
 def _now() -> str:
@@ -166,6 +232,8 @@ class Deployment:
         self.root_urn: str | None = None
         self._mutex = threading.RLock()
         self._crypter: Crypter | None = None
+        # --parallel: how many resource operations of the simulated cloud run at once.
+        self._operation_slots = threading.BoundedSemaphore(max(settings.parallel, 1))
         latest = settings.backend.read_checkpoint(settings.stack)
         self.old_order = [properties.unseal(resource, self.crypter) for resource in latest.get("resources") or []]
         self.old = {resource["urn"]: resource for resource in self.old_order}
@@ -174,6 +242,12 @@ class Deployment:
         self.registered: set[str] = set()  # URNs the program registered, finished or not
         self.deleted: set[str] = set()
         self.default_providers: dict[tuple[str, str], str] = {}
+        self.target_patterns = [_target_pattern(target) for target in settings.targets]
+        self.replace_urns = set(settings.replaces)
+        self.targeted: set[str] = set()  # URNs this run's steps were done for, under --target
+        self.skipped_creates: set[str] = set()  # new resources left out by --target
+        self.diagnostics: list[dict] = []  # {urn, severity, message}, for the display and the JSON digest
+        self.step_events: list[dict] = []  # metadata of each step's pre-event, for the JSON digest
 
     def crypter(self) -> Crypter:
         if self._crypter is None:
@@ -205,9 +279,38 @@ class Deployment:
         if not self.preview:
             self.settings.backend.write_checkpoint(self.settings.stack, self.deployment())
 
+    # --- targets -----------------------------------------------------------------------------
+
+    def _matches_target(self, urn: str) -> bool:
+        return any(pattern.match(urn) for pattern in self.target_patterns)
+
+    def _is_targeted(self, resource: dict) -> bool:
+        """Whether --target (if any) includes the resource; providers and the stack always are."""
+        urn, type_token = resource["urn"], resource["type"]
+        if not self.target_patterns or type_token.startswith(PROVIDER_TYPE_PREFIX) or type_token == ROOT_STACK_TYPE:
+            return True
+        if self._matches_target(urn):
+            return True
+        if self.settings.target_dependents:
+            with self._mutex:
+                return any(dependency in self.targeted for dependency in dependencies_of(resource))
+        return False
+
+    def check_targets(self) -> None:
+        """Every literal --target must name a resource of the stack (old, or registered by this run)."""
+        known = set(self.old) | self.registered
+        unknown = [target for target in self.settings.targets if "*" not in target and target not in known]
+        for target in unknown:
+            hint = "" if "$" in target else " Did you forget to escape $ in your shell?"
+            self.log_diagnostic("error", f"Target '{target}' could not be found in the stack.{hint}")
+        if unknown:
+            self._record_failure(StepFailed("one or more targets could not be found in the stack"))
+
     # --- display and events ------------------------------------------------------------------
 
     def _print(self, line: str) -> None:
+        if not self.settings.show_progress:
+            return
         with self._mutex:
             self.settings.out.write(line + "\n")
             self.settings.out.flush()
@@ -218,7 +321,7 @@ class Deployment:
         def state(resource: dict | None) -> dict | None:
             if resource is None:
                 return None
-            return {
+            shown = {
                 "type": resource["type"],
                 "urn": resource["urn"],
                 "custom": resource.get("custom", False),
@@ -228,6 +331,9 @@ class Deployment:
                 "inputs": properties.masked(resource.get("inputs", {})),
                 "outputs": properties.masked(resource.get("outputs", {})),
             }
+            if resource.get("protect"):
+                shown["protect"] = True
+            return shown
 
         old_inputs = (old or {}).get("inputs", {})
         new_inputs = (new or {}).get("inputs", {})
@@ -248,23 +354,75 @@ class Deployment:
         }
 
     def _begin_step(self, metadata: dict) -> None:
+        with self._mutex:
+            self.step_events.append(metadata)
         self.settings.event_log.emit(resourcePreEvent={"metadata": metadata, "planning": self.preview})
 
     def _end_step(self, metadata: dict, started: float) -> None:
         op = metadata["op"]
-        with self._mutex:
-            self.changes[op] += 1
+        if op != "refresh":  # refreshes before an update or destroy are not among its changes
+            with self._mutex:
+                self.changes[op] += 1
         self.settings.event_log.emit(resOutputsEvent={"metadata": metadata, "planning": self.preview})
-        if op != "same":
-            verb = OP_DOING[op] if self.preview else f"{OP_DONE[op]} ({time.monotonic() - started:.2f}s)"
-            self._print(f" {OP_SYMBOLS[op]}  {metadata['type']} {_name_of(metadata['urn'])} {verb}")
+        if op == "same":
+            return
+        if self.settings.diff:
+            self._print(self._diff_block(metadata))
+        else:
+            # As the CLI's progress display: the planned op in a preview, else its outcome and duration.
+            status = op if self.preview else f"{OP_DONE[op]} ({time.monotonic() - started:.2f}s)"
+            self._print(f" {OP_PREFIX[op]} {metadata['type']} {_name_of(metadata['urn'])} {status}")
 
-    def _fail_step(self, metadata: dict, failure: StepFailed) -> None:
+    def _depth(self, parent: str) -> int:
+        """How deep the display nests a resource: the stack at 0, its children at 1, theirs at 2, ..."""
+        depth = 0
+        seen: set[str] = set()
+        while parent and parent not in seen:
+            seen.add(parent)
+            depth += 1
+            with self._mutex:
+                parent_state = self.new.get(parent) or self.old.get(parent) or {}
+            parent = parent_state.get("parent", "")
+        return depth
+
+    def _diff_block(self, metadata: dict) -> str:
+        """One step as the CLI's diff display (`--diff`) prints it: header, identity, then properties."""
+        op = metadata["op"]
+        state = metadata["new"] or metadata["old"]
+        indent = "    " * self._depth(state.get("parent", ""))
+        lines = [f"{indent}{OP_PREFIX[op]}{metadata['type']}: ({op})"]
+        if state.get("id") and op != "create":
+            lines.append(f"{indent}    [id={state['id']}]")
+        lines.append(f"{indent}    [urn={metadata['urn']}]")
+        if metadata.get("provider"):
+            lines.append(f"{indent}    [provider={metadata['provider']}]")
+        old_inputs = (metadata["old"] or {}).get("inputs", {})
+        new_inputs = (metadata["new"] or {}).get("inputs", {})
+        if op in ("create", "delete"):
+            shown = new_inputs if op == "create" else old_inputs
+            width = max((len(key) for key in shown), default=0)
+            lines += [f"{indent}    {key:<{width}}: {json.dumps(value)}" for key, value in sorted(shown.items())]
+        for key, diff in sorted(metadata["detailedDiff"].items()):
+            kind = diff["diffKind"]
+            if kind == "add":
+                lines.append(f"{indent}  + {key}: {json.dumps(new_inputs.get(key))}")
+            elif kind == "delete":
+                lines.append(f"{indent}  - {key}: {json.dumps(old_inputs.get(key))}")
+            else:
+                lines.append(f"{indent}  ~ {key}: {json.dumps(old_inputs.get(key))} => {json.dumps(new_inputs.get(key))}")
+        return "\n".join(lines)
+
+    def _record_failure(self, failure: StepFailed) -> None:
         with self._mutex:
             if self.failure is None:
                 self.failure = failure
+
+    def _fail_step(self, metadata: dict, failure: StepFailed) -> None:
+        self._record_failure(failure)
         self.settings.event_log.emit(resOpFailedEvent={"metadata": metadata, "status": 0, "steps": 1})
         self.log_diagnostic("error", str(failure), urn=metadata["urn"])
+        op = metadata["op"]
+        self._print(f" {OP_PREFIX[op]} {metadata['type']} {_name_of(metadata['urn'])} **{OP_DOING[op]} failed** 1 error")
 
     def log_diagnostic(self, severity: str, message: str, urn: str = "") -> None:
         event = {"message": message + "\n", "color": "never", "severity": severity}
@@ -272,8 +430,8 @@ class Deployment:
             event["urn"] = urn
         self.settings.event_log.emit(diagnosticEvent=event)
         if severity != "debug":
-            prefix = f"{urn}: " if urn and urn not in message else ""
-            self._print(f"    {severity}: {prefix}{message}")
+            with self._mutex:
+                self.diagnostics.append({"urn": urn, "severity": severity, "message": message})
 
     # --- steps -------------------------------------------------------------------------------
 
@@ -293,6 +451,34 @@ class Deployment:
             outputs[key] = properties.make_secret(outputs[key])
         return resource_id, outputs
 
+    def _cloud_operation(self, metadata: dict, resource: dict, op: str) -> None:
+        """One create, update or delete in the simulated cloud (raises StepFailed when one is injected)."""
+        with self._operation_slots:
+            reason = injected_failure(op, resource["type"], _name_of(resource["urn"]), resource.get("inputs", {}))
+            _delay_resource_operation()
+        if reason:
+            failure = StepFailed.simulated(resource, op, reason)
+            self._fail_step(metadata, failure)
+            raise failure
+
+    def _skip_create(self, resource: dict) -> dict:
+        """--target leaves this new resource out: nothing is created or recorded."""
+        with self._mutex:
+            self.skipped_creates.add(resource["urn"])
+        resource["id"] = ""
+        resource["outputs"] = copy.deepcopy(resource["inputs"])
+        return resource
+
+    def _check_not_skipped(self, resource: dict, metadata: dict) -> None:
+        """A targeted resource cannot use one that --target left uncreated (as the engine's error 2013)."""
+        with self._mutex:
+            skipped = [dependency for dependency in dependencies_of(resource) if dependency in self.skipped_creates]
+        if skipped:
+            message = f"Resource '{resource['urn']}' depends on '{skipped[0]}' which was was not specified in --target list."
+            failure = StepFailed(message)
+            self._fail_step(metadata, failure)
+            raise failure
+
     def register(self, resource: dict, ignore_changes: list[str], additional_secret_outputs: list[str]) -> dict:
         """Runs the step for one registration; returns the resource's new state (raises StepFailed)."""
         urn, type_token = resource["urn"], resource["type"]
@@ -301,8 +487,17 @@ class Deployment:
                 raise ValueError(f"Duplicate resource URN '{urn}'; try giving it a unique name")
             self.registered.add(urn)
             old = self.old.get(urn)
-        if old is None:
+        targeted = self._is_targeted(resource)
+        if not targeted:
+            if old is None:
+                return self._skip_create(resource)
+            # Untargeted: the resource keeps its previous state whatever the program says now.
+            resource = copy.deepcopy(old)
+            op, keys = "same", []
+        elif old is None:
             op, keys = "create", []
+        elif urn in self.replace_urns:
+            op, keys = "replace", []
         elif type_token == ROOT_STACK_TYPE:
             op, keys = "same", []
         else:
@@ -311,25 +506,27 @@ class Deployment:
         metadata = self._step_metadata(op, urn, type_token, old, resource, keys)
         self._begin_step(metadata)
         started = time.monotonic()
+        if targeted and self.target_patterns:
+            with self._mutex:
+                self.targeted.add(urn)
+            self._check_not_skipped(resource, metadata)
+        if op == "replace" and old.get("protect"):
+            failure = StepFailed(protected_error(urn))
+            self._fail_step(metadata, failure)
+            raise failure
         simulated_cloud = resource.get("custom") and not type_token.startswith(PROVIDER_TYPE_PREFIX)
-        if op in ("create", "update") and simulated_cloud and not self.preview:
-            reason = injected_failure(op, type_token, _name_of(urn), resource["inputs"])
-            _delay_resource_operation()
-            if reason:
-                failure = StepFailed(resource, op, reason)
-                self._fail_step(metadata, failure)
-                raise failure
+        if op in ("create", "update", "replace") and simulated_cloud and not self.preview:
+            self._cloud_operation(metadata, resource, "create" if op == "replace" else op)
         now = _now()
         if op == "same":
             resource["id"] = old.get("id", "")
             resource["outputs"] = old.get("outputs", {})
         elif resource.get("custom"):
-            resource["id"], resource["outputs"] = self._simulate(
-                resource, old.get("id") if old else None, additional_secret_outputs
-            )
+            existing_id = old.get("id") if old and op == "update" else None
+            resource["id"], resource["outputs"] = self._simulate(resource, existing_id, additional_secret_outputs)
         else:
             resource["outputs"] = old.get("outputs", {}) if old else {}
-        resource["created"] = old.get("created", now) if old else now
+        resource["created"] = old.get("created", now) if old and op != "replace" else now
         resource["modified"] = now if op != "same" else old.get("modified", now)
         with self._mutex:
             self.new[urn] = resource
@@ -363,7 +560,11 @@ class Deployment:
                 self._save()
 
     def default_provider(self, package: str, version: str) -> str:
-        """The provider reference (`urn::id`) of the package's default provider, registering it once."""
+        """The provider reference (`urn::id`) of the package's default provider, registering it once.
+
+        A package that is not installed has no provider: the step fails as the CLI's does when it
+        cannot load (or download) the plugin.
+        """
         with self._mutex:
             if (package, version) in self.default_providers:
                 return self.default_providers[(package, version)]
@@ -376,11 +577,15 @@ class Deployment:
             }
             if version:
                 inputs["version"] = version
-            state = self.register(
-                {"urn": urn, "custom": True, "type": PROVIDER_TYPE_PREFIX + package, "inputs": inputs, "parent": ""},
-                [],
-                [],
-            )
+            provider = {"urn": urn, "custom": True, "type": PROVIDER_TYPE_PREFIX + package, "inputs": inputs, "parent": ""}
+            if not package_installed(package):
+                old = self.old.get(urn)
+                metadata = self._step_metadata("same" if old else "create", urn, provider["type"], old, provider, [])
+                self._begin_step(metadata)
+                failure = StepFailed(missing_plugin_error(package, version))
+                self._fail_step(metadata, failure)
+                raise failure
+            state = self.register(provider, [], [])
             reference = f"{urn}::{state['id']}"
             self.default_providers[(package, version)] = reference
             return reference
@@ -390,25 +595,25 @@ class Deployment:
         metadata = self._step_metadata("delete", urn, resource["type"], resource, None, [])
         self._begin_step(metadata)
         started = time.monotonic()
+        if resource.get("protect"):
+            failure = StepFailed(protected_error(urn))
+            self._fail_step(metadata, failure)
+            raise failure
         simulated_cloud = resource.get("custom") and not resource["type"].startswith(PROVIDER_TYPE_PREFIX)
         if simulated_cloud and not resource.get("external") and not self.preview:
-            reason = injected_failure("delete", resource["type"], _name_of(urn), resource.get("inputs", {}))
-            _delay_resource_operation()
-            if reason:
-                failure = StepFailed(resource, "delete", reason)
-                self._fail_step(metadata, failure)
-                raise failure
+            self._cloud_operation(metadata, resource, "delete")
         with self._mutex:
             self.deleted.add(urn)
             self._save()
         self._end_step(metadata, started)
 
-    def refresh(self, resource: dict) -> None:
+    def refresh(self, resource: dict, op_when_changed: str = "update") -> dict:
+        """Re-reads one resource; in `refresh` the change counts as an update, before an update as a refresh."""
         urn = resource["urn"]
         refreshed = copy.deepcopy(resource)
         if resource.get("custom"):
             refreshed["id"], refreshed["outputs"] = self._simulate(resource, resource.get("id"), [])
-        op = "same" if refreshed.get("outputs") == resource.get("outputs") else "update"
+        op = "same" if refreshed.get("outputs") == resource.get("outputs") else op_when_changed
         metadata = self._step_metadata(op, urn, resource["type"], resource, refreshed, [])
         self._begin_step(metadata)
         started = time.monotonic()
@@ -417,25 +622,80 @@ class Deployment:
             self.new_order.append(urn)
             self._save()
         self._end_step(metadata, started)
+        return refreshed
+
+    def _refresh_first(self) -> None:
+        """--refresh: re-read the stack's resources before the operation, which starts from what was read."""
+        for resource in self.old_order:
+            self._print(f" {OP_PREFIX['refresh']} {resource['type']} {_name_of(resource['urn'])} refreshing")
+            refreshed = copy.deepcopy(resource)
+            if resource.get("custom") and not resource["type"].startswith(PROVIDER_TYPE_PREFIX):
+                refreshed["id"], refreshed["outputs"] = self._simulate(resource, resource.get("id"), [])
+            self.old[resource["urn"]] = refreshed
+        self.old_order = [self.old[resource["urn"]] for resource in self.old_order]
 
     # --- operations --------------------------------------------------------------------------
 
     def run_update(self) -> None:
         """`up` or `preview`: run the program, then delete what it no longer declares."""
+        if self.settings.refresh:
+            self._refresh_first()
         self.program_error = run_program(self)
         if self.failure or self.program_error:
             return
+        self.check_targets()
+        if self.failure:
+            return
         for resource in reversed(self.old_order):
-            if resource["urn"] not in self.registered:
+            if resource["urn"] not in self.registered and self._is_targeted(resource):
                 self.delete(resource)
 
+    def _destroy_targets(self) -> set[str] | None:
+        """The URNs a targeted destroy deletes (with --target-dependents, their dependents too)."""
+        if not self.target_patterns:
+            return None
+        chosen = {resource["urn"] for resource in self.old_order if self._matches_target(resource["urn"])}
+        for resource in self.old_order:  # state order: dependencies come before their dependents
+            if resource["urn"] not in chosen and chosen & set(dependencies_of(resource)):
+                if not self.settings.target_dependents:
+                    message = (
+                        f"Resource '{resource['urn']}' will be destroyed but was not specified in --target list.\n"
+                        "Either include resource in --target list or pass --target-dependents to proceed."
+                    )
+                    self.log_diagnostic("error", message, urn=resource["urn"])
+                    self._record_failure(StepFailed(message))
+                    return chosen
+                chosen.add(resource["urn"])
+        return chosen
+
     def run_destroy(self) -> None:
+        if self.settings.refresh:
+            self._refresh_first()
+        self.check_targets()
+        chosen = self._destroy_targets()
+        if self.failure:
+            return
         for resource in reversed(self.old_order):
+            if resource["urn"] in self.settings.excluded or (chosen is not None and resource["urn"] not in chosen):
+                continue
             self.delete(resource)
 
     def run_refresh(self) -> None:
+        self.check_targets()
+        if self.failure:
+            return
         for resource in self.old_order:
-            self.refresh(resource)
+            if not self.target_patterns or self._matches_target(resource["urn"]):
+                self.refresh(resource)
+
+
+def dependencies_of(resource: dict) -> list[str]:
+    """The URNs a resource depends on: its parent, dependencies and provider."""
+    dependencies = [resource.get("parent") or "", *(resource.get("dependencies") or [])]
+    provider = resource.get("provider") or ""
+    if provider:
+        dependencies.append(provider.rsplit("::", 1)[0])
+    return [urn for urn in dependencies if urn]
 
 
 class ResourceMonitor(resource_pb2_grpc.ResourceMonitorServicer):
@@ -474,23 +734,23 @@ class ResourceMonitor(resource_pb2_grpc.ResourceMonitorServicer):
     def RegisterResource(self, request, context):
         self._abort_if_failed(context)
         urn = self._urn(request.type, request.name, request.parent)
-        resource = {
-            "urn": urn,
-            "custom": request.custom,
-            "type": request.type,
-            "inputs": from_struct(request.object),
-            "parent": request.parent,
-            "provider": (
-                self._provider_reference(request.type, request.provider, request.version) if request.custom else ""
-            ),
-            "dependencies": list(request.dependencies),
-            "propertyDependencies": {key: list(deps.urns) for key, deps in request.propertyDependencies.items()},
-        }
-        if request.protect:
-            resource["protect"] = True
-        if request.deletedWith:
-            resource["deletedWith"] = request.deletedWith
         try:
+            resource = {
+                "urn": urn,
+                "custom": request.custom,
+                "type": request.type,
+                "inputs": from_struct(request.object),
+                "parent": request.parent,
+                "provider": (
+                    self._provider_reference(request.type, request.provider, request.version) if request.custom else ""
+                ),
+                "dependencies": list(request.dependencies),
+                "propertyDependencies": {key: list(deps.urns) for key, deps in request.propertyDependencies.items()},
+            }
+            if request.protect:
+                resource["protect"] = True
+            if request.deletedWith:
+                resource["deletedWith"] = request.deletedWith
             state = self.deployment.register(
                 resource, list(request.ignoreChanges), list(request.additionalSecretOutputs)
             )
@@ -513,16 +773,20 @@ class ResourceMonitor(resource_pb2_grpc.ResourceMonitorServicer):
     def ReadResource(self, request, context):
         self._abort_if_failed(context)
         urn = self._urn(request.type, request.name, request.parent)
-        resource = {
-            "urn": urn,
-            "custom": True,
-            "type": request.type,
-            "id": request.id,
-            "inputs": from_struct(request.properties),
-            "parent": request.parent,
-            "provider": self._provider_reference(request.type, request.provider, request.version),
-            "dependencies": list(request.dependencies),
-        }
+        try:
+            resource = {
+                "urn": urn,
+                "custom": True,
+                "type": request.type,
+                "id": request.id,
+                "inputs": from_struct(request.properties),
+                "parent": request.parent,
+                "provider": self._provider_reference(request.type, request.provider, request.version),
+                "dependencies": list(request.dependencies),
+            }
+        except StepFailed:
+            self._abort_if_failed(context)
+            raise
         state = self.deployment.read(resource)
         return resource_pb2.ReadResourceResponse(urn=urn, id=state["id"], properties=to_struct(state["outputs"]))
 

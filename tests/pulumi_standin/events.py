@@ -10,6 +10,7 @@ import json
 import queue
 import threading
 import time
+from typing import TextIO
 
 import grpc
 
@@ -19,8 +20,10 @@ _END_OF_STREAM = object()
 
 
 class EventLog:
-    def __init__(self, target: str | None) -> None:
+    def __init__(self, target: str | None, echo: TextIO | None = None) -> None:
+        """`echo`: a stream that gets each event too, one JSON line each (`up --json` on stdout)."""
         self._sequence = 0
+        self._echo = echo
         self._mutex = threading.Lock()
         self._file = None
         self._queue: queue.Queue | None = None
@@ -42,6 +45,9 @@ class EventLog:
             self._sequence += 1
             event = {"sequence": self._sequence, "timestamp": int(time.time()), **payload}
             line = json.dumps(event)
+            if self._echo is not None:
+                self._echo.write(line + "\n")
+                self._echo.flush()
             if self._file is not None:
                 self._file.write(line + "\n")
                 self._file.flush()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from .backend import write_atomically
 from .passphrase import Crypter
 
 PROJECT_FILE_NAMES = ("Pulumi.yaml", "Pulumi.yml", "Pulumi.json")
@@ -125,9 +126,7 @@ class Project:
         return json.loads(path.read_text(encoding="utf-8")).get("stack")
 
     def set_current_stack(self, stack: str | None) -> None:
-        path = self._workspace_file()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"stack": stack}), encoding="utf-8")
+        write_atomically(self._workspace_file(), json.dumps({"stack": stack}))
 
 
 def _config_text(value: object) -> object:
@@ -217,4 +216,4 @@ class StackConfig:
                 key: {"secure": entry.value} if entry.secret else entry.value
                 for key, entry in sorted(self.values.items())
             }
-        self.path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+        write_atomically(self.path, yaml.safe_dump(document, sort_keys=False))
