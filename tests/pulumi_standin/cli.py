@@ -42,6 +42,7 @@ ERROR_EXIT_CODE = 1
 STACK_NOT_FOUND_EXIT_CODE = 6
 TABLE_COLUMN_GAP = "  "
 TAGS_FILE_VERSION = 1
+ROOT_STACK_TYPE = "pulumi:pulumi:Stack"
 
 SHORT_FLAGS = {
     "-s": "--stack",
@@ -255,6 +256,32 @@ def go_duration(seconds: int) -> str:
     if minutes:
         return f"{minutes}m{secs}s"
     return f"{secs}s"
+
+
+def rename_urn(urn: str, old_stack: str, new_stack: str) -> str:
+    """A URN of `old_stack` as the same resource's URN in `new_stack` (the root stack resource's name,
+    `<project>-<stack>`, follows), as the CLI's stack rename rewrites state."""
+    prefix = f"urn:pulumi:{old_stack}::"
+    if not urn.startswith(prefix):
+        return urn
+    project, qualified_type, name = urn[len(prefix) :].split("::", 2)
+    if qualified_type == ROOT_STACK_TYPE:
+        name = f"{project}-{new_stack}"
+    return f"urn:pulumi:{new_stack}::{project}::{qualified_type}::{name}"
+
+
+def rename_stack_in_state(value: object, old_stack: str, new_stack: str, key: str = "") -> object:
+    """Every URN in a checkpoint (resources, parents, dependencies, provider references...) renamed."""
+    if isinstance(value, dict):
+        return {name: rename_stack_in_state(item, old_stack, new_stack, name) for name, item in value.items()}
+    if isinstance(value, list):
+        return [rename_stack_in_state(item, old_stack, new_stack, key) for item in value]
+    if isinstance(value, str) and value.startswith("urn:pulumi:"):
+        if key == "provider" and "::" in value:
+            urn, _, provider_id = value.rpartition("::")
+            return f"{rename_urn(urn, old_stack, new_stack)}::{provider_id}"
+        return rename_urn(value, old_stack, new_stack)
+    return value
 
 
 def tags_path(backend: FileBackend, stack: str) -> Path:
@@ -664,10 +691,7 @@ class Cli:
         if backend.exists(new_name):
             raise CliError(f"a stack named {backend.qualified_name(new_name)} already exists")
         backend.ensure_unlocked(stack)
-        deployment = json.loads(
-            json.dumps(backend.read_checkpoint(stack)).replace(f'"urn:pulumi:{stack}::', f'"urn:pulumi:{new_name}::')
-            .replace(f'urn:pulumi:{stack}::', f'urn:pulumi:{new_name}::')
-        )
+        deployment = rename_stack_in_state(backend.read_checkpoint(stack), stack, new_name)
         backend.write_checkpoint(new_name, deployment)
         old_history, new_history = backend.history_dir(stack), backend.history_dir(new_name)
         if old_history.is_dir():
@@ -707,7 +731,8 @@ class Cli:
                 new.values[key] = ConfigValue(new_crypter.encrypt(old_crypter.decrypt(entry.value)), True)
         lock = backend.lock(stack)
         try:
-            deployment = properties.seal(properties.unseal(backend.read_checkpoint(stack), old_crypter), new_crypter)
+            opened = properties.unseal(backend.read_checkpoint(stack), lambda: old_crypter)
+            deployment = properties.seal(opened, lambda: new_crypter)
             deployment["secrets_providers"] = {"type": "passphrase", "state": {"salt": new.encryption_salt}}
             backend.write_checkpoint(stack, deployment)
         finally:
