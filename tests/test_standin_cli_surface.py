@@ -78,6 +78,8 @@ def test_unknown_commands_and_flags_are_refused_as_the_cli_does(standin_env, pul
         ("stack", "output", "--stack"): "error: flag needs an argument: --stack",
         # a flag of another command is unknown here
         ("stack", "ls", "--show-secrets"): "error: unknown flag: --show-secrets",
+        # a command of the real CLI that the stand-in does not simulate says so
+        ("config", "env", "ls"): "error: the Pulumi CLI stand-in does not support `pulumi config env`",
     }
     for args, message in refused.items():
         result = cli(work_dir, *args)
@@ -97,6 +99,7 @@ def test_unknown_commands_and_flags_are_refused_as_the_cli_does(standin_env, pul
 def test_help_prints_usage_and_the_sdk_sees_no_remote_support(standin_env, pulumi_command):
     stack = open_stack(pulumi_command, "help")
     work_dir = stack.workspace.work_dir
+    assert ok(work_dir).startswith("Usage:\n  pulumi [command]\n")  # no command: the root's usage
     usage = ok(work_dir, "stack", "ls", "--help")
     assert usage.startswith("Usage:\n  pulumi stack ls [flags]\n")
     assert "  -j, --json" in usage and "Global Flags:" in usage and "  -C, --cwd string" in usage

@@ -164,6 +164,14 @@ COMMAND_ALIASES = {
     ("config", "delete-all"): ("config", "rm-all"),
     ("plugin", "list"): ("plugin", "ls"),
 }
+# Commands of the real CLI the stand-in does not simulate: refused as such, not as unknown commands.
+REAL_COMMANDS_NOT_SIMULATED = {
+    ("new",), ("import",), ("install",), ("login",), ("logout",), ("state",), ("convert",), ("policy",),
+    ("org",), ("env",), ("package",), ("schema",), ("watch",), ("logs",), ("console",), ("deployment",),
+    ("gen-completion",), ("ai",), ("cloud",), ("template",), ("plugin", "rm"), ("plugin", "run"),
+    ("config", "env"), ("config", "cp"), ("config", "copy"), ("stack", "graph"), ("stack", "unselect"),
+    ("stack", "schedule"), ("stack", "webhook"), ("stack", "drift"), ("stack", "get"),
+}  # fmt: skip
 # Commands that are also groups: a word after them that is not a subcommand is an unknown command.
 GROUP_COMMANDS = {("config",)}
 # Shorthands that mean another flag in one command (`up -f` skips the preview, `stack ls -t` is a tag filter).
@@ -410,6 +418,10 @@ class Arguments:
         """Refuses what the CLI refuses: unknown commands and flags the command does not define."""
         allowed = COMMAND_FLAGS.get(self.canonical)
         if allowed is None or (self.canonical in GROUP_COMMANDS and self.positionals):
+            words = (*self.command, *self.positionals[:1])
+            real = next((" ".join(words[:n]) for n in (1, 2) if tuple(words[:n]) in REAL_COMMANDS_NOT_SIMULATED), None)
+            if real:
+                raise CliError(f"the Pulumi CLI stand-in does not support `pulumi {real}`")
             raise UsageError(self._unknown_command())
         for name in self.flags:
             if name not in allowed and name not in GLOBAL_FLAGS:
@@ -494,7 +506,7 @@ class Cli:
         return StackConfig.load(self.project, stack, self.state_salt(stack), self.config_file())
 
     def run(self) -> int:
-        if self.args.help:
+        if self.args.help or not (self.args.command or self.args.positionals):
             print(usage(self.args))
             return 0
         self.args.validate()
