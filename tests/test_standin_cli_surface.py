@@ -86,6 +86,11 @@ def test_unknown_commands_and_flags_are_refused_as_the_cli_does(standin_env, pul
         assert result.returncode == 1, (args, result.stdout, result.stderr)
         assert result.stderr.strip() == message, (args, result.stderr)
 
+    # A flag of the CLI that would change what an update does, and that the stand-in does not do,
+    # is refused rather than ignored.
+    with pytest.raises(auto.errors.CommandError, match="the Pulumi CLI stand-in does not support --remove"):
+        stack._run_pulumi_cmd_sync(["destroy", "--yes", "--remove"])
+
     # The Automation API gets a CommandError naming the flag, never a silent success.
     with pytest.raises(auto.errors.CommandError, match="unknown flag: --frobnicate"):
         stack._run_pulumi_cmd_sync(["stack", "output", "--frobnicate"])

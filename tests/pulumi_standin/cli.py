@@ -146,6 +146,14 @@ COMMAND_FLAGS: dict[tuple[str, ...], set[str]] = {
         "--import-pending-creates",
     },
 }  # fmt: skip
+OPERATIONS = {("up",), ("preview",), ("destroy",), ("refresh",)}
+# Operation flags that change what an update does and that the stand-in does not do: refused, never
+# ignored. (Display-only flags such as --show-sames or --suppress-progress are accepted.)
+OPERATION_FLAGS_NOT_SIMULATED = {
+    "--config", "--config-path", "--secrets-provider", "--target-replace", "--ignore-protect",
+    "--attach-debugger", "--remove", "--skip-pending-creates", "--clear-pending-creates",
+    "--import-pending-creates", "--neo-task-on-failure",
+}  # fmt: skip
 # The CLI's aliases of the commands above.
 COMMAND_ALIASES = {
     ("update",): ("up",),
@@ -426,6 +434,10 @@ class Arguments:
         for name in self.flags:
             if name not in allowed and name not in GLOBAL_FLAGS:
                 raise UsageError(f"unknown flag: {name}")
+        if self.canonical in OPERATIONS:
+            not_simulated = sorted(OPERATION_FLAGS_NOT_SIMULATED & set(self.flags))
+            if not_simulated:
+                raise CliError(f"the Pulumi CLI stand-in does not support {', '.join(not_simulated)}")
 
     def _unknown_command(self) -> str:
         words = self.command

@@ -369,6 +369,7 @@ class StackConfig:
         raw = _load_settings_file(path) if path.is_file() else {}
         config = cls(path=path, encryption_salt=raw.pop("encryptionsalt", None) or state_salt)
         for key, value in (raw.pop("config", None) or {}).items():
+            key = project.full_key(str(key))  # a key without a namespace is the project's, as in the CLI
             if is_secure(value):
                 config.values[key] = ConfigValue(value=value["secure"], secret=True)
             elif isinstance(value, (dict, list)):
