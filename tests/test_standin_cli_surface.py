@@ -378,3 +378,25 @@ def test_human_output_has_the_cli_columns_and_headings(standin_env, pulumi_comma
     assert history[:4] == ["Version: 1", "UpdateKind: update", "Status: succeeded", "Message: first"]
     assert re.fullmatch(r"\+3-0~0 0 Updated (now|\d+ seconds? ago) took \d+s", history[4]), history
     assert "    exec.kind: auto.inline" in history
+
+
+def test_config_set_types_stdin_and_exclusive_flags(standin_env, pulumi_command):
+    stack = open_stack(pulumi_command, "typed")
+    work_dir = Path(stack.workspace.work_dir)
+    ok(work_dir, "config", "set", "--type", "int", "port", "8080")
+    ok(work_dir, "config", "set", "--type", "bool", "debug", "true")
+    assert cli(work_dir, "config", "set", "motd", stdin="hello\n").returncode == 0  # one newline dropped
+    ok(work_dir, "config", "set", "greeting", "hi")  # a later write keeps the others' types
+    settings = yaml.safe_load((work_dir / "Pulumi.typed.yaml").read_text())["config"]
+    assert settings[f"{PROJECT}:port"] == 8080 and settings[f"{PROJECT}:debug"] is True
+    assert settings[f"{PROJECT}:motd"] == "hello"
+    assert stack.get_config("port").value == "8080" and stack.get_config("debug").value == "true"
+
+    both = cli(work_dir, "config", "set", "--secret", "--plaintext", "k", "v")
+    assert both.returncode == 1 and both.stderr.strip() == (
+        "error: if any flags in the group [secret plaintext type] are set none of the others can be; "
+        "[plaintext secret] were all set"
+    )
+    bad = cli(work_dir, "config", "set", "--type", "decimal", "k", "1")
+    assert bad.returncode == 1
+    assert bad.stderr.strip() == 'error: invalid type "decimal"; must be one of string, int, bool, or float'

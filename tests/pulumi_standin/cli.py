@@ -30,6 +30,7 @@ from .project import (
     contains_secure,
     is_secure,
     map_secure,
+    typed_config_value,
 )
 
 if TYPE_CHECKING:
@@ -124,7 +125,7 @@ COMMAND_FLAGS: dict[tuple[str, ...], set[str]] = {
     ("stack", "tag", "ls"): {"--stack", "--json"},
     ("config",): {"--show-secrets", "--open", "--json", "--stack", "--config-file"},
     ("config", "get"): {"--json", "--open", "--path", "--stack", "--config-file"},
-    ("config", "set"): {"--path", "--plaintext", "--secret", "--type", "--stack", "--config-file"},
+    ("config", "set"): {"--path", "--plaintext", "--secret", "--type", "--raw", "--stack", "--config-file"},
     ("config", "set-all"): {"--path", "--plaintext", "--secret", "--json", "--stack", "--config-file"},
     ("config", "rm"): {"--path", "--stack", "--config-file"},
     ("config", "rm-all"): {"--path", "--stack", "--config-file"},
@@ -984,14 +985,27 @@ class Cli:
         config = self._config_for_change()
         if not self.args.positionals or len(self.args.positionals) > 2:
             raise UsageError(f"accepts between 1 and 2 arg(s), received {len(self.args.positionals)}")
+        exclusive = sorted(name[2:] for name in ("--secret", "--plaintext", "--type") if name in self.args.flags)
+        if len(exclusive) > 1:
+            raise UsageError(
+                "if any flags in the group [secret plaintext type] are set none of the others can be; "
+                f"[{' '.join(exclusive)}] were all set"
+            )
         if len(self.args.positionals) < 2:
-            # The CLI reads the value from stdin when it is not an argument.
-            self.args.positionals.append(sys.stdin.read().rstrip("\n"))
-        if self.args.switch("--secret") and self.args.switch("--plaintext"):
-            raise CliError("only one of --secret and --plaintext may be set")
+            # The CLI reads the value from stdin when it is not an argument (one trailing newline
+            # dropped unless --raw).
+            text = sys.stdin.read()
+            self.args.positionals.append(text if self.args.switch("--raw") else text.removesuffix("\n"))
         key, value = self.project.full_key(self.args.positionals[0]), self.args.positionals[1]
         secret = self.args.switch("--secret")
-        if self.args.switch("--path"):
+        type_name = self.args.flag("--type")
+        if type_name:
+            typed = typed_config_value(value, type_name)
+            if self.args.switch("--path"):
+                config.set_path(key, value, secret=False, typed=typed)
+            else:
+                config.set(key, typed, secret=False)
+        elif self.args.switch("--path"):
             config.set_path(key, value, secret)
         else:
             config.set(key, value, secret)
@@ -1108,7 +1122,7 @@ class Cli:
         settings.event_log.emit(
             preludeEvent={
                 "config": {
-                    key: "[secret]" if entry.secret else str(entry.value)
+                    key: "[secret]" if entry.secret else entry.text()
                     for key, entry in settings.config.values.items()
                 }
             }

@@ -139,13 +139,24 @@ class Project:
         path.write_text(json.dumps({"stack": stack}), encoding="utf-8")
 
 
-def _config_text(value: object) -> object:
-    """YAML scalars as the CLI reads them: config values are strings (objects stay objects)."""
+def config_scalar_text(value: object) -> str:
+    """A typed config scalar (YAML int, bool, float) as the CLI shows it: `true`, `5`, `1.5`."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
-    return value
+    return "" if value is None else str(value)
+
+
+# `config set --type`: how each type's text becomes the typed value kept in the settings file.
+CONFIG_TYPES = {"string": str, "int": int, "bool": lambda text: {"true": True, "false": False}[text], "float": float}
+
+
+def typed_config_value(text: str, type_name: str) -> object:
+    if type_name not in CONFIG_TYPES:
+        raise ProjectError(f"invalid type {type_name!r}; must be one of string, int, bool, or float".replace("'", '"'))
+    try:
+        return CONFIG_TYPES[type_name](text)
+    except (ValueError, KeyError):
+        raise ProjectError(f"could not set config: {text!r} is not a valid {type_name}") from None
 
 
 def compact_json(value: object) -> str:
@@ -328,7 +339,7 @@ class ConfigValue:
 
     def text(self) -> str:
         """The value as the CLI prints it: strings as they are, objects as compact JSON."""
-        return compact_json(self.value) if self.is_object else str(self.value)
+        return compact_json(self.value) if self.is_object else config_scalar_text(self.value)
 
     def as_json(self, show_secrets: bool) -> dict:
         """The CLI's configValueJSON: value (omitted for a hidden secret), objectValue for objects, secret."""
@@ -375,7 +386,7 @@ class StackConfig:
             elif isinstance(value, (dict, list)):
                 config.values[key] = ConfigValue(value=value, secret=contains_secure(value))
             else:
-                config.values[key] = ConfigValue(value=_config_text(value))
+                config.values[key] = ConfigValue(value=value)  # a YAML int/bool/float keeps its type
         config.other_settings = raw
         return config
 
@@ -406,15 +417,20 @@ class StackConfig:
         else:
             self.values[key] = ConfigValue(value=value)
 
-    def set_path(self, key: str, value: str, secret: bool) -> None:
-        """`config set --path`: the key's name is a property path into an object value."""
+    def set_path(self, key: str, value: str, secret: bool, typed: object = None) -> None:
+        """`config set --path`: the key's name is a property path into an object value; `typed` is
+        the value of `--type` (else the text is coerced to a bool or an integer when it reads as one)."""
         namespace, _, name = key.rpartition(":")
         path = parse_key_path(name)
         root_key = f"{namespace}:{path[0]}"
         if len(path) == 1:
-            self.set(root_key, value, secret)
+            self.set(root_key, value if typed is None else typed, secret)
             return
-        leaf: object = {"secure": self.crypter().encrypt(value)} if secret else coerce_path_value(value)
+        leaf: object
+        if secret:
+            leaf = {"secure": self.crypter().encrypt(value)}
+        else:
+            leaf = coerce_path_value(value) if typed is None else typed
         root = self.stored(root_key) if root_key in self.values else None
         updated = set_at_path(root, [path[0]], path[1:], leaf)
         self.values[root_key] = ConfigValue(value=updated, secret=contains_secure(updated))
@@ -436,7 +452,7 @@ class StackConfig:
         secret = contains_secure(value)
         if secret:
             value = map_secure(value, self.crypter().decrypt)
-        return ConfigValue(_config_text(value) if not isinstance(value, (dict, list)) else value, secret)
+        return ConfigValue(value, secret)
 
     def remove_path(self, key: str) -> None:
         """`config rm --path`: removes the member at the path (the whole key for a one-segment path)."""
