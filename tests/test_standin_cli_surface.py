@@ -292,6 +292,20 @@ def test_stack_ls_json_fields_as_the_file_backend_reports_them(standin_env, pulu
     assert summaries["fresh"].resource_count is None and summaries["fresh"].last_update is None
     assert summaries["deployed"].resource_count == 3 and summaries["deployed"].last_update is not None
 
+    # Another project's stacks show up with --all, by their fully qualified name.
+    auto.create_or_select_stack(
+        stack_name="elsewhere", project_name="other-project", program=program,
+        opts=auto.LocalWorkspaceOptions(pulumi_command=pulumi_command),
+    )  # fmt: skip
+    assert [summary.name for summary in fresh.workspace.list_stacks()] == ["deployed", "fresh"]
+    everything = [summary.name for summary in fresh.workspace.list_stacks(include_all=True)]
+    assert everything == ["deployed", "fresh", "organization/other-project/elsewhere"]
+    # --tag name[=value] filters.
+    fresh.set_tag("tier", "gold")
+    work_dir = fresh.workspace.work_dir
+    assert [entry["name"] for entry in json.loads(ok(work_dir, "stack", "ls", "--json", "--tag", "tier"))] == ["fresh"]
+    assert json.loads(ok(work_dir, "stack", "ls", "--json", "--tag", "tier=silver")) == []
+
 
 def test_export_and_import_round_trip_keeps_secrets(standin_env, pulumi_command):
     source = open_stack(pulumi_command, "exported")

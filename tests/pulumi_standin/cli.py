@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import properties
-from .backend import BackendError, FileBackend, StackNotFoundError, manifest, stack_short_name
+from .backend import ORGANIZATION, BackendError, FileBackend, StackNotFoundError, manifest, stack_short_name
 from .passphrase import PassphraseError
 from .project import (
     ConfigValue,
@@ -654,21 +654,34 @@ class Cli:
         self.project.set_current_stack(stack)
 
     def stack_ls(self) -> None:
-        backend = self.backend
-        current = self.project.current_stack()
+        """The stacks of the current project (or `--project`, or `--all` projects), filtered by
+        `--organization` and `--tag name[=value]`, as the file backend lists them."""
+        project = self.optional_project()
+        project_filter = self.args.flag("--project")
+        if not self.args.switch("--all") and not project_filter:
+            if project is None:
+                raise CliError("no Pulumi.yaml found; please run this command in a project directory")
+            project_filter = project.name
+        organization = self.args.flag("--organization")
+        tag_name, has_value, tag_value = (self.args.flag("--tag") or "").partition("=")
+        url = self.backend_url()
+        stacks_root = FileBackend(url, "").bookkeeping / "stacks"
+        projects = sorted(path.name for path in stacks_root.iterdir() if path.is_dir()) if stacks_root.is_dir() else []
+        current = project.current_stack() if project is not None else None
         summaries = []
-        for stack in backend.list_stacks():
-            # As the file backend: a stack that was never deployed (or imported) has no last update
-            # and no resource count; otherwise they are its checkpoint's manifest time and resources.
-            # It reports no update progress.
-            latest = backend.read_checkpoint(stack)
-            resources = latest.get("resources") or []
-            summary: dict = {"name": stack, "current": stack == current}
-            manifest_time = (latest.get("manifest") or {}).get("time")
-            if manifest_time and (resources or backend.history(stack)):
-                summary["lastUpdate"] = format_time(dt.datetime.fromisoformat(manifest_time).timestamp())
-                summary["resourceCount"] = len(resources)
-            summaries.append(summary)
+        for project_name in projects:
+            if (project_filter and project_name != project_filter) or (organization and organization != ORGANIZATION):
+                continue
+            backend = FileBackend(url, project_name)
+            for stack in backend.list_stacks():
+                if tag_name:
+                    tags = self._tags(stack, backend)
+                    if tag_name not in tags or (has_value and tags[tag_name] != tag_value):
+                        continue
+                in_current_project = project is not None and project_name == project.name
+                name = stack if in_current_project else backend.qualified_name(stack)
+                summaries.append(self._stack_summary(backend, stack, name, in_current_project and stack == current))
+        summaries.sort(key=lambda summary: summary["name"])
         if self.args.switch("--json"):
             print_json(summaries)
             return
@@ -681,6 +694,20 @@ class Cli:
             for summary in summaries
         ]
         print(format_table(["NAME", "LAST UPDATE", "RESOURCE COUNT"], rows), end="")
+
+    @staticmethod
+    def _stack_summary(backend: FileBackend, stack: str, name: str, current: bool) -> dict:
+        # As the file backend: a stack that was never deployed (or imported) has no last update
+        # and no resource count; otherwise they are its checkpoint's manifest time and resources.
+        # It reports no update progress.
+        latest = backend.read_checkpoint(stack)
+        resources = latest.get("resources") or []
+        summary: dict = {"name": name, "current": current}
+        manifest_time = (latest.get("manifest") or {}).get("time")
+        if manifest_time and (resources or backend.history(stack)):
+            summary["lastUpdate"] = format_time(dt.datetime.fromisoformat(manifest_time).timestamp())
+            summary["resourceCount"] = len(resources)
+        return summary
 
     def stack_rm(self) -> None:
         stack = self.existing_stack(positional_allowed=True)
@@ -767,8 +794,8 @@ class Cli:
 
     # --- stack tags (the file backend keeps them in .pulumi/stacks/<project>/<stack>.pulumi-tags) ---
 
-    def _tags(self, stack: str) -> dict[str, str]:
-        path = tags_path(self.backend, stack)
+    def _tags(self, stack: str, backend: FileBackend | None = None) -> dict[str, str]:
+        path = tags_path(backend or self.backend, stack)
         if not path.is_file():
             return {}
         document = json.loads(path.read_text(encoding="utf-8"))
