@@ -206,7 +206,7 @@ class UsageError(CliError):
 
 
 class StackNotFound(CliError):
-    exit_code = STACK_NOT_FOUND_EXIT_CODE
+    """No such stack, or none selected (the CLI exits with STACK_NOT_FOUND_EXIT_CODE)."""
 
 
 def format_time(timestamp: float) -> str:
@@ -354,7 +354,6 @@ class Arguments:
         self.shorts = SHORT_FLAGS
         words = self._positionals(head, VALUE_FLAGS)
         self.command = self._command(words)
-        self.help = False
         canonical = COMMAND_ALIASES.get(tuple(self.command), tuple(self.command))
         value_flags = VALUE_FLAGS - COMMAND_SWITCH_OVERRIDES.get(canonical, set())
         if canonical == ("config", "set-all"):
@@ -988,13 +987,13 @@ class Cli:
             rows.append([self.project.pretty_key(key), shown])
         print(format_table(["KEY", "VALUE"], rows), end="")
 
-    def _one_key(self, what: str) -> str:
+    def _one_key(self) -> str:
         if len(self.args.positionals) != 1:
             raise UsageError(f"accepts 1 arg(s), received {len(self.args.positionals)}")
         return self.project.full_key(self.args.positionals[0])
 
     def config_get(self) -> None:
-        key = self._one_key("get")
+        key = self._one_key()
         stack = self.existing_stack()
         config = self.stack_config(stack)
         if self.args.switch("--path"):
