@@ -307,23 +307,52 @@ def test_stack_ls_json_fields_as_the_file_backend_reports_them(standin_env, pulu
     assert json.loads(ok(work_dir, "stack", "ls", "--json", "--tag", "tier=silver")) == []
 
 
-def test_export_and_import_round_trip_keeps_secrets(standin_env, pulumi_command):
-    source = open_stack(pulumi_command, "exported")
-    source.up()
-    exported = source.export_stack()  # `stack export --show-secrets`
+def test_export_and_import_round_trip_keeps_secrets(standin_env, pulumi_command, tmp_path):
+    stack = open_stack(pulumi_command, "exported")
+    work_dir = stack.workspace.work_dir
+    stack.up()
+    exported = stack.export_stack()  # `stack export --show-secrets`
     plaintexts = [
         resource["outputs"]["token"].get("plaintext")
         for resource in exported.deployment["resources"]
         if resource["type"] == "pulumi:pulumi:Stack"
     ]
     assert plaintexts == ['"s3cr3t"']  # a --show-secrets export holds the secret's JSON in plaintext
+    encrypted = tmp_path / "encrypted.json"
+    ok(work_dir, "stack", "export", "--file", str(encrypted))
+    assert "s3cr3t" not in encrypted.read_text() and "ciphertext" in encrypted.read_text()
 
-    target = open_stack(pulumi_command, "imported")
-    target.import_stack(exported)
-    assert target.outputs()["token"].value == "s3cr3t" and target.outputs()["token"].secret
-    state = json.dumps(json.loads(ok(target.workspace.work_dir, "stack", "export", "--stack", "imported")))
+    stack.destroy()
+    assert stack.outputs() == {}
+    stack.import_stack(exported)
+    assert (stack.outputs()["token"].value, stack.outputs()["token"].secret) == ("s3cr3t", True)
+    state = ok(work_dir, "stack", "export")
     assert "s3cr3t" not in state and "ciphertext" in state  # encrypted again at rest
-    assert target.export_stack().deployment["resources"] == exported.deployment["resources"]
+    assert stack.export_stack().deployment["resources"] == exported.deployment["resources"]
+    # The encrypted export imports as well, and the stack updates in place from it.
+    ok(work_dir, "stack", "import", "--file", str(encrypted))
+    assert stack.outputs()["token"].value == "s3cr3t"
+    assert stack.up().summary.resource_changes == {"same": 3}
+
+
+def test_import_of_another_stacks_state_needs_force(standin_env, pulumi_command, tmp_path):
+    source = open_stack(pulumi_command, "origin")
+    source.up()
+    exported = tmp_path / "origin.json"
+    ok(source.workspace.work_dir, "stack", "export", "--file", str(exported))
+    target = open_stack(pulumi_command, "copy-target")
+    with pytest.raises(auto.errors.CommandError) as refused:
+        target.import_stack(source.export_stack())
+    stderr = str(refused.value)
+    assert "errors occurred:" in stderr and "is from a different stack (origin != copy-target)" in stderr
+    assert "importing this file could be dangerous; rerun with --force to proceed anyway" in stderr
+    assert target.outputs() == {}
+
+    forced = cli(target.workspace.work_dir, "stack", "import", "--force", "--file", str(exported))
+    assert forced.returncode == 0 and forced.stdout.strip() == "Import complete."
+    assert forced.stderr.count("warning: resource 'urn:pulumi:origin::") == 3
+    # Secrets encrypted with the other stack's key are opened with it and sealed with this one's.
+    assert target.outputs()["token"].value == "s3cr3t"
 
 
 # --- whoami and about ------------------------------------------------------------------------------

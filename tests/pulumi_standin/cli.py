@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from . import properties
 from .backend import ORGANIZATION, BackendError, FileBackend, StackNotFoundError, manifest, stack_short_name
-from .passphrase import PassphraseError
+from .passphrase import Crypter, PassphraseError
 from .project import (
     ConfigValue,
     Project,
@@ -44,6 +44,7 @@ STACK_NOT_FOUND_EXIT_CODE = 6
 TABLE_COLUMN_GAP = "  "
 TAGS_FILE_VERSION = 1
 ROOT_STACK_TYPE = "pulumi:pulumi:Stack"
+IMPORT_REFUSED = "importing this file could be dangerous; rerun with --force to proceed anyway"
 
 SHORT_FLAGS = {
     "-s": "--stack",
@@ -299,6 +300,18 @@ def rename_stack_in_state(value: object, old_stack: str, new_stack: str, key: st
             return f"{rename_urn(urn, old_stack, new_stack)}::{provider_id}"
         return rename_urn(value, old_stack, new_stack)
     return value
+
+
+def urn_stack(urn: str) -> str:
+    """The stack part of `urn:pulumi:<stack>::<project>::<type>::<name>`."""
+    return urn.removeprefix("urn:pulumi:").split("::", 1)[0]
+
+
+def go_multierror(messages: list[str]) -> str:
+    """Several errors as hashicorp/go-multierror prints them (the CLI's `stack import`)."""
+    if len(messages) == 1:
+        return f"1 error occurred:\n\t* {messages[0]}\n"
+    return f"{len(messages)} errors occurred:\n" + "".join(f"\t* {message}\n" for message in messages)
 
 
 def tags_path(backend: FileBackend, stack: str) -> Path:
@@ -950,14 +963,30 @@ class Cli:
             print(content)
 
     def stack_import(self) -> None:
+        """Replaces the stack's state with a deployment (an export, with or without --show-secrets).
+
+        As the CLI: resources of another stack are refused unless --force (then a warning each);
+        ciphertexts are opened with the deployment's own passphrase salt. The checkpoint is then
+        sealed with this stack's key, which the stand-in's engine uses for its state.
+        """
         stack = self.existing_stack()
         source = self.args.flag("--file")
         document = json.loads(Path(source).read_text(encoding="utf-8") if source else sys.stdin.read())
         deployment = document.get("deployment") or {}
+        foreign = [
+            f"resource '{resource['urn']}' is from a different stack ({urn_stack(resource['urn'])} != {stack})"
+            for resource in deployment.get("resources") or []
+            if urn_stack(resource.get("urn", "")) != stack
+        ]
+        if foreign and not self.args.switch("--force"):
+            raise CliError(go_multierror([*foreign, IMPORT_REFUSED]))
+        for message in foreign:
+            print(f"warning: {message}", file=sys.stderr)
         config = self.stack_config(stack)
-        # Plaintext secrets from a --show-secrets export are encrypted again for the checkpoint,
-        # and the checkpoint keeps this stack's secrets provider (whatever the file says).
-        deployment = properties.seal(properties.unseal(deployment, config.crypter), config.crypter)
+        salt = ((deployment.get("secrets_providers") or {}).get("state") or {}).get("salt")
+        source_crypter = Crypter(salt) if salt and salt != config.encryption_salt else None
+        opened = properties.unseal(deployment, lambda: source_crypter or config.crypter())
+        deployment = properties.seal(opened, config.crypter)
         deployment["secrets_providers"] = {"type": "passphrase", "state": {"salt": config.encryption_salt}}
         backend = self.backend
         lock = backend.lock(stack)
