@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 from pathlib import Path
 
@@ -416,6 +417,23 @@ def test_human_output_has_the_cli_columns_and_headings(standin_env, pulumi_comma
     ]
     assert ok(work_dir, "stack", "output", "sizes").strip() == "[1,2]"
     assert ok(work_dir, "stack", "output", "token", "--show-secrets").strip() == "s3cr3t"
+
+    shown = ok(work_dir, "stack", "--show-urns").splitlines()
+    assert shown[:2] == ["Current stack is human:", f"    Managed by {socket.gethostname()}"]
+    assert re.fullmatch(r"    Last updated: (now|\d+ seconds? ago) \(\d{4}-\d\d-\d\d [\d:.]+ \+0000 UTC\)", shown[2])
+    assert shown[3] == f"    Pulumi version used: v{pulumi_command.version}"
+    provider = next(line for line in shown if "pulumi:providers:aws" in line).split()[-1]
+    assert shown[4:11] == [
+        "Current stack resources (3):",
+        "    TYPE                        NAME",
+        f"    pulumi:pulumi:Stack         {PROJECT}-human",
+        f"    │  URN: urn:pulumi:human::{PROJECT}::pulumi:pulumi:Stack::{PROJECT}-human",
+        "    ├─ aws:ec2/keyPair:KeyPair  deployer",
+        f"    │     URN: urn:pulumi:human::{PROJECT}::aws:ec2/keyPair:KeyPair::deployer",
+        f"    └─ pulumi:providers:aws     {provider}",
+    ]
+    assert shown[-1] == "Use `pulumi stack select` to change stack; `pulumi stack ls` lists known ones"
+    assert ok(work_dir, "stack", "--show-name").strip() == "human"
 
     history = ok(work_dir, "stack", "history").splitlines()
     assert history[:4] == ["Version: 1", "UpdateKind: update", "Status: succeeded", "Message: first"]

@@ -110,6 +110,7 @@ COMMAND_FLAGS: dict[tuple[str, ...], set[str]] = {
     ("cancel",): {"--stack", "--yes"},
     ("plugin", "ls"): {"--json", "--project"},
     ("plugin", "install"): {"--exact", "--file", "--reinstall", "--server", "--checksum"},
+    ("stack",): {"--stack", "--show-ids", "--show-urns", "--show-secrets", "--show-name"},
     ("stack", "init"): {"--stack", "--secrets-provider", "--copy-config-from", "--no-select", "--teams", "--yes"},
     ("stack", "select"): {"--stack", "--create", "--secrets-provider"},
     ("stack", "ls"): {"--all", "--organization", "--project", "--tag", "--json"},
@@ -183,7 +184,7 @@ REAL_COMMANDS_NOT_SIMULATED = {
     ("stack", "schedule"), ("stack", "webhook"), ("stack", "drift"), ("stack", "get"),
 }  # fmt: skip
 # Commands that are also groups: a word after them that is not a subcommand is an unknown command.
-GROUP_COMMANDS = {("config",)}
+GROUP_COMMANDS = {("config",), ("stack",)}
 # Shorthands that mean another flag in one command (`up -f` skips the preview, `stack ls -t` is a tag filter).
 COMMAND_SHORT_OVERRIDES = {
     ("stack", "ls"): {"-p": "--project", "-t": "--tag"},
@@ -226,13 +227,53 @@ def stringify_output(value: object) -> str:
 
 
 def format_table(headers: list[str], rows: list[list[str]], prefix: str = "") -> str:
-    """The CLI's tables: columns padded to their widest cell, two spaces apart, the last not padded."""
-    widths = [max(len(row[column]) for row in [headers, *rows]) for column in range(len(headers))]
+    """The CLI's tables: columns padded to their widest cell, two spaces apart, the last not padded.
+    A row may have one more item: lines printed under it (the table's additional info)."""
+    columns = len(headers)
+    widths = [max(len(row[column]) for row in [headers, *rows]) for column in range(columns)]
     lines = []
     for row in [headers, *rows]:
-        cells = [cell.ljust(widths[column]) + TABLE_COLUMN_GAP for column, cell in enumerate(row[:-1])]
-        lines.append(prefix + "".join(cells) + row[-1] + "\n")
+        cells = [cell.ljust(widths[column]) + TABLE_COLUMN_GAP for column, cell in enumerate(row[: columns - 1])]
+        lines.append(prefix + "".join(cells) + row[columns - 1] + "\n")
+        lines.extend(row[columns:])
     return "".join(lines)
+
+
+def resource_tree_rows(resources: list[dict], show_urns: bool, show_ids: bool) -> list[list[str]]:
+    """`pulumi stack`'s TYPE/NAME rows: the resources as a tree under the root stack resource
+    (children by parent, others under the root), with URN and ID lines when asked for."""
+    children: dict[str, list[dict]] = {}
+    root = None
+    orphans = []
+    for resource in resources:
+        if resource.get("parent"):
+            children.setdefault(resource["parent"], []).append(resource)
+        elif resource["type"] == ROOT_STACK_TYPE:
+            root = resource
+        else:
+            orphans.append(resource)
+
+    def row(resource: dict, prefix: str, info_prefix: str) -> list[str]:
+        info = ""
+        if show_urns:
+            info += f"    {info_prefix}URN: {resource['urn']}\n"
+        if show_ids and resource.get("id"):
+            info += f"    {info_prefix}ID: {resource['id']}\n"
+        return [prefix + resource["type"], resource["urn"].rsplit("::", 1)[-1], info]
+
+    known = {resource["urn"] for resource in resources}
+    if root is None or any(parent not in known for parent in children):
+        return [row(resource, "", "    ") for resource in resources]
+    rows: list[list[str]] = []
+
+    def visit(resource: dict, padding: str, branch: str, kids: list[dict]) -> None:
+        child_padding = padding + {"├─ ": "│  ", "└─ ": "   "}.get(branch, "")
+        rows.append(row(resource, padding + branch, child_padding + ("│  " if kids else "   ")))
+        for index, child in enumerate(kids):
+            visit(child, child_padding, "└─ " if index == len(kids) - 1 else "├─ ", children.get(child["urn"], []))
+
+    visit(root, "", "", children.get(root["urn"], []) + orphans)
+    return rows
 
 
 # go-humanize's relative times: (below this many seconds, format, divisor).
@@ -453,14 +494,8 @@ class Arguments:
                 raise CliError(f"the Pulumi CLI stand-in does not support {', '.join(not_simulated)}")
 
     def _unknown_command(self) -> str:
-        words = self.command
-        rest = self.positionals
-        if not words:
-            return f'unknown command "{rest[0]}" for "pulumi"' if rest else "no command given"
-        parent = " ".join(["pulumi", *words])
-        if rest:
-            return f'unknown command "{rest[0]}" for "{parent}"'
-        return f"the Pulumi CLI stand-in does not support `{parent}` without a subcommand"
+        parent = " ".join(["pulumi", *self.command])
+        return f'unknown command "{self.positionals[0]}" for "{parent}"'
 
     def flag(self, name: str) -> str | None:
         values = self.flags.get(name)
@@ -531,7 +566,9 @@ class Cli:
         return StackConfig.load(self.project, stack, self.state_salt(stack), self.config_file())
 
     def run(self) -> int:
-        if self.args.help or not (self.args.command or self.args.positionals):
+        group_only = self.args.canonical not in COMMAND_FLAGS and not self.args.positionals
+        if self.args.help or group_only:
+            # As cobra: a group without a subcommand (`pulumi`, `pulumi stack tag`) prints its help.
             print(usage(self.args))
             return 0
         self.args.validate()
@@ -614,6 +651,42 @@ class Cli:
         print(f"The currently running update for '{stack}' has been canceled!")
 
     # --- stack -------------------------------------------------------------------------------
+
+    def stack_show(self) -> None:
+        """`pulumi stack`: the current stack, its last update, resources (as a tree) and outputs."""
+        stack = self.existing_stack()
+        if self.args.switch("--show-name"):
+            print(stack)
+            return
+        backend = self.backend
+        latest = backend.read_checkpoint(stack)
+        resources = latest.get("resources") or []
+        print(f"Current stack is {stack}:")
+        print(f"    Managed by {socket.gethostname()}")
+        if resources or backend.history(stack):
+            manifest_info = latest.get("manifest") or {}
+            if manifest_info.get("time"):
+                when = dt.datetime.fromisoformat(manifest_info["time"]).astimezone(dt.timezone.utc)
+                shown = when.strftime("%Y-%m-%d %H:%M:%S.%f").rstrip("0").rstrip(".") + " +0000 UTC"
+                print(f"    Last updated: {humanize_time(format_time(when.timestamp()))} ({shown})")
+            if manifest_info.get("version"):
+                print(f"    Pulumi version used: {manifest_info['version']}")
+        else:
+            print("    No updates yet; run `pulumi up`")
+        print(f"Current stack resources ({len(resources)}):")
+        if not resources:
+            print("    No resources currently in this stack")
+        else:
+            rows = resource_tree_rows(resources, self.args.switch("--show-urns"), self.args.switch("--show-ids"))
+            print(format_table(["TYPE", "NAME"], rows, prefix="    "), end="")
+            outputs = self._stack_outputs(stack, self.args.switch("--show-secrets"))
+            print(f"\nCurrent stack outputs ({len(outputs)}):")
+            if outputs:
+                rows = [[key, stringify_output(outputs[key])] for key in sorted(outputs)]
+                print(format_table(["OUTPUT", "VALUE"], rows, prefix="    "), end="")
+            else:
+                print("    No output values currently in this stack")
+        print("\nUse `pulumi stack select` to change stack; `pulumi stack ls` lists known ones")
 
     def stack_init(self) -> None:
         stack = self.stack_name(positional_allowed=True)
@@ -1275,6 +1348,7 @@ COMMANDS: dict[tuple[str, ...], Callable[[Cli], int | None]] = {
     ("cancel",): Cli.cancel,
     ("plugin", "ls"): Cli.plugin_ls,
     ("plugin", "install"): Cli.plugin_install,
+    ("stack",): Cli.stack_show,
     ("stack", "init"): Cli.stack_init,
     ("stack", "select"): Cli.stack_select,
     ("stack", "ls"): Cli.stack_ls,
