@@ -170,7 +170,7 @@ def _run_locked(request: OperationRequest, settings: OperationSettings, excluded
     if not json_display:
         print(f"{title} ({settings.stack}):\n", flush=True)
     prelude_config = {
-        key: "[secret]" if entry.secret else str(entry.value) for key, entry in settings.config.values.items()
+        key: "[secret]" if entry.secret else entry.text() for key, entry in settings.config.values.items()
     }
     settings.event_log.emit(preludeEvent={"config": prelude_config})
     started = time.time()
@@ -346,10 +346,7 @@ def _record_history(deployment: Deployment, kind: str, failed: bool, started: fl
         "startTime": int(started),
         "message": settings.message,
         "environment": {"exec.kind": settings.exec_kind},
-        "config": {
-            key: {"secure": entry.value} if entry.secret else entry.value
-            for key, entry in settings.config.values.items()
-        },
+        "config": {key: settings.config.stored(key) for key in settings.config.values},
         "result": "failed" if failed else "succeeded",
         "endTime": int(ended),
         "resourceChanges": dict(deployment.changes),
