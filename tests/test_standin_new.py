@@ -141,7 +141,7 @@ def test_new_without_force_refuses_a_non_empty_directory(tmp_path, standin_env, 
         f"error: {work_dir} is not empty; use --force to continue and overwrite existing files, "
         "or use --dir to specify an empty directory." in str(raised.value)
     )
-    assert "code: 255" in str(raised.value)
+    assert "code: 1" in str(raised.value)
     assert (work_dir / "Pulumi.yaml").read_text() == "name: mine\nruntime: python\n"
 
 

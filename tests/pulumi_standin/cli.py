@@ -141,7 +141,8 @@ COMMAND_FLAGS: dict[tuple[str, ...], set[str]] = {
     },
     ("new",): {
         "--ai", "--language", "--description", "--dir", "--force", "--generate-only", "--list-templates",
-        "--name", "--offline", "--runtime-options", "--yes",
+        "--name", "--offline", "--runtime-options", "--yes", "--stack", "--config", "--config-path",
+        "--secrets-provider",
     },
     ("refresh",): _OPERATION_COMMON | {
         "--preview-only", "--skip-preview", "--yes", "--skip-pending-creates", "--clear-pending-creates",
