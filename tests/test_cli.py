@@ -258,7 +258,7 @@ def test_server_errors_are_one_line_with_distinct_exit_codes(orch, service, tmp_
     for result in results:
         assert len(result.err.splitlines()) == 1 and result.err.startswith("error: "), result.err
         assert "Traceback" not in result.err + result.out
-    assert f"cannot reach the orch service at http://127.0.0.1:" in unreachable.err
+    assert "cannot reach the orch service at http://127.0.0.1:" in unreachable.err
     assert "not authorized (401)" in bad_token.err
     assert "instance 'cli-no-such-instance' not found" in refused.err
     assert "(422): spec.from_snapshot: snapshot 'cli-no-such-snapshot' not found" in refused_spec.err

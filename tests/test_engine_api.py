@@ -8,7 +8,6 @@ failure 502 with the CLI's message.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import threading
 import time
