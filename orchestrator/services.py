@@ -282,10 +282,13 @@ class Orchestrator:
         cloud: str | None = None,
         status: str | None = None,
         label: str | None = None,
+        include_deleted: bool = False,
         owner: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> Page:
+        """Deleted instances stay as history documents; a listing hides them unless `include_deleted`
+        (or a `status` filter asks for them), so it does not grow forever."""
         query = self._owner_filter(principal, owner)
         if query is None:
             return Page(items=[], total=0, limit=limit, offset=offset)
@@ -293,6 +296,8 @@ class Orchestrator:
             query["cloud"] = cloud
         if status:
             query["status"] = status
+        elif not include_deleted:
+            query["status__ne"] = "deleted"
         queryset = Instance.objects(**query)
         if label is not None:  # an empty filter is a malformed one, not "no filter"
             queryset = queryset.filter(__raw__=_label_filter(label))
@@ -418,15 +423,19 @@ class Orchestrator:
         principal: Principal,
         *,
         instance: str | None = None,
+        include_deleted: bool = False,
         owner: str | None = None,
         limit: int = 100,
         offset: int = 0,
     ) -> Page:
+        """Deleted snapshots are hidden unless `include_deleted`, as for instances."""
         query = self._owner_filter(principal, owner)
         if query is None:
             return Page(items=[], total=0, limit=limit, offset=offset)
         if instance:
             query["instance"] = instance
+        if not include_deleted:
+            query["status__ne"] = "deleted"
         limit = max(1, min(limit, MAX_PAGE))
         offset = max(0, min(offset, MAX_OFFSET))
         queryset = Snapshot.objects(**query).order_by("-created_at")

@@ -94,6 +94,13 @@ def test_apply_reapply_diff_update_delete(orch, service, tmp_path):
         assert deleted.out.endswith("instance/cli-life deleted\n")
         assert client.get("/api/v1/instances/cli-life").json()["status"] == "deleted"
 
+    # A deleted instance is history: hidden from `get instances` unless --all.
+    listed = [item["name"] for item in json.loads(orch("get", "instances", "-o", "json").out)]
+    assert "cli-life" not in listed
+    every = json.loads(orch("get", "instances", "--all", "-o", "json").out)
+    assert any(item["name"] == "cli-life" and item["status"] == "deleted" for item in every)
+    assert orch("get", "instance", "cli-life", "--all").code == ExitCode.INVALID
+
     missing = orch("delete", "instance", "cli-life")
     assert (missing.code, missing.out, missing.err) == (ExitCode.REFUSED, "", "error: instance/cli-life not found\n")
     assert orch("delete", "-f", path, "--ignore-not-found").code == 0
@@ -138,6 +145,10 @@ def test_instance_snapshot_and_instance_from_it_in_one_file(orch, service, tmp_p
             assert wait_operation(client, op_id)["status"] == "succeeded"
         assert client.get("/api/v1/snapshots/cli-snap-1").json()["status"] == "deleted"
         assert client.get("/api/v1/instances/cli-snap-src").json()["status"] == "deleted"
+        hidden = orch("get", "snapshots", "--instance", "cli-snap-src", "-o", "json")
+        assert (hidden.code, json.loads(hidden.out)) == (0, [])
+        shown = orch("get", "snapshots", "--instance", "cli-snap-src", "-A", "-o", "json")
+        assert [(s["name"], s["status"]) for s in json.loads(shown.out)] == [("cli-snap-1", "deleted")]
 
 
 def test_a_spec_that_fails_validation_changes_nothing(orch, service, tmp_path):

@@ -108,6 +108,18 @@ def test_instance_lifecycle_with_snapshot(service, cloud):
         assert wait_operation(client, op["id"])["status"] == "succeeded"
         assert client.get(f"/api/v1/snapshots/{snap}").json()["status"] == "deleted"
 
+        # Deleted ones stay as history documents but listings hide them unless asked.
+        def listed_names(collection: str, **params) -> set[str]:
+            response = client.get(f"/api/v1/{collection}", params=params)
+            assert response.status_code == 200, response.text
+            return {item["name"] for item in response.json()["items"]}
+
+        assert not {name, restored} & listed_names("instances", cloud=cloud)
+        assert {name, restored} <= listed_names("instances", cloud=cloud, include_deleted="true")
+        assert {name, restored} <= listed_names("instances", cloud=cloud, status="deleted")
+        assert snap not in listed_names("snapshots", instance=name)
+        assert snap in listed_names("snapshots", instance=name, include_deleted="true")
+
 
 def test_validation_errors_name_the_field_and_never_500(service):
     with service.client("alice") as client:

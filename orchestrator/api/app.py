@@ -149,6 +149,8 @@ def _success(model: type, description: str) -> ResponseSpec:
 
 # Names are unique per owner: an admin addresses another user's with ?owner=USER.
 OWNER = Parameter(default=None, description="admins: the owner whose instances and snapshots are addressed")
+# Deleted incarnations stay as history documents (names are unique per owner); listings hide them by default.
+INCLUDE_DELETED = Parameter(default=False, description="true: also list deleted ones (kept as history)")
 
 USER_DEPENDENCIES = {"principal": Provide(provide_principal), "orch": Provide(provide_orchestrator, sync_to_thread=False)}
 InstanceDocBody = Annotated[dict[str, Any], DocumentedAs(InstanceDoc)]
@@ -184,12 +186,21 @@ class InstanceController(Controller):
             # Documented, and checked by the service (a 422 naming the key or the value).
             schema_extra={"pattern": LABEL_FILTER_PATTERN},
         ),
+        include_deleted: bool = INCLUDE_DELETED,
         limit: int = Parameter(default=100, ge=1, le=MAX_PAGE),
         offset: int = Parameter(default=0, ge=0, le=MAX_OFFSET),
         owner: str | None = OWNER,
     ) -> InstancePage:
+        """Deleted instances are listed only with include_deleted=true or status=deleted."""
         page = orch.list_instances(
-            principal, cloud=cloud, status=status, label=label, owner=owner, limit=limit, offset=offset
+            principal,
+            cloud=cloud,
+            status=status,
+            label=label,
+            include_deleted=include_deleted,
+            owner=owner,
+            limit=limit,
+            offset=offset,
         )
         return InstancePage(
             items=[_instance_json(request, i) for i in page.items], total=page.total, limit=page.limit, offset=page.offset
@@ -275,11 +286,15 @@ class SnapshotController(Controller):
         principal: Principal,
         orch: Orchestrator,
         instance: str | None = None,
+        include_deleted: bool = INCLUDE_DELETED,
         limit: int = Parameter(default=100, ge=1, le=MAX_PAGE),
         offset: int = Parameter(default=0, ge=0, le=MAX_OFFSET),
         owner: str | None = OWNER,
     ) -> SnapshotPage:
-        page = orch.list_snapshots(principal, instance=instance, owner=owner, limit=limit, offset=offset)
+        """Deleted snapshots are listed only with include_deleted=true."""
+        page = orch.list_snapshots(
+            principal, instance=instance, include_deleted=include_deleted, owner=owner, limit=limit, offset=offset
+        )
         return SnapshotPage(items=[snapshot_json(s) for s in page.items], total=page.total, limit=page.limit, offset=page.offset)
 
     @get("/{name:str}", sync_to_thread=True, summary="One snapshot", responses=_errors(404, 422))

@@ -423,7 +423,7 @@ def get_command(args: argparse.Namespace) -> int:
         raise _usage_error(f"{', '.join(k for k, v in filters.items() if v)} filter instances, not snapshots")
     if instances and args.instance:
         raise _usage_error("--instance filters snapshots")
-    if args.name and (any(filters.values()) or args.instance):
+    if args.name and (any(filters.values()) or args.instance or args.all):
         raise _usage_error("filters apply to listings, not to one NAME")
     if args.label and not re.fullmatch(r"[^=,]+=[^=,]*", args.label):
         raise _usage_error(f"-l {args.label}: expected key=value")
@@ -434,10 +434,14 @@ def get_command(args: argparse.Namespace) -> int:
             item = api.get(f"{collection}/{args.name}")
             _print_as(item, args.output, lambda: table([item], _now()))
             return ExitCode.OK
+        # The API takes booleans as true/false; None leaves the filter out (deleted ones hidden).
+        include_deleted = "true" if args.all else None
         if instances:
-            items = api.get_all(collection, cloud=args.cloud, status=args.status, label=args.label)
+            items = api.get_all(
+                collection, cloud=args.cloud, status=args.status, label=args.label, include_deleted=include_deleted
+            )
         else:
-            items = api.get_all(collection, instance=args.instance)
+            items = api.get_all(collection, instance=args.instance, include_deleted=include_deleted)
     _print_as(items, args.output, lambda: table(items, _now()))
     return ExitCode.OK
 
@@ -612,6 +616,7 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
     get.add_argument("--status", help="instances in this status")
     get.add_argument("-l", "--label", metavar="KEY=VALUE", help="instances with this label")
     get.add_argument("--instance", metavar="NAME", help="snapshots of this instance")
+    get.add_argument("-A", "--all", action="store_true", help="also list deleted ones (hidden by default; kept as history)")
 
     describe = command(
         "describe",
