@@ -202,6 +202,9 @@ class Worker:
                 # Nothing holds the admin key any more: it is not kept. An update makes a new pair.
                 instance.admin_private_key = None
                 instance.admin_public_key = None
+                # Its resources are gone: no address or outputs of theirs is shown as if it were live.
+                instance.public_ip = None
+                instance.outputs = {}
             instance.move_to("failed", reason + (f"; rollback failed: {rollback_error}" if rollback_error else ""))
             instance.save()
         elif op.kind in ("update", "delete"):

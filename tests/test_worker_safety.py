@@ -103,6 +103,23 @@ def test_a_rollback_destroys_the_stack_its_operation_created(setup):
     assert ("destroy", instance.stack_name) in engine.calls
 
 
+def test_a_rolled_back_create_shows_no_public_ip_or_outputs(setup, monkeypatch):
+    orch, worker, engine, _ = setup
+
+    def unreachable(self, op, instance, outputs, document, log_line) -> None:
+        raise EngineError(f"cannot reach {outputs['public_ip']}:22")
+
+    # `pulumi up` succeeds and records the address; configuration fails, so the create rolls back.
+    monkeypatch.setattr(Worker, "_configure", unreachable)
+    instance, op = orch.create_instance(ALICE, instance_doc("configure-fails", configure=True))
+    worker.run(str(op.id))
+    assert Operation.objects.get(id=op.id).status == "failed"
+    assert ("destroy", instance.stack_name) in engine.calls
+    failed = Instance.objects.get(id=instance.id)
+    assert failed.status == "failed" and OUTPUTS["public_ip"] in failed.status_reason
+    assert (failed.public_ip, failed.outputs) == (None, {}), "the destroyed resources' address is not shown"
+
+
 def test_an_update_configures_an_instance_whose_create_failed(setup):
     orch, worker, engine, configured = setup
     engine.fail_up = True
