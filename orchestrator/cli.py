@@ -24,6 +24,7 @@ def token_ttl(text: str) -> dt.timedelta:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orch", description="Multi-cloud single-instance orchestrator")
+    parser.add_argument("--version", action="version", version=f"orch {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     version = commands.add_parser("version", help="print the version")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
+from pathlib import Path
 
 from orchestrator.settings import SettingsError, ensure_private_dir, load_settings, redact_url
 
@@ -29,6 +32,68 @@ def _configure_logging() -> None:
     logging.getLogger("pika").setLevel(logging.WARNING)
 
 
+# /proc/net/tcp's state code for a listening socket.
+TCP_LISTEN = "0A"
+# `orch serve`'s exit code when the application's startup failed (uvicorn's own).
+STARTUP_FAILED = 3
+# The backlog uvicorn would use for the socket it binds itself.
+LISTEN_BACKLOG = 2048
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Inodes of the sockets listening on `port` (any address), from /proc/net/tcp and tcp6."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local_address is ADDR:PORT in hex; st is the state; inode is the tenth field.
+            if len(fields) > 9 and fields[3] == TCP_LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def port_holder(port: int) -> int | None:
+    """The pid of a process listening on `port`, when /proc shows it (only this user's processes are readable)."""
+    targets = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    if not targets:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in targets:
+                    return int(proc.name)
+        except OSError:  # another user's process, or one that ended meanwhile
+            continue
+    return None
+
+
+class PortUnavailable(Exception):
+    """The service's address cannot be listened on; the message says why and what to do."""
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on host:port, bound before anything else starts so that a port in use is said plainly."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart does not wait for TIME_WAIT
+    try:
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            pid = port_holder(port)
+            by = f" (by pid {pid})" if pid is not None else ""
+            raise PortUnavailable(f"port {port} is in use{by}; choose another with --port") from None
+        raise PortUnavailable(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    return sock
+
+
 def serve(host: str, port: int) -> int:
     import uvicorn
 
@@ -38,19 +103,28 @@ def serve(host: str, port: int) -> int:
     _private_process()
     _configure_logging()
     try:
+        sock = listen(host, port)
+    except PortUnavailable as error:
+        print(f"orch serve: {error}", file=sys.stderr)
+        return 2
+    try:
         settings = load_settings()
         ensure_private_dir(settings.data_dir)
         runtime = Runtime(settings)
     except SettingsError as error:
+        sock.close()
         print(f"orch serve: {error}", file=sys.stderr)
         return 2
     mode = f"RabbitMQ at {redact_url(settings.amqp_url)}" if settings.amqp_url else "in-process workers"
     store = redact_url(settings.mongodb_url) or f"embedded store in {settings.data_dir}"
     log.info("orch serving on http://%s:%d (MongoDB: %s; operations: %s; Pulumi backend: %s)",
              host, port, store, mode, redact_url(settings.pulumi_backend_url))
-    uvicorn.run(create_app(runtime), host=host, port=port, log_level="warning", access_log=False,
-                http="orchestrator.api.http_protocol:HeaderLimitedHttpToolsProtocol")
-    return 0
+    config = uvicorn.Config(create_app(runtime), host=host, port=port, log_level="warning", access_log=False,
+                            http="orchestrator.api.http_protocol:HeaderLimitedHttpToolsProtocol")
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    # As uvicorn.run: an application whose startup failed exits 3.
+    return 0 if server.started else STARTUP_FAILED
 
 
 def worker() -> int:

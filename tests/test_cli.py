@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import socket
+import subprocess
+import sys
 from dataclasses import dataclass
 
 import pytest
 import yaml
 
+from orchestrator import __version__
 from orchestrator.cli import main
 from orchestrator.client.errors import ExitCode
 from tests.live import free_port, instance_doc, wait_operation
@@ -273,3 +278,26 @@ def test_server_errors_are_one_line_with_distinct_exit_codes(orch, service, tmp_
     assert "not authorized (401)" in bad_token.err
     assert "instance 'cli-no-such-instance' not found" in refused.err
     assert "(422): spec.from_snapshot: snapshot 'cli-no-such-snapshot' not found" in refused_spec.err
+
+
+def test_version_flag_and_command_print_the_version(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and capsys.readouterr().out == f"orch {__version__}\n"
+    assert main(["version"]) == 0 and capsys.readouterr().out == f"orch {__version__}\n"
+
+
+def test_serve_on_a_port_in_use_names_its_holder_and_exits_2(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "ORCH_DATA_DIR": str(tmp_path)}
+        served = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", "serve", "--port", str(port)],
+            env=env, capture_output=True, text=True, timeout=60,
+        )
+    assert served.returncode == 2, served
+    assert served.stderr.strip().splitlines()[-1] == (
+        f"orch serve: port {port} is in use (by pid {os.getpid()}); choose another with --port"
+    )
