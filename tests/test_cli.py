@@ -17,7 +17,7 @@ import yaml
 from orchestrator import __version__
 from orchestrator.cli import main
 from orchestrator.client.errors import ExitCode
-from tests.live import free_port, instance_doc, wait_operation
+from tests.live import REPO, free_port, instance_doc, wait_operation
 
 
 @dataclass
@@ -301,3 +301,23 @@ def test_serve_on_a_port_in_use_names_its_holder_and_exits_2(tmp_path):
     assert served.stderr.strip().splitlines()[-1] == (
         f"orch serve: port {port} is in use (by pid {os.getpid()}); choose another with --port"
     )
+
+
+DOCKER_EXAMPLES = sorted(
+    path.name
+    for path in (REPO / "examples").glob("*.yaml")
+    if {doc["spec"]["cloud"] for doc in yaml.safe_load_all(path.read_text()) if doc["kind"] == "Instance"} == {"docker"}
+)
+
+
+@pytest.mark.parametrize("example", DOCKER_EXAMPLES)
+def test_the_docker_examples_apply_and_delete(orch, service, example):
+    """The examples that need no cloud account run as written (the others are validated in test_specfiles)."""
+    path = str(REPO / "examples" / example)
+    applied = orch("apply", "-f", path, "--wait")
+    assert applied.code == 0, applied
+    with service.client("alice") as client:
+        deleted = orch("delete", "-f", path, "--wait")
+        assert deleted.code == 0, deleted
+        for op_id in re.findall(r"\(operation (\w+)\)", applied.out + deleted.out):
+            assert wait_operation(client, op_id)["status"] == "succeeded"

@@ -17,7 +17,7 @@ from orchestrator.client.commands import parse_duration
 from orchestrator.client.config import DEFAULT_URL, ClientConfig, resolve
 from orchestrator.client.errors import ClientError, ExitCode
 from stacks.spec import json_schema
-from tests.live import TEST_PUBLIC_KEY
+from tests.live import REPO, TEST_PUBLIC_KEY
 
 INSTANCE = f"""\
 kind: Instance
@@ -466,3 +466,30 @@ def test_metrics_table_and_describe_show_agent_reports():
         "Snapshots:\n  <none>",
     ):
         assert expected in page, expected
+
+
+# ---------------------------------------------------------------- examples/
+
+
+EXAMPLES = REPO / "examples"
+
+
+def test_every_example_is_valid_and_together_they_cover_the_clouds_and_kinds(capsys):
+    files = sorted(EXAMPLES.glob("*.yaml"))
+    # One validation of the whole directory, as `orch validate -f examples/`: names are unique across files.
+    parsed = specfiles.validate(specfiles.load([str(EXAMPLES)], io.StringIO()))
+    assert {p.source.source for p in parsed} == {str(f) for f in files}
+    assert main(["validate", "-f", str(EXAMPLES)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == len(parsed)
+
+    instances = {p.doc.name: p.doc for p in parsed if p.doc.kind == "Instance"}
+    snapshots = {p.doc.name: p.doc for p in parsed if p.doc.kind == "Snapshot"}
+    assert {doc.spec.cloud for doc in instances.values()} == {"aws", "gcp", "azure", "docker"}
+    # Every reference resolves within the examples: a snapshot's instance, an instance's base snapshot.
+    assert all(snapshot.instance in instances for snapshot in snapshots.values())
+    based = [doc for doc in instances.values() if doc.spec.from_snapshot]
+    assert based and all(doc.spec.from_snapshot in snapshots for doc in based)
+    per_file = {}
+    for p in parsed:
+        per_file.setdefault(p.source.source, []).append(p.doc.kind)
+    assert any(kinds.count("Instance") >= 2 and "Snapshot" in kinds for kinds in per_file.values()), per_file
