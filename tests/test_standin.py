@@ -29,10 +29,10 @@ def pulumi_command() -> auto.PulumiCommand:
     return auto.PulumiCommand(root=str(STANDIN_ROOT), skip_version_check=False)
 
 
-def open_stack(pulumi_command, name: str, program, env_vars: dict | None = None) -> auto.Stack:
+def open_stack(pulumi_command, name: str, program, env_vars: dict | None = None, *, project: str = PROJECT) -> auto.Stack:
     return auto.create_or_select_stack(
         stack_name=name,
-        project_name=PROJECT,
+        project_name=project,
         program=program,
         opts=auto.LocalWorkspaceOptions(pulumi_command=pulumi_command, env_vars=env_vars or {}),
     )

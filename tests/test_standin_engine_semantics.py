@@ -24,6 +24,8 @@ import pytest
 from pulumi import automation as auto
 
 from tests.conftest import STANDIN_ROOT
+from tests.test_standin import open_stack as open_standin_stack
+from tests.test_standin import pulumi_command  # noqa: F401 (fixture)
 
 PROJECT = "engine-semantics"
 PULUMI = STANDIN_ROOT / "bin" / "pulumi"
@@ -40,18 +42,10 @@ pulumi.export("group_id", group.id)
 """
 
 
-@pytest.fixture(scope="module")
-def pulumi_command() -> auto.PulumiCommand:
-    return auto.PulumiCommand(root=str(STANDIN_ROOT), skip_version_check=True)
-
-
 def open_stack(pulumi_command, name: str, program, env_vars: dict | None = None) -> auto.Stack:
-    return auto.create_or_select_stack(
-        stack_name=name,
-        project_name=PROJECT,
-        program=program,
-        opts=auto.LocalWorkspaceOptions(pulumi_command=pulumi_command, env_vars=env_vars or {}),
-    )
+    return open_standin_stack(pulumi_command, name, program, env_vars, project=PROJECT)
+
+
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 
 from . import properties
+from .display import go_duration
 from .backend import ORGANIZATION, BackendError, FileBackend, StackNotFoundError, manifest, stack_short_name
 from .passphrase import Crypter, PassphraseError
 from .project import (
@@ -306,17 +307,6 @@ def humanize_time(iso_time: str) -> str:
         if seconds < limit:
             return text.format(seconds // divisor)
     return f"{seconds // (365 * 86400)} years ago"
-
-
-def go_duration(seconds: int) -> str:
-    """A whole number of seconds as Go's time.Duration prints it (`0s`, `42s`, `1m5s`, `2h0m3s`)."""
-    hours, rest = divmod(max(int(seconds), 0), 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes}m{secs}s"
-    if minutes:
-        return f"{minutes}m{secs}s"
-    return f"{secs}s"
 
 
 def rename_urn(urn: str, old_stack: str, new_stack: str) -> str:

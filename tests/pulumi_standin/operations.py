@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from . import properties
 from .backend import BackendError, FileBackend
+from .display import go_duration
 from .engine import OP_DONE, OP_PREFIX, STEP_OPS, Deployment, OperationSettings, StepFailed, dependencies_of
 from .events import EventLog
 
@@ -103,17 +104,6 @@ def protected_closure(resources: list[dict]) -> set[str]:
         kept.add(urn)
         pending.extend(dependencies_of(by_urn[urn]))
     return kept
-
-
-def go_duration(seconds: int) -> str:
-    """A whole number of seconds as Go's time.Duration prints it (`1s`, `2m5s`, `1h0m0s`)."""
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes}m{secs}s"
-    if minutes:
-        return f"{minutes}m{secs}s"
-    return f"{secs}s"
 
 
 def run(request: OperationRequest) -> int:
