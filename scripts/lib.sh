@@ -56,3 +56,34 @@ ensure_rabbitmq() {
         done
     fi
 }
+
+# web_build_stale: true when web/dist is missing or older than any of the page's sources.
+web_build_stale() {
+    [ -f web/dist/index.html ] || return 0
+    [ -n "$(find web/src web/public web/index.html web/package.json web/package-lock.json web/vite.config.* \
+        -newer web/dist/index.html -print -quit 2>/dev/null)" ]
+}
+
+# ensure_web: the web page built into web/dist (npm ci && npm run build in web/) when it is
+# missing or stale, with node and npm from the machine, or Debian's when missing. Without
+# them the service still starts and says in one line that the page is not built.
+ensure_web() {
+    [ -f web/package.json ] || return 0
+    web_build_stale || return 0
+    if ! command -v npm >/dev/null; then
+        if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+            apt_install nodejs npm || echo "warning: could not install nodejs and npm from Debian" >&2
+        fi
+    fi
+    if ! command -v npm >/dev/null; then
+        echo "warning: node and npm not found: the API is served, the web page is not built" >&2
+        return 0
+    fi
+    echo "==> building the web page in web/ (node $(node --version))"
+    # npm's output goes to a log, shown only when the build fails.
+    if ! (cd web && { [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.json ] \
+            || npm ci --no-audit --no-fund; } && npm run build) >.venv/web-build.log 2>&1; then
+        tail -n 40 .venv/web-build.log >&2
+        echo "warning: the web page build failed (log: .venv/web-build.log): the API is served without it" >&2
+    fi
+}

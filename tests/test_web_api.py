@@ -10,7 +10,10 @@ what it prints.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
+import shutil
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -29,7 +32,7 @@ from orchestrator.runtime import Runtime
 from orchestrator.services import Invalid, Orchestrator
 from orchestrator.settings import KNOWN_CLOUDS, load_settings
 from orchestrator.tokens import RevokedTokens, create_signin_code, list_user_tokens, revoke_user_token
-from tests.live import JWT_SECRET, STANDIN_ROOT, instance_doc, start_service, wait_operation
+from tests.live import JWT_SECRET, REPO, STANDIN_ROOT, instance_doc, start_service
 
 INDEX_HTML = b'<!doctype html><html><head><script type="module" src="/assets/index-abc123.js"></script></head></html>'
 ASSET_JS = b"console.log('page')"
@@ -324,3 +327,56 @@ def test_api_answers_carry_an_etag_and_a_matching_if_none_match_is_a_304(api):
     _wait(api, created.json()["operation"]["id"], headers)
     # Errors are never tagged.
     assert "etag" not in api.get("/api/v1/instances/nope", headers=headers).headers
+
+
+# ---------------------------------------------------------------- ./scripts/serve's build step
+
+
+# What ensure_web runs besides node, npm and apt-get: the machine's, beside the fakes.
+SHELL_TOOLS = ("sh", "find", "tail", "id", "mkdir", "cat")
+
+
+def _ensure_web(root: Path, fake_bin: Path) -> subprocess.CompletedProcess:
+    script = f". {REPO / 'scripts' / 'lib.sh'} && ensure_web"
+    env = {"PATH": str(fake_bin), "HOME": str(root)}
+    return subprocess.run([shutil.which("bash"), "-euo", "pipefail", "-c", script], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def _fake_tool(fake_bin: Path, name: str, body: str) -> None:
+    path = fake_bin / name
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+
+
+def test_serve_builds_the_page_when_missing_or_stale_and_starts_without_node(tmp_path):
+    root, fake_bin = tmp_path / "repo", tmp_path / "bin"
+    (root / "web" / "src").mkdir(parents=True)
+    (root / ".venv").mkdir()
+    fake_bin.mkdir()
+    for tool in SHELL_TOOLS:
+        (fake_bin / tool).symlink_to(shutil.which(tool))
+    (root / "web" / "package.json").write_text("{}")
+    (root / "web" / "package-lock.json").write_text("{}")
+    (root / "web" / "src" / "main.tsx").write_text("export {}")
+    # Node and npm (fakes): `npm ci` records itself, `npm run build` writes dist/index.html.
+    _fake_tool(fake_bin, "node", "echo v20.0.0")
+    _fake_tool(fake_bin, "npm", 'echo "$*" >> ../npm.calls; [ "$1" = run ] && mkdir -p dist && echo built > dist/index.html; true')
+    _fake_tool(fake_bin, "apt-get", "exit 1")
+
+    assert _ensure_web(root, fake_bin).returncode == 0
+    assert (root / "web" / "dist" / "index.html").read_text() == "built\n"
+    assert (root / "npm.calls").read_text().splitlines() == ["ci --no-audit --no-fund", "run build"]
+    (root / "npm.calls").unlink()
+    assert _ensure_web(root, fake_bin).returncode == 0 and not (root / "npm.calls").exists(), "fresh: not rebuilt"
+    built_at = (root / "web" / "dist" / "index.html").stat().st_mtime
+    os.utime(root / "web" / "src" / "main.tsx", (built_at + 1, built_at + 1))
+    assert _ensure_web(root, fake_bin).returncode == 0
+    assert "run build" in (root / "npm.calls").read_text(), "a source newer than the build: rebuilt"
+
+    # No npm and none installable: a warning, and the service is still started.
+    (fake_bin / "npm").unlink()
+    shutil.rmtree(root / "web" / "dist")
+    no_node = _ensure_web(root, fake_bin)
+    assert no_node.returncode == 0
+    assert "node and npm not found: the API is served, the web page is not built" in no_node.stderr
