@@ -9,6 +9,7 @@ what it prints.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import re
@@ -27,7 +28,8 @@ from orchestrator.api.app import create_app
 from orchestrator.api.web import CONTENT_SECURITY_POLICY, NOT_BUILT_MESSAGE
 from orchestrator.auth import Principal, mint_user_token
 from orchestrator.db import url_with_database
-from orchestrator.models import Instance, Operation, SigninCode
+from orchestrator.api.serialize import operation_summary
+from orchestrator.models import Instance, Operation, SigninCode, Step
 from orchestrator.runtime import Runtime
 from orchestrator.services import Invalid, Orchestrator
 from orchestrator.settings import KNOWN_CLOUDS, load_settings
@@ -102,6 +104,14 @@ def api(tmp_path_factory, mongo_url):
 
 def _auth(user: str = "alice", admin: bool = False) -> dict[str, str]:
     return {"Authorization": f"Bearer {mint_user_token(JWT_SECRET, user, admin=admin)}"}
+
+
+def _record(settings, owner: str, doc: dict) -> Instance:
+    """An instance recorded as create records it, its operation failed unrun (so no sweep runs it)."""
+    service = Orchestrator(settings, None, lambda op_id: False)
+    instance, op = service.create_instance(Principal(owner, "user"), doc)
+    Operation.objects(id=op.id).update_one(set__status="failed", set__error="recorded by a test, never run")
+    return instance
 
 
 def _wait(api, op_id: str, headers: dict) -> dict:
@@ -244,9 +254,8 @@ def test_features_name_the_sidebar_flag_and_every_known_cloud(api, tmp_path):
 
 def test_a_disabled_cloud_is_refused_on_spec_cloud_and_its_instances_stay_listed(api):
     alice = Principal("carol", "user")
-    everywhere = Orchestrator(api.runtime.settings, None, lambda op_id: False)
-    everywhere.create_instance(alice, instance_doc("on-docker", "docker"))
-    aws_only = Orchestrator(mock.Mock(clouds=("aws",)), None, lambda op_id: False)
+    _record(api.runtime.settings, "carol", instance_doc("on-docker", "docker"))
+    aws_only = Orchestrator(dataclasses.replace(api.runtime.settings, clouds=("aws",)), None, lambda op_id: False)
     with pytest.raises(Invalid) as refused:
         aws_only.create_instance(alice, instance_doc("another", "docker"))
     assert refused.value.field == "spec.cloud"
@@ -278,10 +287,10 @@ def test_dry_run_previews_a_create_and_leaves_nothing_behind(api):
 
 def test_rows_carry_their_stack_and_operation_and_an_instance_lists_its_operations(api):
     headers = _auth("erin")
-    created = [api.post("/api/v1/instances", json=instance_doc(f"row-{n}"), headers=headers).json() for n in range(3)]
-    for reply in created:
-        assert reply["instance"]["operation"]["kind"] == "create"
-        assert _wait(api, reply["operation"]["id"], headers)["status"] == "succeeded"
+    created = api.post("/api/v1/instances", json=instance_doc("row-0"), headers=headers).json()
+    assert created["instance"]["operation"]["kind"] == "create"
+    assert _wait(api, created["operation"]["id"], headers)["status"] == "succeeded"
+    _record(api.runtime.settings, "erin", instance_doc("row-1"))
 
     one = api.get("/api/v1/instances/row-0", headers=headers).json()
     assert one["stack_name"] == "instance-erin.row-0"
@@ -289,26 +298,36 @@ def test_rows_carry_their_stack_and_operation_and_an_instance_lists_its_operatio
     assert one["stack_command"] == (
         f"PULUMI_BACKEND_URL=file://{api.backend_dir} pulumi -C {project} stack export --stack instance-erin.row-0"
     )
-    assert one["operation"] == {"id": created[0]["operation"]["id"], "kind": "create", "status": "succeeded", "step": None}
+    assert one["operation"] == {"id": created["operation"]["id"], "kind": "create", "status": "succeeded", "step": None}
 
     before = OPERATION_QUERIES.finds
     listed = api.get("/api/v1/instances", headers=headers).json()
     assert OPERATION_QUERIES.finds - before == 1, "one query for the operations of the whole page"
-    assert {row["name"]: row["operation"]["status"] for row in listed["items"]} == {f"row-{n}": "succeeded" for n in range(3)}
+    assert {row["name"]: row["operation"]["status"] for row in listed["items"]} == {"row-0": "succeeded", "row-1": "failed"}
 
     # A dry run of a name that exists is refused as create refuses it.
     taken = api.post("/api/v1/instances?dry_run=true", json=instance_doc("row-0"), headers=headers)
     assert taken.status_code == 409
 
-    updated = api.patch("/api/v1/instances/row-0", json=instance_doc("row-0", machine_type="medium"), headers=headers)
-    assert updated.status_code == 202, updated.text
-    _wait(api, updated.json()["operation"]["id"], headers)
+    # A later operation on it (recorded, finished): listed first.
+    instance = Instance.objects.get(claim="erin/row-0")
+    Operation(kind="update", target="row-0", target_id=str(instance.id), lock_key=instance.lock_key, owner="erin",
+              status="failed", logs=["a line"], created_at=instance.created_at + dt.timedelta(hours=1)).save()
     ops = api.get("/api/v1/instances/row-0/operations", headers=headers).json()["items"]
     assert [op["kind"] for op in ops] == ["update", "create"]
     assert all(op["logs"] == [] and op["log_offset"] == op["log_count"] > 0 for op in ops)
     assert [op["kind"] for op in api.get("/api/v1/instances/row-0/operations?limit=1", headers=headers).json()["items"]] == ["update"]
     assert api.get("/api/v1/instances/row-0/operations?limit=101", headers=headers).status_code == 400
     assert api.get("/api/v1/instances/nope/operations", headers=headers).status_code == 404
+
+
+def test_a_rows_operation_names_the_step_that_runs_while_it_runs():
+    running = Operation(kind="update", status="running", steps=[Step(name="pulumi up", status="succeeded"),
+                                                                  Step(name="configure", status="running")])
+    assert operation_summary(running).step == "configure"
+    running.status = "failed"
+    assert operation_summary(running).step is None
+    assert operation_summary(None) is None
 
 
 def test_api_answers_carry_an_etag_and_a_matching_if_none_match_is_a_304(api):
@@ -319,12 +338,13 @@ def test_api_answers_carry_an_etag_and_a_matching_if_none_match_is_a_304(api):
     unchanged = api.get("/api/v1/instances", headers={**headers, "If-None-Match": etag})
     assert (unchanged.status_code, unchanged.content, unchanged.headers["etag"]) == (304, b"", etag)
     assert api.get("/api/v1/instances", headers={**headers, "If-None-Match": f"W/{etag}"}).status_code == 304
-    created = api.post("/api/v1/instances", json=instance_doc("tagged"), headers=headers)
-    assert created.status_code == 202 and "etag" not in created.headers  # only GET answers
+    signed_in = api.post("/api/v1/auth/signin", json={"code": create_signin_code(dt.timedelta(minutes=1))})
+    assert signed_in.status_code == 200 and "etag" not in signed_in.headers  # only GET answers
+    # A change (an instance recorded): a new body, a new tag.
+    _record(api.runtime.settings, "frank", instance_doc("tagged"))
     changed = api.get("/api/v1/instances", headers={**headers, "If-None-Match": etag})
     assert changed.status_code == 200 and changed.headers["etag"] != etag
     assert [row["name"] for row in changed.json()["items"]] == ["tagged"]
-    _wait(api, created.json()["operation"]["id"], headers)
     # Errors are never tagged.
     assert "etag" not in api.get("/api/v1/instances/nope", headers=headers).headers
 
