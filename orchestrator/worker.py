@@ -314,7 +314,7 @@ class Worker:
         instance.save()
 
     def _configure(self, op: Operation, instance: Instance, outputs: dict, document, log_line: OperationLog) -> None:
-        from orchestrator.configure import ConfigureError, configure_instance
+        from orchestrator.configure import ConfigureError, HostUnreachable, configure_instance
 
         if instance.status == "provisioning":
             instance.move_to("configuring")
@@ -344,7 +344,10 @@ class Worker:
                     extravars=extravars,
                     on_log=log_line,
                     workdir=self.settings.data_dir / "ansible",
+                    reach_timeout_s=self.settings.ssh_reach_timeout_s,
                 )
+            except HostUnreachable as error:  # its own words: where, and how long it was tried
+                raise OperationFailed(str(error)) from None
             except ConfigureError as error:
                 raise OperationFailed(f"configuration failed: {error}") from None
         with self._step(op, "wait for the agent's first report"):

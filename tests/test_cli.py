@@ -321,3 +321,64 @@ def test_the_docker_examples_apply_and_delete(orch, service, example):
         assert deleted.code == 0, deleted
         for op_id in re.findall(r"\(operation (\w+)\)", applied.out + deleted.out):
             assert wait_operation(client, op_id)["status"] == "succeeded"
+
+
+class PrefixProxy:
+    """An HTTP reverse proxy serving the service under /orch (as a site's proxy would): the prefix is stripped."""
+
+    PREFIX = "/orch"
+
+    def __init__(self, target: str):
+        import http.server
+        import threading
+
+        import httpx
+
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                proxy.paths.append(self.path)
+                if not self.path.startswith(proxy.PREFIX + "/"):
+                    self.send_error(404)
+                    return
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")}
+                answer = httpx.request(self.command, target + self.path[len(proxy.PREFIX):], headers=headers,
+                                       content=body, timeout=30)
+                self.send_response(answer.status_code)
+                self.send_header("Content-Type", answer.headers.get("content-type", "application/json"))
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = _forward
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.paths: list[str] = []
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}{self.PREFIX}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_service_url_with_a_base_path_is_followed_and_a_malformed_one_refused(orch, service, tmp_path):
+    proxy = PrefixProxy(service.url)
+    try:
+        path = spec_file(tmp_path, "prefixed.yaml", instance_doc("cli-prefixed"))
+        applied = orch("apply", "-f", path, "--wait", url=proxy.url + "/")
+        assert applied.code == 0, applied
+        listed = orch("get", "instance", "cli-prefixed", "-o", "json", url=proxy.url)
+        assert listed.code == 0 and json.loads(listed.out)["status"] == "running", listed
+        assert orch("delete", "instance", "cli-prefixed", "--wait", url=proxy.url).code == 0
+    finally:
+        proxy.close()
+    assert proxy.paths and all(p.startswith("/orch/api/v1/") for p in proxy.paths), proxy.paths
+    for bad in ("127.0.0.1:8000", "ftp://host/orch", "http://host/orch?x=1"):
+        refused = orch("get", "instances", url=bad)
+        assert refused.code == ExitCode.INVALID and f"service URL {bad!r} must" in refused.err, refused
