@@ -36,6 +36,8 @@ SSH_CONNECT_TIMEOUT_S = 15
 # How each probe of the host's SSH port is paced (the total wait is ORCH_SSH_REACH_TIMEOUT_S).
 REACH_PROBE_TIMEOUT_S = 5.0
 REACH_PROBE_INTERVAL_S = 2.0
+# An SSH server's identification line is at most 255 bytes (RFC 4253, 4.2).
+SSH_BANNER_MAX_BYTES = 255
 
 
 class _Unsafe(str):
@@ -105,22 +107,35 @@ class HostUnreachable(ConfigureError):
     """The host's SSH port accepted no connection within the wait; the message says where and how long."""
 
 
+def _ssh_banner_seen(host: str, port: int, timeout_s: float) -> str | None:
+    """None when host:port answers with an SSH banner ("SSH-2.0-..."), else why not.
+
+    A banner, not just a connection: a middlebox may accept any TCP connection for a host it cannot reach.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as connection:
+            connection.settimeout(timeout_s)
+            banner = connection.recv(SSH_BANNER_MAX_BYTES)
+    except TimeoutError:
+        return "no answer"
+    except OSError as error:
+        return error.strerror or type(error).__name__
+    return None if banner.startswith(b"SSH-") else "no SSH banner"
+
+
 def wait_for_ssh_port(host: str, port: int, timeout_s: float, on_log: Callable[[str], None]) -> None:
-    """Return once host:port accepts a TCP connection; HostUnreachable after `timeout_s` of trying."""
+    """Return once host:port answers as an SSH server; HostUnreachable after `timeout_s` of trying."""
     deadline = time.monotonic() + timeout_s
     announced = False
     while True:
-        remaining = deadline - time.monotonic()
-        try:
-            with socket.create_connection((host, port), timeout=max(0.1, min(REACH_PROBE_TIMEOUT_S, remaining))):
-                return
-        except OSError as error:
-            reason = error.strerror or type(error).__name__
+        reason = _ssh_banner_seen(host, port, max(0.1, min(REACH_PROBE_TIMEOUT_S, deadline - time.monotonic())))
+        if reason is None:
+            return
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise HostUnreachable(f"cannot reach {host}:{port} over SSH (timed out after {timeout_s:g} s)")
         if not announced:
-            on_log(f"waiting for {host}:{port} to accept SSH connections ({reason}; at most {timeout_s:g} s)")
+            on_log(f"waiting for {host}:{port} to answer as an SSH server ({reason}; at most {timeout_s:g} s)")
             announced = True
         time.sleep(min(REACH_PROBE_INTERVAL_S, remaining))
 

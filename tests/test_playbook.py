@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -242,21 +243,39 @@ def test_a_port_that_never_answers_fails_within_the_wait_with_where_and_how_long
         )
     assert str(error.value) == f"cannot reach 127.0.0.1:{port} over SSH (timed out after 2 s)"
     assert 2 <= time.monotonic() - started < 10
-    assert log == [f"waiting for 127.0.0.1:{port} to accept SSH connections (Connection refused; at most 2 s)"]
+    assert log == [f"waiting for 127.0.0.1:{port} to answer as an SSH server (Connection refused; at most 2 s)"]
 
 
-def test_a_host_whose_ssh_is_not_ready_is_retried_then_given_up(configured, tmp_path):
-    # The port accepts connections and closes them at once: sshd not ready behind a booting VM's address.
-    closing = TcpProxy(target_port=free_port(), listen_port=free_port())
-    closing.up()
+@contextmanager
+def banner_only_server():
+    """A port that greets as an SSH server and hangs up: sshd not ready yet behind a booting VM's address."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            with connection:
+                connection.sendall(b"SSH-2.0-OpenSSH_9.6 not-ready\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+
+
+def test_a_host_whose_ssh_is_not_ready_is_retried_then_given_up(tmp_path):
+    private_key, _ = generate_keypair("retry@test")
     log: list[str] = []
     started = time.monotonic()
-    try:
-        with pytest.raises(ConfigureError) as error:
-            configure(configured.host, configured.extravars, tmp_path, log, port=closing.listen_port,
-                      attempts=2, retry_delay_s=1)
-    finally:
-        closing.down()
+    with banner_only_server() as port, pytest.raises(ConfigureError) as error:
+        configure_instance(
+            host="127.0.0.1", port=port, ssh_user="root", private_key_pem=private_key, extravars={},
+            on_log=log.append, workdir=tmp_path, attempts=2, retry_delay_s=1, reach_timeout_s=5,
+        )
     assert "unreachable" in str(error.value) and "gave up after 2 attempts" in str(error.value)
     assert any("retrying in 1s (attempt 1/2)" in line for line in log)
     assert time.monotonic() - started >= 1
