@@ -382,3 +382,24 @@ def test_a_service_url_with_a_base_path_is_followed_and_a_malformed_one_refused(
     for bad in ("127.0.0.1:8000", "ftp://host/orch", "http://host/orch?x=1"):
         refused = orch("get", "instances", url=bad)
         assert refused.code == ExitCode.INVALID and f"service URL {bad!r} must" in refused.err, refused
+
+
+def test_wait_prints_steps_in_their_sequence_whatever_each_poll_brings():
+    from orchestrator.client.commands import _step_lines_with_logs
+
+    shown: dict[int, str] = {}
+    up, configure, agent = "pulumi up", "configure: ansible", "wait for the agent's first report"
+    polls = [
+        # Two steps finished and a third started between polls: printed in their order, the log after the start.
+        ([{"name": up, "status": "succeeded"}, {"name": configure, "status": "succeeded"},
+          {"name": agent, "status": "running"}], ["agent log"]),
+        ([{"name": up, "status": "succeeded"}, {"name": configure, "status": "succeeded"},
+          {"name": agent, "status": "succeeded"}, {"name": up, "status": "failed"}], ["last words"]),
+    ]
+    lines = [line for steps, logs in polls for line in _step_lines_with_logs(steps, shown, logs)]
+    assert lines == [
+        f"  [{up}] running", f"  [{up}] succeeded", f"  [{configure}] running", f"  [{configure}] succeeded",
+        f"  [{agent}] running", "agent log",
+        # A step with the name of an earlier one (a resumed attempt) is a step of its own.
+        f"  [{agent}] succeeded", f"  [{up}] running", "last words", f"  [{up}] failed",
+    ]
