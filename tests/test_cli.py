@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -403,3 +404,27 @@ def test_wait_prints_steps_in_their_sequence_whatever_each_poll_brings():
         # A step with the name of an earlier one (a resumed attempt) is a step of its own.
         f"  [{agent}] succeeded", f"  [{up}] running", "last words", f"  [{up}] failed",
     ]
+
+
+def _complete(script: str, *words: str) -> list[str]:
+    """What bash offers after `orch WORDS...` (the last word being completed) with the script loaded."""
+    line = " ".join(shlex.quote(word) for word in ("orch", *words))
+    completed = subprocess.run(
+        ["bash", "-c", f'source <(cat) && complete -p orch >/dev/null && COMP_WORDS=({line}) '
+                       f'COMP_CWORD={len(words)} && _orch && printf "%s\\n" "${{COMPREPLY[@]}}"'],
+        input=script, capture_output=True, text=True, timeout=30, cwd=REPO,
+    )
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout.split()
+
+
+def test_completion_scripts_load_and_complete_commands_options_and_choices(capsys):
+    assert main(["completion", "bash"]) == 0
+    script = capsys.readouterr().out
+    assert _complete(script, "tok") == ["token"]
+    assert _complete(script, "token", "create", "--u") == ["--user"]
+    assert _complete(script, "get", "inst") == ["instances", "instance"]
+    assert _complete(script, "completion", "") == ["-h", "--help", "bash", "zsh"]
+    assert _complete(script, "apply", "-f", "README.m") == ["README.md"]
+    assert main(["completion", "zsh"]) == 0
+    assert capsys.readouterr().out.endswith(script)
