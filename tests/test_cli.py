@@ -428,3 +428,8 @@ def test_completion_scripts_load_and_complete_commands_options_and_choices(capsy
     assert _complete(script, "apply", "-f", "README.m") == ["README.md"]
     assert main(["completion", "zsh"]) == 0
     assert capsys.readouterr().out.endswith(script)
+
+
+def test_the_checkouts_orch_wrapper_runs_from_any_directory(tmp_path):
+    ran = subprocess.run([str(REPO / "orch"), "--version"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (ran.returncode, ran.stdout) == (0, f"orch {__version__}\n"), ran.stderr

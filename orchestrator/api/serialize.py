@@ -146,6 +146,7 @@ class SnapshotView(_Shape):
     operation_id: str | None
     created_at: str | None
     updated_at: str | None
+    disk_gb: int | None  # the source instance's disk size; instances from the snapshot get at least this
 
 
 class InstanceOperation(_Shape):
@@ -301,6 +302,7 @@ def snapshot_json(snapshot: Snapshot) -> SnapshotView:
         operation_id=snapshot.operation_id,
         created_at=_iso(snapshot.created_at),
         updated_at=_iso(snapshot.updated_at),
+        disk_gb=snapshot.disk_gb,
     )
 
 
