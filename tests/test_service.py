@@ -225,3 +225,26 @@ def test_an_instance_from_a_snapshot_gets_its_disk_size_and_never_less(service):
         assert created["instance"]["spec"]["disk_gb"] == 40
         # The same document again changes nothing (its disk stays the snapshot's size).
         assert client.patch("/api/v1/instances/disk-clone", json=unsized).json()["operation"] is None
+
+
+def test_the_catalogue_lists_what_specs_are_validated_against(service):
+    from orchestrator.api.serialize import catalog_json
+
+    with service.client("alice") as client:
+        answer = client.get("/api/v1/catalog")
+        assert answer.status_code == 200, answer.text
+        assert client.get("/api/v1/catalog", headers={"Authorization": "Bearer nope"}).status_code == 401
+    clouds = {cloud["name"]: cloud for cloud in answer.json()["clouds"]}
+    assert list(clouds) == client_clouds(service)
+    aws = clouds["aws"]
+    assert {"name": "g5.xlarge", "vcpus": 4, "memory_gb": 16, "gpus": 1, "gpu_type": "nvidia-a10g"} in aws["machine_types"]
+    assert {"name": "us-east-1", "zones": [f"us-east-1{z}" for z in "abcdef"]} in aws["regions"]
+    assert "ubuntu-22.04" in aws["images"]
+    assert [m["name"] for m in clouds["docker"]["machine_types"]] == ["small", "medium", "large", "xlarge"]
+    # Only the enabled clouds.
+    assert [cloud.name for cloud in catalog_json(["gcp"]).clouds] == ["gcp"]
+
+
+def client_clouds(service) -> list[str]:
+    with service.client("alice") as client:
+        return client.get("/api/v1/features").json()["clouds"]

@@ -21,6 +21,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from orchestrator import __version__, db
 from orchestrator.api.serialize import (
+    CatalogView,
     CloudName,
     DocumentedAs,
     DocumentedAsPlugin,
@@ -42,6 +43,7 @@ from orchestrator.api.serialize import (
     SnapshotRequest,
     SnapshotView,
     StackView,
+    catalog_json,
     instance_json,
     operation_json,
     preview_view,
@@ -384,6 +386,13 @@ def features(request: Request) -> FeaturesView:
     )
 
 
+@get(f"{API_PREFIX}/catalog", sync_to_thread=False, tags=["features"],
+     summary="Regions, zones, machine types and images of the enabled clouds",
+     dependencies={"principal": USER_DEPENDENCIES["principal"]}, responses=_errors())
+def catalog(request: Request, principal: Principal) -> CatalogView:
+    return catalog_json(_runtime(request).settings.clouds)
+
+
 # ---------------------------------------------------------------- requests and errors
 
 
@@ -440,7 +449,9 @@ def _unexpected(request: Request, error: Exception) -> Response:
 
 def create_app(runtime: Runtime) -> Litestar:
     app = Litestar(
-        route_handlers=[InstanceController, SnapshotController, OperationController, AgentController, healthz, features],
+        route_handlers=[
+            InstanceController, SnapshotController, OperationController, AgentController, healthz, features, catalog,
+        ],
         exception_handlers={
             ServiceError: _service_error,
             ReportRejected: _report_rejected,
