@@ -114,10 +114,11 @@ def test_apply_reapply_diff_update_delete(orch, service, tmp_path):
 
 def test_instance_snapshot_and_instance_from_it_in_one_file(orch, service, tmp_path):
     restored = instance_doc("cli-snap-restored", from_snapshot="cli-snap-1", image=None)
+    del restored["spec"]["disk_gb"]  # the snapshot's size (its instance's, 40 GB), which only the service knows
     path = spec_file(
         tmp_path,
         "chain.yaml",
-        instance_doc("cli-snap-src"),
+        instance_doc("cli-snap-src", disk_gb=40),
         {"kind": "Snapshot", "name": "cli-snap-1", "instance": "cli-snap-src"},
         restored,
     )
@@ -136,6 +137,8 @@ def test_instance_snapshot_and_instance_from_it_in_one_file(orch, service, tmp_p
         assert orch("apply", "-f", path).out == (
             "instance/cli-snap-src unchanged\nsnapshot/cli-snap-1 unchanged\ninstance/cli-snap-restored unchanged\n"
         )
+        assert client.get("/api/v1/instances/cli-snap-restored").json()["spec"]["disk_gb"] == 40
+        assert orch("diff", "-f", path).code == 0
 
         listed = orch("get", "snapshots", "--instance", "cli-snap-src", "-o", "json")
         api = client.get("/api/v1/snapshots", params={"instance": "cli-snap-src"}).json()["items"]

@@ -110,8 +110,17 @@ def _stored_view(instance: dict) -> dict:
     return {"labels": instance.get("labels") or {}, "spec": instance.get("spec") or {}}
 
 
-def _wanted_view(item: ParsedDocument) -> dict:
+def _wanted_view(item: ParsedDocument, stored: dict | None = None) -> dict:
     canonical = item.doc.to_dict()
+    written = item.source.data.get("spec")
+    spec_source = (stored.get("spec") or {}) if stored else {}
+    # Without disk_gb, an instance from a snapshot gets the snapshot's size, which only the service knows.
+    if (
+        item.doc.spec.from_snapshot
+        and isinstance(written, dict) and written.get("disk_gb") is None
+        and spec_source.get("from_snapshot") == item.doc.spec.from_snapshot and spec_source.get("disk_gb")
+    ):
+        canonical["spec"]["disk_gb"] = spec_source["disk_gb"]
     return {"labels": canonical.get("labels") or {}, "spec": canonical["spec"]}
 
 
@@ -213,13 +222,13 @@ class Applier:
     def apply_instance(self, item: ParsedDocument) -> None:
         name = item.doc.name
         stored = self.api.get_optional(f"/instances/{name}")
-        changes = not _exists(stored) or _stored_view(stored) != _wanted_view(item)
+        changes = not _exists(stored) or _stored_view(stored) != _wanted_view(item, stored)
         if changes and item.doc.spec.from_snapshot:
             self._wait_for_snapshot(item.ref, item.doc.spec.from_snapshot)
         if not _exists(stored):
             result = self.api.post("/instances", _document_body(item))
             _started(item.ref, "created", result["operation"])
-        elif _stored_view(stored) == _wanted_view(item):
+        elif _stored_view(stored) == _wanted_view(item, stored):
             _unchanged(item.ref, stored)
             return
         else:
@@ -306,7 +315,7 @@ def apply_command(args: argparse.Namespace) -> int:
 
 def _diff_instance(api: ApiClient, item: ParsedDocument) -> bool:
     stored = api.get_optional(f"/instances/{item.doc.name}")
-    wanted = _wanted_view(item)
+    wanted = _wanted_view(item, stored)
     if not _exists(stored):
         _out(f"{item.ref} (new instance)")
         for line in render.document_diff(None, item.doc.to_dict(), "/dev/null", item.source.source):
