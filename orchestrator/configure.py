@@ -104,7 +104,7 @@ class ConfigureError(Exception):
 
 
 class HostUnreachable(ConfigureError):
-    """The host's SSH port accepted no connection within the wait; the message says where and how long."""
+    """The host's port did not answer as an SSH server within the wait; the message says where and how long."""
 
 
 def _ssh_banner_seen(host: str, port: int, timeout_s: float) -> str | None:
