@@ -9,6 +9,7 @@ import sys
 
 from orchestrator import __version__, server
 from orchestrator.client.commands import add_client_commands
+from orchestrator.client.completion import SCRIPTS
 
 
 TTL_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
@@ -56,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("jti")
     revoke.set_defaults(handler=lambda args: server.revoke_token(args.jti))
     add_client_commands(commands)
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script",
+        description="Print a completion script for SHELL. Load it with `source <(orch completion bash)`"
+        " (in ~/.bashrc) or `source <(orch completion zsh)` (in ~/.zshrc).",
+    )
+    completion.add_argument("shell", choices=sorted(SCRIPTS))
+    completion.set_defaults(handler=lambda args: print(SCRIPTS[args.shell](parser), end="") or 0)
     return parser
 
 

@@ -3,14 +3,19 @@
 Every run gets its own temp directory under `workdir` (private data dir, SSH key,
 known_hosts) that is removed afterwards, so the instance's private key never
 outlives the run. A host that is not reachable yet (sshd still starting on a new
-VM) is retried a bounded number of times; a task that fails ends the run with a
-ConfigureError naming the task, the host and the module's message.
+VM) is waited for first: its SSH port is probed for at most `reach_timeout_s`, and
+one that never answers fails with HostUnreachable ("cannot reach HOST:22 over SSH
+(timed out after N s)") instead of a long series of playbook attempts. A host whose
+port answers but whose SSH is not ready yet is retried a bounded number of times; a
+task that fails ends the run with a ConfigureError naming the task, the host and the
+module's message.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -21,11 +26,18 @@ from typing import Any, Callable
 import ansible_runner
 import yaml
 
+from orchestrator.settings import DEFAULT_SSH_REACH_TIMEOUT_S
+
 PLAYBOOKS_DIR = Path(__file__).resolve().parent.parent / "playbooks"
 PLAYBOOK = "site.yml"
 DEFAULT_ATTEMPTS = 10
 DEFAULT_RETRY_DELAY_S = 10.0
 SSH_CONNECT_TIMEOUT_S = 15
+# How each probe of the host's SSH port is paced (the total wait is ORCH_SSH_REACH_TIMEOUT_S).
+REACH_PROBE_TIMEOUT_S = 5.0
+REACH_PROBE_INTERVAL_S = 2.0
+# An SSH server's identification line is at most 255 bytes (RFC 4253, 4.2).
+SSH_BANNER_MAX_BYTES = 255
 
 
 class _Unsafe(str):
@@ -89,6 +101,43 @@ def write_extravars(path: Path, extravars: dict) -> None:
 
 class ConfigureError(Exception):
     """The playbook failed; the message names the failing task and host, or why the host was unreachable."""
+
+
+class HostUnreachable(ConfigureError):
+    """The host's port did not answer as an SSH server within the wait; the message says where and how long."""
+
+
+def _ssh_banner_seen(host: str, port: int, timeout_s: float) -> str | None:
+    """None when host:port answers with an SSH banner ("SSH-2.0-..."), else why not.
+
+    A banner, not just a connection: a middlebox may accept any TCP connection for a host it cannot reach.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as connection:
+            connection.settimeout(timeout_s)
+            banner = connection.recv(SSH_BANNER_MAX_BYTES)
+    except TimeoutError:
+        return "no answer"
+    except OSError as error:
+        return error.strerror or type(error).__name__
+    return None if banner.startswith(b"SSH-") else "no SSH banner"
+
+
+def wait_for_ssh_port(host: str, port: int, timeout_s: float, on_log: Callable[[str], None]) -> None:
+    """Return once host:port answers as an SSH server; HostUnreachable after `timeout_s` of trying."""
+    deadline = time.monotonic() + timeout_s
+    announced = False
+    while True:
+        reason = _ssh_banner_seen(host, port, max(0.1, min(REACH_PROBE_TIMEOUT_S, deadline - time.monotonic())))
+        if reason is None:
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise HostUnreachable(f"cannot reach {host}:{port} over SSH (timed out after {timeout_s:g} s)")
+        if not announced:
+            on_log(f"waiting for {host}:{port} to answer as an SSH server ({reason}; at most {timeout_s:g} s)")
+            announced = True
+        time.sleep(min(REACH_PROBE_INTERVAL_S, remaining))
 
 
 @dataclass(frozen=True)
@@ -155,9 +204,11 @@ def configure_instance(
     workdir: str | os.PathLike,
     attempts: int = DEFAULT_ATTEMPTS,
     retry_delay_s: float = DEFAULT_RETRY_DELAY_S,
+    reach_timeout_s: float = DEFAULT_SSH_REACH_TIMEOUT_S,
 ) -> ConfigureSummary:
     if attempts < 1:
         raise ValueError(f"attempts must be at least 1, got {attempts}")
+    wait_for_ssh_port(host, int(port), reach_timeout_s, on_log)
     Path(workdir).mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="configure-", dir=workdir))
     # ssh's control socket path must stay under ~100 characters, which a deep workdir may not.
@@ -190,6 +241,8 @@ def configure_instance(
             "ANSIBLE_FORCE_COLOR": "0",
             "ANSIBLE_RETRY_FILES_ENABLED": "0",
             "ANSIBLE_LOCAL_TEMP": str(run_dir / "ansible-tmp"),
+            # Ansible's own files (its ~/.ansible) stay in this run's directory, not the cwd or a home.
+            "ANSIBLE_HOME": str(run_dir / "ansible-home"),
             "ANSIBLE_SSH_CONTROL_PATH_DIR": control_dir,
             "PATH": _path_with_ansible(),
         }

@@ -137,6 +137,8 @@ class Snapshot(me.Document):
     image_id = me.StringField()
     source_instance_id = me.StringField()
     source_outputs = me.DictField()
+    # The source instance's disk size when the snapshot was taken: instances from it get at least as much.
+    disk_gb = me.IntField()
     error = me.StringField()
     operation_id = me.StringField()
     created_at = me.DateTimeField(default=utcnow)

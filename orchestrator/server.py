@@ -195,7 +195,7 @@ def create_token(
     from orchestrator.auth import USER_TOKEN_TTL, mint_agent_token
 
     try:
-        settings = load_settings()
+        settings = load_settings(service=False)
     except SettingsError as error:
         print(f"orch token create: {error}", file=sys.stderr)
         return 2
@@ -258,7 +258,7 @@ def _connect_for(command: str):
     from orchestrator import db
 
     try:
-        settings = load_settings()
+        settings = load_settings(service=False)
         return settings, db.connect(settings)
     except SettingsError as error:
         print(f"orch token {command}: {error}", file=sys.stderr)

@@ -177,6 +177,23 @@ class Orchestrator:
                 field="spec.from_snapshot",
             )
 
+    def _disk_from_snapshot(self, owner: str, parsed: InstanceDoc, document: dict, canonical: dict) -> None:
+        """An instance from a snapshot gets the snapshot's disk size when it names none, and never a smaller one."""
+        name = parsed.spec.from_snapshot
+        snapshot = Snapshot.objects(owner=owner, claim=claim_key(owner, name)).first() if name else None
+        if snapshot is None or snapshot.disk_gb is None:
+            return
+        spec = document.get("spec")
+        given = spec.get("disk_gb") if isinstance(spec, dict) else None
+        if given is None:
+            canonical["spec"]["disk_gb"] = snapshot.disk_gb
+        elif canonical["spec"]["disk_gb"] < snapshot.disk_gb:
+            raise Invalid(
+                f"spec.disk_gb: {canonical['spec']['disk_gb']} GB is smaller than the {snapshot.disk_gb} GB disk of "
+                f"snapshot {name!r} (give at least {snapshot.disk_gb}, or leave disk_gb out to get that size)",
+                field="spec.disk_gb",
+            )
+
     def _record(
         self, principal: Principal, kind: str, target: Instance | Snapshot, lock_key: str, params: dict | None = None
     ) -> Operation:
@@ -207,6 +224,7 @@ class Orchestrator:
         owner = self._namespace(principal, owner, "instance", parsed.name)
         self._check_base_snapshot(owner, parsed)
         canonical = parsed.to_dict()
+        self._disk_from_snapshot(owner, parsed, document, canonical)
         private_key, public_key = generate_keypair(f"orch@{parsed.name}")
         instance = Instance(
             name=parsed.name,
@@ -239,6 +257,7 @@ class Orchestrator:
             raise Invalid(f"name: cannot rename instance {name!r} to {document.get('name')!r}", field="name")
         parsed = self._parse(document)
         canonical = parsed.to_dict()
+        self._disk_from_snapshot(instance.owner, parsed, document, canonical)
         if canonical["spec"].get("cloud") != instance.cloud:
             raise Invalid("spec.cloud: cannot move an instance to another cloud", field="spec.cloud")
         if canonical["spec"] == instance.spec and (canonical.get("labels") or {}) == (instance.labels or {}):
@@ -452,6 +471,7 @@ class Orchestrator:
             cloud=instance.cloud,
             region=instance.region,
             source_outputs=instance.outputs,
+            disk_gb=(instance.spec or {}).get("disk_gb"),
         )
         try:
             snapshot.save(force_insert=True)

@@ -27,12 +27,26 @@ MAX_PREVIOUS_JWT_SECRETS = 4
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 STORE_KEY_BYTES = 32  # a Fernet key: 16 bytes for HMAC-SHA256, 16 for AES-128
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SIGNIN_CODE_TTL_S = 24 * 3600
+# ORCH_SSH_REACH_TIMEOUT_S's default: a new VM's sshd is up well within it.
+DEFAULT_SSH_REACH_TIMEOUT_S = 120
 
 
 class SettingsError(Exception):
     """A setting is missing or malformed; the message names the variable."""
+
+
+# A source checkout (the project installed editable, as scripts/serve does) keeps its state
+# in `.orch/` at its root, whatever the cwd; an installed package in the user's data dir.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_data_dir(env: dict) -> Path:
+    """ORCH_DATA_DIR's default: `<checkout>/.orch`, else `$XDG_DATA_HOME/orch` (~/.local/share/orch)."""
+    if (PROJECT_ROOT / "pyproject.toml").is_file():
+        return PROJECT_ROOT / ".orch"
+    base = env.get("XDG_DATA_HOME") or os.path.join(env.get("HOME") or str(Path.home()), ".local", "share")
+    return Path(base) / "orch"
 
 
 @dataclass(frozen=True)
@@ -59,10 +73,13 @@ class Settings:
     # The web page (docs/DESIGN.md, "Web page"): where its build is, whether the
     # service prints a one-time sign-in link (no ORCH_JWT_SECRET: embedded defaults),
     # how long such a link stays valid, and the page's feature flags.
-    web_dir: Path = REPO_ROOT / "web" / "dist"
+    web_dir: Path = PROJECT_ROOT / "web" / "dist"
     signin_link: bool = False
     signin_code_ttl_s: int = DEFAULT_SIGNIN_CODE_TTL_S
     feature_sidebar: bool = False
+    # How long configuration waits for a new instance's SSH port before failing with
+    # "cannot reach ADDRESS:22 over SSH (timed out after N s)".
+    ssh_reach_timeout_s: int = DEFAULT_SSH_REACH_TIMEOUT_S
 
     @property
     def goofys_playbook_vars(self) -> dict[str, str]:
@@ -191,9 +208,25 @@ def read_or_create_secret_file(path: Path, generate) -> str:
     return path.read_text().strip()
 
 
-def _store_key(env: dict, data_dir: Path) -> bytes:
-    raw = env.get("ORCH_STORE_KEY") or read_or_create_secret_file(
-        data_dir / "store-key", lambda: base64.urlsafe_b64encode(secrets.token_bytes(STORE_KEY_BYTES)).decode()
+# The setting that replaces each generated secret file.
+_SECRET_SETTINGS = {"store-key": "ORCH_STORE_KEY", "jwt-secret": "ORCH_JWT_SECRET"}
+
+
+def _service_secret_file(path: Path, generate, create: bool) -> str:
+    """The secret in path; made when missing only by the service itself (create), never by a tool beside it."""
+    if create or path.is_file():
+        return read_or_create_secret_file(path, generate)
+    raise SettingsError(
+        f"{path.parent} has no {path.name}: the service has not made one there "
+        f"(start it with this ORCH_DATA_DIR, or give the same {_SECRET_SETTINGS[path.name]} it was given)"
+    )
+
+
+def _store_key(env: dict, data_dir: Path, create: bool = True) -> bytes:
+    raw = env.get("ORCH_STORE_KEY") or _service_secret_file(
+        data_dir / "store-key",
+        lambda: base64.urlsafe_b64encode(secrets.token_bytes(STORE_KEY_BYTES)).decode(),
+        create,
     )
     try:
         valid = len(base64.urlsafe_b64decode(raw.encode())) == STORE_KEY_BYTES
@@ -225,17 +258,23 @@ def _previous_jwt_secrets(env: dict) -> tuple[str, ...]:
     return previous
 
 
-def _jwt_secret(env: dict, data_dir: Path) -> SigningSecrets:
+def _jwt_secret(env: dict, data_dir: Path, create: bool = True) -> SigningSecrets:
     previous = _previous_jwt_secrets(env)
     if env.get("ORCH_JWT_SECRET"):
         return SigningSecrets(_checked_secret("ORCH_JWT_SECRET", env["ORCH_JWT_SECRET"]), previous)
     # Generated once and kept, so tokens survive a restart of the service.
-    return SigningSecrets(read_or_create_secret_file(data_dir / "jwt-secret", lambda: secrets.token_urlsafe(48)), previous)
+    return SigningSecrets(
+        _service_secret_file(data_dir / "jwt-secret", lambda: secrets.token_urlsafe(48), create), previous
+    )
 
 
-def load_settings(env: dict | None = None) -> Settings:
+def load_settings(env: dict | None = None, *, service: bool = True) -> Settings:
+    """The settings; `service=False` (tools beside the service: `orch token`) reads the
+    service's data dir and secrets and refuses where they do not exist, never making them."""
     env = dict(os.environ if env is None else env)
-    data_dir = Path(env.get("ORCH_DATA_DIR") or "./.orch").resolve()
+    data_dir = Path(env.get("ORCH_DATA_DIR") or default_data_dir(env)).resolve()
+    if not service and not data_dir.is_dir():
+        raise SettingsError(f"no service data dir at {data_dir}: start the service first or set ORCH_DATA_DIR")
 
     clouds = tuple(c.strip() for c in (env.get("ORCH_CLOUDS") or ",".join(KNOWN_CLOUDS)).split(",") if c.strip())
     unknown = [c for c in clouds if c not in KNOWN_CLOUDS]
@@ -259,8 +298,8 @@ def load_settings(env: dict | None = None) -> Settings:
         amqp_url=_url_setting(env, "ORCH_AMQP_URL", ("amqp", "amqps")),
         pulumi_backend_url=backend,
         pulumi_command=pulumi_command,
-        jwt_secret=_jwt_secret(env, data_dir),
-        store_key=_store_key(env, data_dir),
+        jwt_secret=_jwt_secret(env, data_dir, create=service),
+        store_key=_store_key(env, data_dir, create=service),
         public_url=public_url.rstrip("/"),
         clouds=clouds,
         max_parallel_operations=_int_setting(env, "ORCH_MAX_PARALLEL_OPERATIONS", 8),
@@ -269,8 +308,9 @@ def load_settings(env: dict | None = None) -> Settings:
         agent_first_report_timeout_s=_int_setting(env, "ORCH_AGENT_FIRST_REPORT_TIMEOUT_S", 600),
         redispatch_after_s=_int_setting(env, "ORCH_REDISPATCH_AFTER_S", 30),
         goofys_source=_goofys_source(env),
-        web_dir=Path(env.get("ORCH_WEB_DIR") or REPO_ROOT / "web" / "dist").resolve(),
+        web_dir=Path(env.get("ORCH_WEB_DIR") or PROJECT_ROOT / "web" / "dist").resolve(),
         signin_link=not env.get("ORCH_JWT_SECRET"),
         signin_code_ttl_s=_int_setting(env, "ORCH_SIGNIN_CODE_TTL_S", DEFAULT_SIGNIN_CODE_TTL_S, minimum=60),
         feature_sidebar=_flag_setting(env, "ORCH_FEATURE_SIDEBAR", False),
+        ssh_reach_timeout_s=_int_setting(env, "ORCH_SSH_REACH_TIMEOUT_S", DEFAULT_SSH_REACH_TIMEOUT_S),
     )

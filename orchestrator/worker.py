@@ -314,7 +314,7 @@ class Worker:
         instance.save()
 
     def _configure(self, op: Operation, instance: Instance, outputs: dict, document, log_line: OperationLog) -> None:
-        from orchestrator.configure import ConfigureError, configure_instance
+        from orchestrator.configure import ConfigureError, HostUnreachable, configure_instance
 
         if instance.status == "provisioning":
             instance.move_to("configuring")
@@ -344,7 +344,10 @@ class Worker:
                     extravars=extravars,
                     on_log=log_line,
                     workdir=self.settings.data_dir / "ansible",
+                    reach_timeout_s=self.settings.ssh_reach_timeout_s,
                 )
+            except HostUnreachable as error:  # its own words: where, and how long it was tried
+                raise OperationFailed(str(error)) from None
             except ConfigureError as error:
                 raise OperationFailed(f"configuration failed: {error}") from None
         with self._step(op, "wait for the agent's first report"):
@@ -414,7 +417,11 @@ def _generation(op: Operation, instance: Instance) -> int:
 def recover(dispatch: Callable[[str], bool], redispatch_after_s: float = 30.0) -> int:
     """Find operations a lost publish or a dead worker left behind, and dispatch them again.
 
-    Returns how many were dispatched.
+    Only what is really left behind: a running operation whose lease has expired (its
+    worker stopped renewing it), and a queued one last dispatched (or, never dispatched,
+    created) more than `redispatch_after_s` ago, so one that was just requested or
+    dispatched is never sent twice. Each is taken with a conditional update, so two
+    sweeps (the service's and a worker's) never both send it. Returns how many were dispatched.
     """
     now = utcnow()
     count = 0
@@ -427,9 +434,13 @@ def recover(dispatch: Callable[[str], bool], redispatch_after_s: float = 30.0) -
             dispatch(str(op.id))
             count += 1
     stale = now - dt.timedelta(seconds=redispatch_after_s)
-    for op in Operation.objects(status="queued").only("id", "dispatched_at"):
-        if op.dispatched_at is None or op.dispatched_at < stale:
-            Operation.objects(id=op.id).update_one(set__dispatched_at=now)
+    for op in Operation.objects(status="queued").only("id", "dispatched_at", "created_at"):
+        if (op.dispatched_at or op.created_at) >= stale:
+            continue
+        taken = Operation.objects(id=op.id, status="queued", dispatched_at=op.dispatched_at).update_one(
+            set__dispatched_at=now
+        )
+        if taken:
             dispatch(str(op.id))
             count += 1
     return count

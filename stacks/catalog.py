@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from stacks.machine_types import AWS_MACHINE_TYPES, AZURE_MACHINE_TYPES, GCP_MACHINE_TYPES, Sizes
+
 DEFAULT_IMAGE = "ubuntu-22.04"
 
 
@@ -33,12 +35,30 @@ class GpuMachine:
 
 
 @dataclass(frozen=True)
+class MachineType:
+    """One listed machine type; its GPUs are those its name carries (gpu_machines)."""
+
+    name: str
+    vcpus: int
+    memory_gb: float
+    gpus: int
+    gpu_type: str | None
+
+
+@dataclass(frozen=True)
 class Cloud:
     name: str
     regions: frozenset[str]
     zone_pattern: str  # `{region}` is replaced by the (escaped) region
+    # What an unlisted type (spec.allow_unlisted_machine_type) must look like.
     machine_type_pattern: str
     images: dict[str, Image]
+    # The catalogue's machine types: name -> (vCPUs, memory in GB).
+    machine_type_sizes: Sizes = field(default_factory=dict)
+    # The zones the catalogue lists per region, as suffixes of `{region}` (AWS `a`, GCP `-b`) or
+    # whole names (Azure `1`); regions not named here have `default_zone_suffixes`.
+    zone_suffixes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    default_zone_suffixes: tuple[str, ...] = ()
     gpu_machines: tuple[GpuMachine, ...] = ()
     # Machine families that take any number of attached GPUs of these types (GCP N1).
     attachable_gpu_families: dict[str, frozenset[str]] = field(default_factory=dict)
@@ -50,6 +70,27 @@ class Cloud:
 
     def zone_belongs(self, region: str, zone: str) -> bool:
         return re.fullmatch(self.zone_pattern.replace("{region}", re.escape(region)), zone) is not None
+
+    def zones(self, region: str) -> list[str]:
+        """The zones the catalogue lists for region (validation accepts any that zone_pattern allows)."""
+        suffixes = self.zone_suffixes.get(region, self.default_zone_suffixes)
+        return [suffix if self.name in ("azure", "docker") else f"{region}{suffix}" for suffix in suffixes]
+
+    def machine_types(self) -> list[MachineType]:
+        listed = []
+        for name, (vcpus, memory_gb) in self.machine_type_sizes.items():
+            gpus, gpu_type = self.built_in_gpus(name)
+            listed.append(MachineType(name=name, vcpus=vcpus, memory_gb=memory_gb, gpus=gpus, gpu_type=gpu_type))
+        return listed
+
+    def built_in_gpus(self, machine_type: str) -> tuple[int, str | None]:
+        """(count, type) of the GPUs a machine type carries; (0, None) for none."""
+        machine = self.gpu_machine(machine_type)
+        if machine is None:
+            return 0, None
+        if machine.count is None:  # the count is the `-<n>g` suffix (GCP a2-highgpu-4g)
+            return int(re.search(r"(\d+)g\Z", machine_type, flags=re.ASCII).group(1)), machine.gpu_type
+        return machine.count, machine.gpu_type
 
     def gpu_machine(self, machine_type: str) -> GpuMachine | None:
         for machine in self.gpu_machines:
@@ -151,6 +192,9 @@ AWS = Cloud(
     ),
     gpu_families_hint="g4dn, g5, g5g, g6, g6e, p3, p4d, p4de, p5",
     min_disk_gb=8,
+    machine_type_sizes=AWS_MACHINE_TYPES,
+    zone_suffixes={"us-east-1": ("a", "b", "c", "d", "e", "f")},
+    default_zone_suffixes=("a", "b", "c"),
 )
 
 GCP = Cloud(
@@ -214,6 +258,9 @@ GCP = Cloud(
     min_disk_gb=10,
     # Zone `-a` does not exist in these regions.
     default_zones={"us-east1": "us-east1-b", "europe-west1": "europe-west1-b"},
+    machine_type_sizes=GCP_MACHINE_TYPES,
+    zone_suffixes={"us-east1": ("-b", "-c", "-d"), "europe-west1": ("-b", "-c", "-d")},
+    default_zone_suffixes=("-a", "-b", "-c"),
 )
 
 AZURE = Cloud(
@@ -268,6 +315,8 @@ AZURE = Cloud(
     ),
     gpu_families_hint="NC (T4/V100/A100/H100), ND (A100/H100) or NV (A10) sizes",
     min_disk_gb=30,
+    machine_type_sizes=AZURE_MACHINE_TYPES,
+    default_zone_suffixes=("1", "2", "3"),
 )
 
 # Docker "machine types" are container limits: (CPUs, memory in MiB).
@@ -285,6 +334,8 @@ DOCKER = Cloud(
         "debian-12": Image(ref="debian:12", min_disk_gb=1, ssh_user="root"),
     },
     min_disk_gb=1,
+    machine_type_sizes={name: (cpus, memory_mib / 1024) for name, (cpus, memory_mib) in DOCKER_SIZES.items()},
+    default_zone_suffixes=("local",),
 )
 
 CLOUDS: dict[str, Cloud] = {cloud.name: cloud for cloud in (AWS, GCP, AZURE, DOCKER)}

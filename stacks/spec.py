@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
 import ipaddress
 import posixpath
 import re
@@ -128,6 +129,10 @@ class InstanceSpec(_Model, kw_only=True):
     region: Identifier
     zone: Identifier | None = None
     machine_type: Identifier | None = None
+    allow_unlisted_machine_type: Annotated[
+        bool,
+        Meta(description="accept a machine_type the catalogue does not list (a type newer than it); not for docker"),
+    ] = False
     gpu: Gpu | None = None
     image: (
         Annotated[
@@ -360,11 +365,41 @@ def _check_labels(labels: dict[str, str], errors: list[FieldError]) -> None:
             )
 
 
+def _did_you_mean(value: str, known) -> str:
+    """"; did you mean X?" for the closest known name, or ""."""
+    close = difflib.get_close_matches(value, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
 def _check_location(cloud: Cloud, spec: InstanceSpec, errors: list[FieldError]) -> None:
     if spec.region not in cloud.regions:
-        errors.append(FieldError("spec.region", f"unknown {cloud.name} region {spec.region!r}"))
+        errors.append(
+            FieldError("spec.region", f"unknown {cloud.name} region {spec.region!r}{_did_you_mean(spec.region, cloud.regions)}")
+        )
     elif spec.zone is not None and not cloud.zone_belongs(spec.region, spec.zone):
-        errors.append(FieldError("spec.zone", f"zone {spec.zone!r} is not in region {spec.region!r}"))
+        hint = _did_you_mean(spec.zone, cloud.zones(spec.region)) or f" (e.g. {', '.join(cloud.zones(spec.region))})"
+        errors.append(FieldError("spec.zone", f"zone {spec.zone!r} is not in region {spec.region!r}{hint}"))
+
+
+def _check_listed_machine_type(cloud: Cloud, spec: InstanceSpec, errors: list[FieldError]) -> bool:
+    """True when machine_type is in the catalogue, or unlisted but allowed and well-formed."""
+    machine_type = spec.machine_type
+    if machine_type in cloud.machine_type_sizes:
+        return True
+    if spec.allow_unlisted_machine_type and cloud.name != "docker":
+        if _fullmatch(cloud.machine_type_pattern, machine_type):
+            return True
+        errors.append(FieldError("spec.machine_type", f"{machine_type!r} is not a {cloud.name} machine type"))
+        return False
+    if cloud.name == "docker":  # the docker target's sizes are all there is
+        escape = f" (one of {', '.join(cloud.machine_type_sizes)})"
+    else:
+        escape = " (set spec.allow_unlisted_machine_type: true for types newer than the catalogue)"
+    suggestion = _did_you_mean(machine_type, cloud.machine_type_sizes)
+    errors.append(
+        FieldError("spec.machine_type", f"unknown type {machine_type} for {cloud.name}{suggestion}{escape}")
+    )
+    return False
 
 
 def _check_machine_and_gpu(cloud: Cloud, spec: InstanceSpec, errors: list[FieldError]) -> Gpu | None:
@@ -376,16 +411,12 @@ def _check_machine_and_gpu(cloud: Cloud, spec: InstanceSpec, errors: list[FieldE
     if machine_type is None:
         errors.append(FieldError("spec.machine_type", f"required on {cloud.name}"))
         return spec.gpu
-    if not _fullmatch(cloud.machine_type_pattern, machine_type):
-        hint = f" (one of {cloud.machine_type_pattern.replace('|', ', ')})" if cloud.name == "docker" else ""
-        errors.append(FieldError("spec.machine_type", f"{machine_type!r} is not a {cloud.name} machine type{hint}"))
+    if not _check_listed_machine_type(cloud, spec, errors):
         return spec.gpu
     built_in = cloud.gpu_machine(machine_type)
     gpu = spec.gpu
     if built_in is not None:
-        carried = built_in.count
-        if carried is None:  # the count is the `-<n>g` suffix (GCP a2-highgpu-4g)
-            carried = int(re.search(r"(\d+)g\Z", machine_type, flags=re.ASCII).group(1))
+        carried, _ = cloud.built_in_gpus(machine_type)
         if gpu is None:
             return Gpu(type=built_in.gpu_type, count=carried)
         if canonical_gpu_type(gpu.type) != built_in.gpu_type:

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -113,10 +114,11 @@ def test_apply_reapply_diff_update_delete(orch, service, tmp_path):
 
 def test_instance_snapshot_and_instance_from_it_in_one_file(orch, service, tmp_path):
     restored = instance_doc("cli-snap-restored", from_snapshot="cli-snap-1", image=None)
+    del restored["spec"]["disk_gb"]  # the snapshot's size (its instance's, 40 GB), which only the service knows
     path = spec_file(
         tmp_path,
         "chain.yaml",
-        instance_doc("cli-snap-src"),
+        instance_doc("cli-snap-src", disk_gb=40),
         {"kind": "Snapshot", "name": "cli-snap-1", "instance": "cli-snap-src"},
         restored,
     )
@@ -135,6 +137,8 @@ def test_instance_snapshot_and_instance_from_it_in_one_file(orch, service, tmp_p
         assert orch("apply", "-f", path).out == (
             "instance/cli-snap-src unchanged\nsnapshot/cli-snap-1 unchanged\ninstance/cli-snap-restored unchanged\n"
         )
+        assert client.get("/api/v1/instances/cli-snap-restored").json()["spec"]["disk_gb"] == 40
+        assert orch("diff", "-f", path).code == 0
 
         listed = orch("get", "snapshots", "--instance", "cli-snap-src", "-o", "json")
         api = client.get("/api/v1/snapshots", params={"instance": "cli-snap-src"}).json()["items"]
@@ -321,3 +325,113 @@ def test_the_docker_examples_apply_and_delete(orch, service, example):
         assert deleted.code == 0, deleted
         for op_id in re.findall(r"\(operation (\w+)\)", applied.out + deleted.out):
             assert wait_operation(client, op_id)["status"] == "succeeded"
+
+
+class PrefixProxy:
+    """An HTTP reverse proxy serving the service under /orch (as a site's proxy would): the prefix is stripped."""
+
+    PREFIX = "/orch"
+
+    def __init__(self, target: str):
+        import http.server
+        import threading
+
+        import httpx
+
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                proxy.paths.append(self.path)
+                if not self.path.startswith(proxy.PREFIX + "/"):
+                    self.send_error(404)
+                    return
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")}
+                answer = httpx.request(self.command, target + self.path[len(proxy.PREFIX):], headers=headers,
+                                       content=body, timeout=30)
+                self.send_response(answer.status_code)
+                self.send_header("Content-Type", answer.headers.get("content-type", "application/json"))
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = _forward
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.paths: list[str] = []
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}{self.PREFIX}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_service_url_with_a_base_path_is_followed_and_a_malformed_one_refused(orch, service, tmp_path):
+    proxy = PrefixProxy(service.url)
+    try:
+        path = spec_file(tmp_path, "prefixed.yaml", instance_doc("cli-prefixed"))
+        applied = orch("apply", "-f", path, url=proxy.url + "/")
+        assert applied.code == 0, applied
+        listed = orch("get", "instance", "cli-prefixed", "-o", "json", url=proxy.url)
+        assert listed.code == 0 and json.loads(listed.out)["name"] == "cli-prefixed", listed
+    finally:
+        proxy.close()
+    assert proxy.paths and all(p.startswith("/orch/api/v1/") for p in proxy.paths), proxy.paths
+    for bad in ("127.0.0.1:8000", "ftp://host/orch", "http://host/orch?x=1"):
+        refused = orch("get", "instances", url=bad)
+        assert refused.code == ExitCode.INVALID and f"service URL {bad!r} must" in refused.err, refused
+
+
+def test_wait_prints_steps_in_their_sequence_whatever_each_poll_brings():
+    from orchestrator.client.commands import _step_lines_with_logs
+
+    shown: dict[int, str] = {}
+    up, configure, agent = "pulumi up", "configure: ansible", "wait for the agent's first report"
+    polls = [
+        # Two steps finished and a third started between polls: printed in their order, the log after the start.
+        ([{"name": up, "status": "succeeded"}, {"name": configure, "status": "succeeded"},
+          {"name": agent, "status": "running"}], ["agent log"]),
+        ([{"name": up, "status": "succeeded"}, {"name": configure, "status": "succeeded"},
+          {"name": agent, "status": "succeeded"}, {"name": up, "status": "failed"}], ["last words"]),
+    ]
+    lines = [line for steps, logs in polls for line in _step_lines_with_logs(steps, shown, logs)]
+    assert lines == [
+        f"  [{up}] running", f"  [{up}] succeeded", f"  [{configure}] running", f"  [{configure}] succeeded",
+        f"  [{agent}] running", "agent log",
+        # A step with the name of an earlier one (a resumed attempt) is a step of its own.
+        f"  [{agent}] succeeded", f"  [{up}] running", "last words", f"  [{up}] failed",
+    ]
+
+
+def _complete(script: str, *words: str) -> list[str]:
+    """What bash offers after `orch WORDS...` (the last word being completed) with the script loaded."""
+    line = " ".join(shlex.quote(word) for word in ("orch", *words))
+    completed = subprocess.run(
+        ["bash", "-c", f'source <(cat) && complete -p orch >/dev/null && COMP_WORDS=({line}) '
+                       f'COMP_CWORD={len(words)} && _orch && printf "%s\\n" "${{COMPREPLY[@]}}"'],
+        input=script, capture_output=True, text=True, timeout=30, cwd=REPO,
+    )
+    assert completed.returncode == 0, completed.stderr
+    return completed.stdout.split()
+
+
+def test_completion_scripts_load_and_complete_commands_options_and_choices(capsys):
+    assert main(["completion", "bash"]) == 0
+    script = capsys.readouterr().out
+    assert _complete(script, "tok") == ["token"]
+    assert _complete(script, "token", "create", "--u") == ["--user"]
+    assert _complete(script, "get", "inst") == ["instances", "instance"]
+    assert _complete(script, "completion", "") == ["-h", "--help", "bash", "zsh"]
+    assert _complete(script, "apply", "-f", "README.m") == ["README.md"]
+    assert main(["completion", "zsh"]) == 0
+    assert capsys.readouterr().out.endswith(script)
+
+
+def test_the_checkouts_orch_wrapper_runs_from_any_directory(tmp_path):
+    ran = subprocess.run([str(REPO / "orch"), "--version"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (ran.returncode, ran.stdout) == (0, f"orch {__version__}\n"), ran.stderr

@@ -6,6 +6,8 @@ import functools
 import hashlib
 import json
 import os
+import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.configure import ConfigureError, ConfigureSummary, configure_instance
+from orchestrator.configure import ConfigureError, ConfigureSummary, HostUnreachable, configure_instance
 from orchestrator.sshkeys import generate_keypair
 from tests.sshhost import SshHost, free_port, ssh_host, systemd_ssh_host, write_private_key  # noqa: F401 (fixtures)
 from tests.tcpproxy import TcpProxy
@@ -46,12 +48,15 @@ def tool_env() -> dict:
     return {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
-def test_ansible_lint_passes():
+def test_ansible_lint_passes(tmp_path):
+    # On a copy: ansible-lint keeps a cache in `.ansible/` of the project it lints, which must not be the repo.
+    shutil.copytree(REPO / "playbooks", tmp_path / "playbooks")
     result = subprocess.run(
-        [str(VENV_BIN / "ansible-lint"), "playbooks/"], cwd=REPO, env=tool_env(),
+        [str(VENV_BIN / "ansible-lint"), "playbooks/"], cwd=tmp_path, env=tool_env(),
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    assert not (REPO / ".ansible").exists() and not (REPO / "playbooks" / ".ansible").exists()
 
 
 def test_syntax_check_passes():
@@ -121,8 +126,14 @@ def configured(ssh_host, tmp_path_factory):
     methods_before = auth_methods(ssh_host)
     first_log: list[str] = []
     second_log: list[str] = []
-    first = configure(ssh_host, extravars, work / "runs", first_log)
-    second = configure(ssh_host, extravars, work / "runs", second_log)
+    # Run from a directory of its own, to see that configuration writes nothing (`.ansible/`) into its cwd.
+    cwd = os.getcwd()
+    os.chdir(work)
+    try:
+        first = configure(ssh_host, extravars, work / "runs", first_log)
+        second = configure(ssh_host, extravars, work / "runs", second_log)
+    finally:
+        os.chdir(cwd)
     yield Configured(
         host=ssh_host, server=server, extravars=extravars, workdir=work, first=first, second=second,
         first_log=first_log, second_log=second_log, auth_methods_before=methods_before,
@@ -221,31 +232,74 @@ def test_failing_task_raises_with_task_and_host(configured):
     assert "orch_agent_url, orch_agent_token and orch_agent_instance are required" in message
 
 
-def test_unreachable_host_is_retried_then_given_up(configured, tmp_path):
+def test_a_port_that_never_answers_fails_within_the_wait_with_where_and_how_long(tmp_path):
+    port = free_port()
     log: list[str] = []
     started = time.monotonic()
-    with pytest.raises(ConfigureError) as error:
-        configure(configured.host, configured.extravars, tmp_path, log, port=free_port(), attempts=2, retry_delay_s=1)
+    with pytest.raises(HostUnreachable) as error:
+        configure_instance(
+            host="127.0.0.1", port=port, ssh_user="root", private_key_pem="unused", extravars={},
+            on_log=log.append, workdir=tmp_path / "runs", reach_timeout_s=2,
+        )
+    assert str(error.value) == f"cannot reach 127.0.0.1:{port} over SSH (timed out after 2 s)"
+    assert 2 <= time.monotonic() - started < 10
+    assert log == [f"waiting for 127.0.0.1:{port} to answer as an SSH server (Connection refused; at most 2 s)"]
+
+
+@contextmanager
+def banner_only_server():
+    """A port that greets as an SSH server and hangs up: sshd not ready yet behind a booting VM's address."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            with connection:
+                connection.sendall(b"SSH-2.0-OpenSSH_9.6 not-ready\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+
+
+def test_a_host_whose_ssh_is_not_ready_is_retried_then_given_up(tmp_path):
+    private_key, _ = generate_keypair("retry@test")
+    log: list[str] = []
+    started = time.monotonic()
+    with banner_only_server() as port, pytest.raises(ConfigureError) as error:
+        configure_instance(
+            host="127.0.0.1", port=port, ssh_user="root", private_key_pem=private_key, extravars={},
+            on_log=log.append, workdir=tmp_path, attempts=2, retry_delay_s=1, reach_timeout_s=5,
+        )
     assert "unreachable" in str(error.value) and "gave up after 2 attempts" in str(error.value)
     assert any("retrying in 1s (attempt 1/2)" in line for line in log)
     assert time.monotonic() - started >= 1
     assert list(tmp_path.iterdir()) == [], "the run's temp dir (with the private key) must be removed"
 
 
-def test_host_that_comes_up_late_is_configured_after_retries(configured, tmp_path):
+def test_host_that_comes_up_late_is_waited_for_then_configured(configured, tmp_path):
     # An sshd that comes up while configuration is already trying to reach it.
     late = TcpProxy(target_port=configured.host.port, listen_port=free_port())
     threading.Timer(2, late.up).start()
     log: list[str] = []
 
     try:
-        summary = configure(
-            configured.host, configured.extravars, tmp_path, log, port=late.listen_port, attempts=5, retry_delay_s=2
-        )
+        summary = configure(configured.host, configured.extravars, tmp_path, log, port=late.listen_port)
     finally:
         late.down()
 
-    assert summary.attempts > 1 and summary.changed == 0, log
+    assert summary.changed == 0 and log[0].startswith(f"waiting for 127.0.0.1:{late.listen_port}"), log
+
+
+def test_configuration_leaves_no_ansible_dir_in_the_cwd_or_the_repo(configured):
+    """Ansible's own files (ANSIBLE_HOME, its temp files) stay in the run's private directory."""
+    assert not (configured.workdir / ".ansible").exists()
+    assert not (REPO / ".ansible").exists() and not (REPO / "playbooks" / ".ansible").exists()
 
 
 def test_goofys_that_does_not_match_its_checksum_fails_the_play(configured, tmp_path):

@@ -7,6 +7,7 @@ playbook installs there reports back to the running service over loopback.
 
 from __future__ import annotations
 
+import re
 import shlex
 import time
 
@@ -129,3 +130,21 @@ def test_agent_that_never_reports_fails_the_provision_and_rolls_it_back(ssh_host
             assert not list(backend.glob(".pulumi/stacks/*/instance-alice.silent-1.json")), "the stack is removed"
     finally:
         live.stop()
+
+
+def test_an_instance_whose_address_never_answers_fails_in_the_set_time_and_says_so(tmp_path, mongo_url):
+    """The stand-in's AWS address (203.0.113.x, a documentation network) is never reachable from here."""
+    live = start_service(tmp_path, mongo_url, ORCH_SSH_REACH_TIMEOUT_S="2")
+    try:
+        with live.client("alice") as client:
+            created = client.post("/api/v1/instances", json=instance_doc("unreachable-1", "aws", configure=True))
+            assert created.status_code == 202, created.text
+            started = time.monotonic()
+            op = wait_operation(client, created.json()["operation"]["id"])
+            instance = client.get("/api/v1/instances/unreachable-1").json()
+    finally:
+        live.stop()
+    assert op["status"] == "failed" and time.monotonic() - started < 60, op
+    address = re.search(r"203\.0\.113\.\d+", op["error"])
+    assert address and op["error"] == f"cannot reach {address[0]}:22 over SSH (timed out after 2 s)", op["error"]
+    assert instance["status"] == "failed" and instance["status_reason"].startswith(op["error"]), instance

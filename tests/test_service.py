@@ -203,3 +203,48 @@ def test_two_updates_to_one_instance_run_one_after_the_other(tmp_path, mongo_url
             assert client.get("/api/v1/instances/serial").json()["spec"]["machine_type"] == "large"
     finally:
         live.stop()
+
+
+def test_an_instance_from_a_snapshot_gets_its_disk_size_and_never_less(service):
+    with service.client("alice") as client:
+        created = _create(client, instance_doc("disk-source", disk_gb=40))
+        assert wait_operation(client, created["operation"]["id"])["status"] == "succeeded"
+        taken = client.post("/api/v1/instances/disk-source/snapshots", json={"name": "disk-snap"})
+        assert taken.status_code == 202 and taken.json()["snapshot"]["disk_gb"] == 40, taken.text
+        assert wait_operation(client, taken.json()["operation"]["id"])["status"] == "succeeded"
+        assert client.get("/api/v1/snapshots/disk-snap").json()["disk_gb"] == 40
+
+        smaller = instance_doc("disk-clone", from_snapshot="disk-snap", disk_gb=35)
+        refused = client.post("/api/v1/instances", json=smaller)
+        assert refused.status_code == 422 and refused.json()["extra"]["field"] == "spec.disk_gb", refused.text
+        assert "35 GB is smaller than the 40 GB disk of snapshot 'disk-snap'" in refused.json()["detail"]
+
+        unsized = instance_doc("disk-clone", from_snapshot="disk-snap")
+        del unsized["spec"]["disk_gb"]
+        created = _create(client, unsized)
+        assert created["instance"]["spec"]["disk_gb"] == 40
+        # The same document again changes nothing (its disk stays the snapshot's size).
+        assert client.patch("/api/v1/instances/disk-clone", json=unsized).json()["operation"] is None
+
+
+def test_the_catalogue_lists_what_specs_are_validated_against(service):
+    from orchestrator.api.serialize import catalog_json
+
+    with service.client("alice") as client:
+        answer = client.get("/api/v1/catalog")
+        assert answer.status_code == 200, answer.text
+        assert client.get("/api/v1/catalog", headers={"Authorization": "Bearer nope"}).status_code == 401
+    clouds = {cloud["name"]: cloud for cloud in answer.json()["clouds"]}
+    assert list(clouds) == client_clouds(service)
+    aws = clouds["aws"]
+    assert {"name": "g5.xlarge", "vcpus": 4, "memory_gb": 16, "gpus": 1, "gpu_type": "nvidia-a10g"} in aws["machine_types"]
+    assert {"name": "us-east-1", "zones": [f"us-east-1{z}" for z in "abcdef"]} in aws["regions"]
+    assert "ubuntu-22.04" in aws["images"]
+    assert [m["name"] for m in clouds["docker"]["machine_types"]] == ["small", "medium", "large", "xlarge"]
+    # Only the enabled clouds.
+    assert [cloud.name for cloud in catalog_json(["gcp"]).clouds] == ["gcp"]
+
+
+def client_clouds(service) -> list[str]:
+    with service.client("alice") as client:
+        return client.get("/api/v1/features").json()["clouds"]

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from stacks import spec
+from stacks.catalog import CLOUDS
 from stacks.spec import SpecError, json_schema, parse_document, parse_instance, parse_snapshot
 
 
@@ -343,7 +344,9 @@ def test_semantic_errors_are_collected_together_and_named():
         parse_instance(doc)
     fields = [e.field for e in caught.value.errors]
     assert fields == ["spec.zone", "spec.disk_gb", "spec.ssh_users[0].public_key", "spec.allowed_ssh_cidrs[0]"]
-    assert str(caught.value).startswith("spec.zone: zone 'us-west-2a' is not in region 'us-east-1'; spec.disk_gb:")
+    assert str(caught.value).startswith(
+        "spec.zone: zone 'us-west-2a' is not in region 'us-east-1'; did you mean us-east-1a?; spec.disk_gb:"
+    )
     assert isinstance(caught.value, ValueError)
 
 
@@ -357,7 +360,55 @@ def test_input_document_is_not_modified():
 def test_docker_sizes_are_the_docker_machine_types():
     parse_instance(instance_document("docker", machine_type="large"))
     message = errors_of(instance_document("docker", machine_type="huge"))["spec.machine_type"]
-    assert "'huge' is not a docker machine type" in message and "small, medium, large" in message
+    assert message == "unknown type huge for docker (one of small, medium, large, xlarge)"
+    # The escape is for cloud types newer than the catalogue: docker's sizes are all there is.
+    assert "spec.machine_type" in errors_of(
+        instance_document("docker", machine_type="huge", allow_unlisted_machine_type=True)
+    )
+
+
+@pytest.mark.parametrize(
+    ("cloud", "typed", "field", "message"),
+    [
+        ("aws", {"machine_type": "g5.xlarg"}, "spec.machine_type",
+         "unknown type g5.xlarg for aws; did you mean g5.xlarge? "
+         "(set spec.allow_unlisted_machine_type: true for types newer than the catalogue)"),
+        ("gcp", {"machine_type": "e2-standrd-4"}, "spec.machine_type",
+         "unknown type e2-standrd-4 for gcp; did you mean e2-standard-4? "
+         "(set spec.allow_unlisted_machine_type: true for types newer than the catalogue)"),
+        ("azure", {"machine_type": "Standard_D2s_v9"}, "spec.machine_type",
+         "unknown type Standard_D2s_v9 for azure; did you mean Standard_D2s_v5? "
+         "(set spec.allow_unlisted_machine_type: true for types newer than the catalogue)"),
+        ("aws", {"region": "us-east1", "zone": None}, "spec.region", "unknown aws region 'us-east1'; did you mean us-east-1?"),
+        ("gcp", {"zone": "europe-west4a"}, "spec.zone",
+         "zone 'europe-west4a' is not in region 'europe-west4'; did you mean europe-west4-a?"),
+    ],
+)
+def test_near_misses_of_the_catalogue_suggest_the_listed_name(cloud, typed, field, message):
+    assert errors_of(instance_document(cloud, **typed))[field] == message
+
+
+def test_a_type_newer_than_the_catalogue_passes_with_the_explicit_escape():
+    newer = instance_document("aws", machine_type="m9z.large", allow_unlisted_machine_type=True)
+    assert parse_instance(newer).spec.machine_type == "m9z.large"
+    assert "spec.machine_type" in errors_of(instance_document("aws", machine_type="m9z.large"))
+    # Still a well-formed name of that cloud, and its GPUs still checked.
+    assert "spec.machine_type" in errors_of(instance_document("aws", machine_type="m9z", allow_unlisted_machine_type=True))
+
+
+def test_every_listed_machine_type_validates_and_gpu_types_carry_their_gpus():
+    for cloud in CLOUDS.values():
+        for machine in cloud.machine_types():
+            assert _fullmatch_type(cloud, machine.name), machine
+            assert (machine.gpus > 0) == (machine.gpu_type is not None), machine
+    g5 = next(m for m in CLOUDS["aws"].machine_types() if m.name == "g5.xlarge")
+    assert (g5.vcpus, g5.memory_gb, g5.gpus, g5.gpu_type) == (4, 16, 1, "nvidia-a10g")
+
+
+def _fullmatch_type(cloud, name: str) -> bool:
+    import re
+
+    return re.fullmatch(cloud.machine_type_pattern, name) is not None
 
 
 # ---------------------------------------------------------------- whole-string patterns (issue 11, item 4)

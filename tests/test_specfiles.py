@@ -180,7 +180,7 @@ def test_validate_command_reports_every_document_and_exit_codes(tmp_path, capsys
     assert captured.out == ""
     assert captured.err.splitlines() == [
         f"error: {bad}: document 2 (instance train-2), line 20: spec.machine_type: "
-        "'huge' is not a docker machine type (one of small, medium, large, xlarge)"
+        "unknown type huge for docker (one of small, medium, large, xlarge)"
     ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import subprocess
+import sys
 import time
 
 import httpx
@@ -27,7 +28,7 @@ from orchestrator.auth import (
     signing_key,
 )
 from orchestrator.cli import build_parser
-from orchestrator.settings import SettingsError, load_settings
+from orchestrator.settings import SettingsError, default_data_dir, load_settings
 from orchestrator.tokens import REVOKED_REFRESH_S
 from tests.live import JWT_SECRET, ORCH, REPO, start_service
 
@@ -246,3 +247,26 @@ def test_cli_refuses_bad_user_names_and_lifetimes(rotated_service):
     assert result.returncode == 2 and "out of range" in result.stderr
     result = _orch(live, "token", "create", "--instance", "box", "--ttl", "1h")
     assert result.returncode == 2 and "--ttl is for user tokens" in result.stderr
+
+
+def test_the_default_data_dir_is_the_checkouts_not_the_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert default_data_dir({}) == REPO / ".orch"
+
+
+def test_token_create_never_makes_a_data_dir_or_secrets(tmp_path):
+    """Run anywhere, `orch token create` uses the service's data dir and refuses where there is none."""
+    missing = tmp_path / "no-service-here"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for data_dir, message in (
+        (missing, f"orch token create: no service data dir at {missing}: start the service first or set ORCH_DATA_DIR"),
+        (empty, f"orch token create: {empty} has no jwt-secret: the service has not made one there "
+                "(start it with this ORCH_DATA_DIR, or give the same ORCH_JWT_SECRET it was given)"),
+    ):
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "ORCH_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)}
+        created = subprocess.run([sys.executable, "-m", "orchestrator.cli", "token", "create", "--user", "dan"],
+                                 env=env, cwd=tmp_path,
+                                 capture_output=True, text=True, timeout=60)
+        assert (created.returncode, created.stdout, created.stderr.strip()) == (2, "", message)
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["empty"]

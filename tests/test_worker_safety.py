@@ -182,3 +182,35 @@ def test_a_store_from_before_per_owner_names_is_upgraded(mongo_db):
     assert Snapshot._get_collection().find_one()["claim"] == "bob/snap"
     # Another owner's instance of the same name can now be created.
     Instance(name="old-1", owner="bob", claim="bob/old-1", spec={"a": 1}, cloud="aws", region="r").save()
+
+
+def test_the_sweep_takes_only_operations_really_left_behind(setup):
+    """A fresh request or dispatch is never sent again; an expired lease or an old dispatch is, once."""
+    import datetime as dt
+
+    from orchestrator.models import utcnow
+    from orchestrator.worker import recover
+
+    orch, *_ = setup
+    _, fresh = orch.create_instance(ALICE, instance_doc("sweep-fresh"))  # never dispatched (the broker said no)
+    _, just_sent = orch.create_instance(ALICE, instance_doc("sweep-sent"))
+    _, old = orch.create_instance(ALICE, instance_doc("sweep-old"))
+    _, leased = orch.create_instance(ALICE, instance_doc("sweep-leased"))
+    _, expired = orch.create_instance(ALICE, instance_doc("sweep-expired"))
+    now = utcnow()
+    long_ago = now - dt.timedelta(minutes=5)
+    Operation.objects(id=just_sent.id).update_one(set__dispatched_at=now, set__created_at=long_ago)
+    Operation.objects(id=old.id).update_one(set__dispatched_at=long_ago, set__created_at=long_ago)
+    Operation.objects(id=leased.id).update_one(
+        set__status="running", set__lease_expires_at=now + dt.timedelta(seconds=60), set__created_at=long_ago
+    )
+    Operation.objects(id=expired.id).update_one(
+        set__status="running", set__lease_expires_at=now - dt.timedelta(seconds=1), set__created_at=long_ago
+    )
+    sent: list[str] = []
+    assert recover(lambda op_id: sent.append(op_id) or True, redispatch_after_s=30) == 2
+    assert sorted(sent) == sorted([str(old.id), str(expired.id)])
+    assert Operation.objects.get(id=leased.id).status == "running"
+    assert Operation.objects.get(id=expired.id).status == "queued"
+    # Both are freshly dispatched now: the next sweep leaves everything alone.
+    assert recover(lambda op_id: sent.append(op_id) or True, redispatch_after_s=30) == 0

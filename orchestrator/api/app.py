@@ -21,6 +21,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from orchestrator import __version__, db
 from orchestrator.api.serialize import (
+    CatalogView,
     CloudName,
     DocumentedAs,
     DocumentedAsPlugin,
@@ -47,6 +48,7 @@ from orchestrator.api.serialize import (
     SnapshotRequest,
     SnapshotView,
     StackView,
+    catalog_json,
     instance_json,
     operation_json,
     preview_view,
@@ -442,6 +444,13 @@ def features(request: Request) -> FeaturesView:
     )
 
 
+@get(f"{API_PREFIX}/catalog", sync_to_thread=False, tags=["features"],
+     summary="Regions, zones, machine types and images of the enabled clouds",
+     dependencies={"principal": USER_DEPENDENCIES["principal"]}, responses=_errors())
+def catalog(request: Request, principal: Principal) -> CatalogView:
+    return catalog_json(_runtime(request).settings.clouds)
+
+
 # ---------------------------------------------------------------- sign-in
 
 
@@ -522,7 +531,7 @@ def _unexpected(request: Request, error: Exception) -> Response:
 def create_app(runtime: Runtime) -> Litestar:
     app = Litestar(
         route_handlers=[InstanceController, SnapshotController, OperationController, AgentController, healthz, features,
-                        signin, me, *PAGE_HANDLERS],
+                        catalog, signin, me, *PAGE_HANDLERS],
         exception_handlers={
             ServiceError: _service_error,
             ReportRejected: _report_rejected,

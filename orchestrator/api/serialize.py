@@ -7,6 +7,7 @@ same definitions the responses are encoded from. Times are ISO 8601 strings in U
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -159,6 +160,7 @@ class SnapshotView(_Shape):
     operation_id: str | None
     created_at: str | None
     updated_at: str | None
+    disk_gb: int | None  # the source instance's disk size; instances from the snapshot get at least this
 
 
 class InstanceOperation(_Shape):
@@ -267,6 +269,53 @@ class MeView(_Shape):
     expires_at: str | None
 
 
+class CatalogRegion(_Shape):
+    name: str
+    zones: list[str]  # the zones the catalogue lists (validation accepts the cloud's zone names in the region)
+
+
+class CatalogMachineType(_Shape):
+    name: str
+    vcpus: int
+    memory_gb: float
+    gpus: int
+    gpu_type: str | None  # the spec's GPU name (spec.gpu.type), e.g. nvidia-a10g
+
+
+class CatalogCloud(_Shape):
+    name: CloudName
+    regions: list[CatalogRegion]
+    machine_types: list[CatalogMachineType]
+    images: list[str]
+
+
+class CatalogView(_Shape):
+    """What specs may name on each enabled cloud: the tables spec validation checks against."""
+
+    clouds: list[CatalogCloud]
+
+
+def catalog_json(cloud_names: Iterable[str]) -> CatalogView:
+    clouds = []
+    for name in cloud_names:
+        cloud = CLOUDS[name]
+        clouds.append(
+            CatalogCloud(
+                name=name,
+                regions=[CatalogRegion(name=region, zones=cloud.zones(region)) for region in sorted(cloud.regions)],
+                machine_types=[
+                    CatalogMachineType(
+                        name=machine.name, vcpus=machine.vcpus, memory_gb=machine.memory_gb,
+                        gpus=machine.gpus, gpu_type=machine.gpu_type,
+                    )
+                    for machine in cloud.machine_types()
+                ],
+                images=list(cloud.images),
+            )
+        )
+    return CatalogView(clouds=clouds)
+
+
 class IngestHealth(_Shape):
     """Agent report ingestion: not ok while its flush thread is down, failing or overdue."""
 
@@ -366,6 +415,7 @@ def snapshot_json(snapshot: Snapshot) -> SnapshotView:
         operation_id=snapshot.operation_id,
         created_at=_iso(snapshot.created_at),
         updated_at=_iso(snapshot.updated_at),
+        disk_gb=snapshot.disk_gb,
     )
 
 

@@ -110,8 +110,17 @@ def _stored_view(instance: dict) -> dict:
     return {"labels": instance.get("labels") or {}, "spec": instance.get("spec") or {}}
 
 
-def _wanted_view(item: ParsedDocument) -> dict:
+def _wanted_view(item: ParsedDocument, stored: dict | None = None) -> dict:
     canonical = item.doc.to_dict()
+    written = item.source.data.get("spec")
+    spec_source = (stored.get("spec") or {}) if stored else {}
+    # Without disk_gb, an instance from a snapshot gets the snapshot's size, which only the service knows.
+    if (
+        item.doc.spec.from_snapshot
+        and isinstance(written, dict) and written.get("disk_gb") is None
+        and spec_source.get("from_snapshot") == item.doc.spec.from_snapshot and spec_source.get("disk_gb")
+    ):
+        canonical["spec"]["disk_gb"] = spec_source["disk_gb"]
     return {"labels": canonical.get("labels") or {}, "spec": canonical["spec"]}
 
 
@@ -145,17 +154,9 @@ class Operations:
                 if not announced:
                     _out(f"{ref}: {op['kind']} operation {operation_id}")
                     announced = True
-                # A step's start before the log lines of this poll, its end after them: the order they happened in.
-                changed = [s for s in op.get("steps") or [] if step_states.get(s["name"]) != s["status"]]
-                for step in changed:
-                    step_states[step["name"]] = step["status"]
-                for step in (s for s in changed if s["status"] not in FINISHED):
-                    _out(f"  [{step['name']}] {step['status']}")
-                for entry in op.get("logs") or []:
-                    for line in entry.splitlines() or [""]:
-                        _out(f"  | {line}")
-                for step in (s for s in changed if s["status"] in FINISHED):
-                    _out(f"  [{step['name']}] {step['status']}")
+                lines = [f"  | {line}" for entry in op.get("logs") or [] for line in entry.splitlines() or [""]]
+                for line in _step_lines_with_logs(op.get("steps") or [], step_states, lines):
+                    _out(line)
             offset += len(op.get("logs") or [])
             if op["status"] in FINISHED:
                 break
@@ -170,6 +171,26 @@ class Operations:
     def finish_all(self) -> bool:
         """Follow every started operation to its end; True when all succeeded."""
         return all(self.finish(ref, op_id)["status"] == "succeeded" for ref, op_id in self.started)
+
+
+def _step_lines_with_logs(steps: list[dict], shown: dict[int, str], log_lines: list[str]) -> list[str]:
+    """What one poll adds, in the steps' sequence: each step's start, then its end, for steps not shown so far.
+
+    `shown` (step index -> the status last printed) is updated. The poll's log lines go after the last
+    step that started in it (they are that step's output), or before the ends when no step started.
+    """
+    events: list[tuple[bool, str]] = []  # (is a start, line), in sequence order
+    for index, step in enumerate(steps):
+        before, now = shown.get(index), step["status"]
+        if before == now:
+            continue
+        if before is None and now != "skipped":
+            events.append((True, f"  [{step['name']}] running"))
+        if now != "running":
+            events.append((False, f"  [{step['name']}] {now}"))
+        shown[index] = now
+    last_start = max((position + 1 for position, (start, _) in enumerate(events) if start), default=0)
+    return [line for _, line in events[:last_start]] + log_lines + [line for _, line in events[last_start:]]
 
 
 def _started(ref: str, verb: str, operation: dict) -> None:
@@ -201,13 +222,13 @@ class Applier:
     def apply_instance(self, item: ParsedDocument) -> None:
         name = item.doc.name
         stored = self.api.get_optional(f"/instances/{name}")
-        changes = not _exists(stored) or _stored_view(stored) != _wanted_view(item)
+        changes = not _exists(stored) or _stored_view(stored) != _wanted_view(item, stored)
         if changes and item.doc.spec.from_snapshot:
             self._wait_for_snapshot(item.ref, item.doc.spec.from_snapshot)
         if not _exists(stored):
             result = self.api.post("/instances", _document_body(item))
             _started(item.ref, "created", result["operation"])
-        elif _stored_view(stored) == _wanted_view(item):
+        elif _stored_view(stored) == _wanted_view(item, stored):
             _unchanged(item.ref, stored)
             return
         else:
@@ -294,7 +315,7 @@ def apply_command(args: argparse.Namespace) -> int:
 
 def _diff_instance(api: ApiClient, item: ParsedDocument) -> bool:
     stored = api.get_optional(f"/instances/{item.doc.name}")
-    wanted = _wanted_view(item)
+    wanted = _wanted_view(item, stored)
     if not _exists(stored):
         _out(f"{item.ref} (new instance)")
         for line in render.document_diff(None, item.doc.to_dict(), "/dev/null", item.source.source):

@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -54,6 +55,16 @@ def read_config_file(path: Path) -> dict[str, str]:
     return data
 
 
+def checked_url(url: str) -> str:
+    """The service's URL without a trailing slash; it may hold a base path (`http://host/orch`: a proxy's prefix)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ClientError(f"service URL {url!r} must look like http://HOST[:PORT][/BASE-PATH]", ExitCode.INVALID)
+    if parts.query or parts.fragment:
+        raise ClientError(f"service URL {url!r} must not hold a query or fragment", ExitCode.INVALID)
+    return url.rstrip("/")
+
+
 def resolve(url_flag: str | None, token_flag: str | None, env: Mapping[str, str] | None = None) -> ClientConfig:
     """Each setting from the first that has it: flag, ORCH_URL/ORCH_TOKEN, config file; the URL defaults."""
     env = os.environ if env is None else env
@@ -63,4 +74,4 @@ def resolve(url_flag: str | None, token_flag: str | None, env: Mapping[str, str]
         from_file = read_config_file(config_path(env))
         url = url or from_file.get("url")
         token = token or from_file.get("token")
-    return ClientConfig(url=(url or DEFAULT_URL).rstrip("/"), token=token or None)
+    return ClientConfig(url=checked_url(url or DEFAULT_URL), token=token or None)
