@@ -52,6 +52,7 @@ class Runtime:
 
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.sandboxes = _start_sandboxes(settings) if settings.sandbox_hosts else None
         self.store = db.connect(settings)
         self.engine = StackEngine(settings)
         self.worker = Worker(settings, self.engine)
@@ -71,3 +72,18 @@ class Runtime:
         self.ingest.close()
         if self.store is not None:
             self.store.stop()
+        if self.sandboxes is not None:
+            self.sandboxes.close()
+
+
+def _start_sandboxes(settings: Settings):
+    """`orch serve --simulate` as root: the sandbox manager, whose socket the Pulumi stand-in is told of."""
+    import os
+
+    from orchestrator.sandbox.manager import SOCKET_ENV, SandboxManager
+
+    manager = SandboxManager(settings.data_dir / "sandboxes")
+    manager.start()
+    # The Automation API runs pulumi with this process's environment.
+    os.environ[SOCKET_ENV] = str(manager.socket_path)
+    return manager

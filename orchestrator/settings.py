@@ -54,6 +54,10 @@ class Settings:
     # Where instances get goofys: an http(s) URL they download from (a mirror for offline
     # hosts), or a file on this machine copied to them; None: the playbook's release URL.
     goofys_source: str | None = None
+    # `orch serve --simulate` (set by the command, not from the environment): the stand-in is
+    # the engine; with sandbox_hosts (root), instances are sandbox hosts, else they are not configured.
+    simulated: bool = False
+    sandbox_hosts: bool = False
 
     @property
     def goofys_playbook_vars(self) -> dict[str, str]:

@@ -366,7 +366,7 @@ def healthz(request: Request) -> Response[ServiceHealth]:
     ingest = IngestHealth(**runtime.ingest.health())
     body = ServiceHealth(status="ok" if mongodb and broker and ingest.ok else "degraded", mongodb=mongodb, broker=broker,
                          ingest=ingest, dispatch="rabbitmq" if runtime.settings.amqp_url else "in-process",
-                         version=__version__)
+                         version=__version__, simulated=runtime.settings.simulated)
     return Response(body, status_code=200 if mongodb else 503)
 
 
@@ -380,6 +380,7 @@ def features(request: Request) -> FeaturesView:
             preview=True,
             configuration=True,
             dispatch="rabbitmq" if settings.amqp_url else "in-process",
+            simulated=settings.simulated,
         ),
     )
 

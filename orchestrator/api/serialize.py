@@ -108,6 +108,7 @@ class InstanceView(_Shape):
     operation_id: str | None
     created_at: str | None
     updated_at: str | None
+    simulated: bool = False
 
 
 class StepView(_Shape):
@@ -211,6 +212,7 @@ class FeatureFlags(_Shape):
     preview: bool
     configuration: bool
     dispatch: Literal["rabbitmq", "in-process"]
+    simulated: bool = False
 
 
 class FeaturesView(_Shape):
@@ -236,6 +238,7 @@ class ServiceHealth(_Shape):
     ingest: IngestHealth
     dispatch: Literal["rabbitmq", "in-process"]
     version: str
+    simulated: bool = False
 
 
 class ErrorBody(_Shape, omit_defaults=True):
@@ -284,6 +287,7 @@ def instance_json(
         operation_id=instance.operation_id,
         created_at=_iso(instance.created_at),
         updated_at=_iso(instance.updated_at),
+        simulated=bool(instance.simulated),
     )
 
 
