@@ -25,6 +25,7 @@ disk restored from a snapshot: an upper layer copied in before the overlay is mo
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import re
 import shutil
@@ -343,7 +344,8 @@ def start_host(
     listen, port = (address, 22) if own_network else ("127.0.0.1", free_port())
     cgroup = None
     if init == "systemd":
-        cgroup = own_cgroup_subtree(f"orch-sandbox-{work.name}-{port}")
+        # Named after the work dir: unique among the hosts that run at once.
+        cgroup = own_cgroup_subtree(f"orch-sandbox-{hashlib.sha256(str(work).encode()).hexdigest()[:16]}")
         (work / "cgroup").symlink_to(cgroup)
     namespaces = ["--mount", "--pid", "--uts"] + (["--net"] if own_network else [])
     proc = subprocess.Popen(

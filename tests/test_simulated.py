@@ -1,0 +1,217 @@
+"""`orch serve --simulate` end to end, and the README's commands run verbatim against it.
+
+The README's fenced blocks whose info string is `sh verbatim-test` are extracted in order and
+run, line by line and unchanged, by bash in a scratch directory laid out as the repository
+root (links to `.venv`, `examples`, `tests` and `scripts`), where the service was started with
+`orch serve --simulate` on the README's port, 8000 (`./scripts/serve --simulate` is that
+command after installing the virtualenv). Each block's lines run in one shell, so its
+`export`s carry on to its later lines, and a failing line fails the test naming it.
+
+The walk-through's instance is a sandbox host (orchestrator/sandbox): the test checks that it
+is configured, that its agent reports real figures, that `ssh` logs in, and that deleting it
+leaves no sandbox. Then a `kill -9` of the service leaves a sandbox and the bridge behind,
+which its next start removes; a clean stop removes everything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from orchestrator.sandbox.host import missing_requirements
+from orchestrator.sandbox.manager import BRIDGE, SUBNET
+from orchestrator.server import port_holder
+from tests.live import REPO
+
+README_PORT = 8000
+SERVICE_START_TIMEOUT_S = 60
+BLOCK_TIMEOUT_S = 300
+MARKER = "sh verbatim-test"
+
+
+def readme_blocks() -> list[str]:
+    """The README's blocks marked to be run, in order."""
+    text = (REPO / "README.md").read_text()
+    return re.findall(r"^```" + re.escape(MARKER) + r"\n(.*?)^```$", text, flags=re.MULTILINE | re.DOTALL)
+
+
+def _link_tree(work: Path) -> None:
+    for name in (".venv", "examples", "tests", "scripts"):
+        (work / name).symlink_to(REPO / name)
+
+
+def _env(work: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ORCH_", "PULUMI_"))}
+    env.update({
+        "HOME": str(work / "home"),
+        "PULUMI_HOME": str(work / "pulumi-home"),
+        # The README's pulumi commands, against the simulated service: the stand-in is `pulumi`.
+        "PATH": f"{REPO / 'tests' / 'pulumi_standin' / 'bin'}:{os.environ['PATH']}",
+        "ORCH_AGENT_INTERVAL_S": "5",
+        "PYTHONUNBUFFERED": "1",
+    })
+    (work / "home").mkdir(exist_ok=True)
+    return env
+
+
+def _start(work: Path, env: dict[str, str]) -> subprocess.Popen:
+    log = open(work / "serve.log", "a")  # noqa: SIM115 (the process keeps it)
+    process = subprocess.Popen(
+        [str(REPO / ".venv" / "bin" / "orch"), "serve", "--simulate", "--port", str(README_PORT)],
+        cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + SERVICE_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"orch serve --simulate exited {process.returncode}: {(work / 'serve.log').read_text()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{README_PORT}/healthz", timeout=2).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    process.kill()
+    pytest.fail(f"orch serve --simulate did not answer within {SERVICE_START_TIMEOUT_S}s: {(work / 'serve.log').read_text()}")
+
+
+def _run_block(block: str, work: Path, env: dict[str, str]) -> str:
+    """One README block in one bash (`set -e`, each line echoed): its output; the failing line fails the test."""
+    result = subprocess.run(["bash", "-e", "-x", "-c", block], cwd=work, env=env, capture_output=True, text=True,
+                            timeout=BLOCK_TIMEOUT_S)
+    assert result.returncode == 0, f"README block failed ({result.returncode}):\n{block}\n--- output:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def _api(path: str, token: str) -> dict:
+    answer = httpx.get(f"http://127.0.0.1:{README_PORT}{path}", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def _token(work: Path, env: dict[str, str]) -> str:
+    result = subprocess.run([str(REPO / ".venv" / "bin" / "orch"), "token", "create", "--user", "alice"],
+                            cwd=work, env=env, capture_output=True, text=True, timeout=60, check=True)
+    return result.stdout.strip().splitlines()[-1]
+
+
+def _links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+
+
+def _sandbox_pids(work: Path) -> list[int]:
+    """Processes whose command line names this test's sandbox dir."""
+    needle = str(work / ".orch" / "sandboxes").encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and needle in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _assert_nothing_left(work: Path) -> None:
+    assert not any(name == BRIDGE or name.startswith("orchsim") for name in _links())
+    assert not list((work / ".orch" / "sandboxes" / "hosts").glob("*"))
+    assert _sandbox_pids(work) == []
+
+
+@pytest.mark.timeout(900)
+def test_readme_walkthrough_on_a_simulated_service(tmp_path):
+    missing = missing_requirements()
+    if missing:
+        pytest.fail(f"the simulated mode's sandbox hosts need {', '.join(missing)}: run the suite with scripts/test")
+    if port_holder(README_PORT) is not None or README_PORT in _listening():
+        pytest.fail(f"port {README_PORT} (the README's) is in use: the README's commands need it")
+    assert BRIDGE not in _links(), f"{BRIDGE} exists already: another simulated service runs on this machine"
+    blocks = readme_blocks()
+    assert len(blocks) == 4, f"expected the README's 4 {MARKER} blocks, found {len(blocks)}"
+    try_it, clean_up, using_it, pulumi_stacks = blocks
+    work = tmp_path / "repo"
+    work.mkdir()
+    _link_tree(work)
+    env = _env(work)
+    started = time.monotonic()
+    service = _start(work, env)
+    try:
+        health = httpx.get(f"http://127.0.0.1:{README_PORT}/healthz", timeout=5).json()
+        assert health["simulated"] is True
+        assert "SIMULATED clouds" in (work / "serve.log").read_text()
+
+        output = _run_block(try_it, work, env)
+        configured_s = time.monotonic() - started
+        print(f"\n--simulate start to a configured, reporting instance: {configured_s:.1f} s", file=sys.stderr)
+        assert "instance/try-1: create succeeded" in output
+        assert "aws (simulated)" in output
+        assert "bootstrapped on try-1" in output, "ssh logged in as alice, with sudo, and the bootstrap script ran"
+        token = _token(work, env)
+        instance = _api("/api/v1/instances/try-1", token)
+        assert instance["simulated"] is True and instance["public_ip"] == f"{SUBNET}.2"
+        report = instance["health"]["last_report"]
+        assert instance["health"]["state"] == "healthy"
+        assert report["memory"]["total"] > 0 and 0 <= report["cpu_percent"] <= 100, report
+        assert _api("/api/v1/features", token)["features"]["simulated"] is True
+
+        _run_block(clean_up, work, env)
+        assert not list((work / ".orch" / "sandboxes" / "hosts").glob("*")), "deleting the instance removed its sandbox"
+        assert not any(name.startswith("orchsim") for name in _links())
+
+        _run_block(using_it, work, env)
+        _run_block(pulumi_stacks, work, env)
+
+        # A host exists (an instance without configuration), then the service is killed.
+        doc = (work / "try.yaml").read_text().replace("name: try-1", "name: left-1").replace(
+            "  bootstrap_script:", "  configure: false\n  bootstrap_script:")
+        created = httpx.post(f"http://127.0.0.1:{README_PORT}/api/v1/instances", timeout=30,
+                             headers={"Authorization": f"Bearer {token}"}, json=_yaml(doc))
+        assert created.status_code == 202, created.text
+        _wait_running(token, "left-1")
+        left_pids = _sandbox_pids(work)
+        assert left_pids and "orchsim2" in _links() and BRIDGE in _links()
+        service.kill()
+        service.wait(timeout=30)
+        assert _sandbox_pids(work) and BRIDGE in _links(), "a killed service leaves its sandbox behind"
+
+        service = _start(work, env)
+        assert "removed 2 leftover(s)" in (work / "serve.log").read_text()
+        assert not any(pid in _sandbox_pids(work) for pid in left_pids)
+        assert not list((work / ".orch" / "sandboxes" / "hosts").glob("*"))
+        assert not any(name.startswith("orchsim") for name in _links())
+    finally:
+        if service.poll() is None:
+            service.send_signal(signal.SIGTERM)
+            service.wait(timeout=60)
+    _assert_nothing_left(work)
+
+
+def _listening() -> set[int]:
+    out = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True).stdout
+    return {int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines() if line.split()}
+
+
+def _yaml(text: str) -> dict:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _wait_running(token: str, name: str, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        instance = _api(f"/api/v1/instances/{name}", token)
+        if instance["status"] in ("running", "failed"):
+            assert instance["status"] == "running", json.dumps(instance)
+            return
+        time.sleep(0.5)
+    pytest.fail(f"{name} was not running within {timeout_s}s")
