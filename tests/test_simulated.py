@@ -1,7 +1,7 @@
 """`orch serve --simulate` end to end, and the README's commands run verbatim against it.
 
 The README's fenced blocks whose info string is `sh verbatim-test` are extracted in order and
-run, line by line and unchanged, by bash in a scratch directory laid out as the repository
+run unchanged by bash in a scratch directory laid out as the repository
 root (links to `.venv`, `examples`, `tests` and `scripts`), where the service was started with
 `orch serve --simulate` on the README's port, 8000 (`./scripts/serve --simulate` is that
 command after installing the virtualenv). Each block's lines run in one shell, so its
@@ -84,8 +84,13 @@ def _start(work: Path, env: dict[str, str]) -> subprocess.Popen:
 
 
 def _run_block(block: str, work: Path, env: dict[str, str]) -> str:
-    """One README block in one bash (`set -e`, each line echoed): its output; the failing line fails the test."""
-    result = subprocess.run(["bash", "-e", "-x", "-c", block], cwd=work, env=env, capture_output=True, text=True,
+    """One README block in bash (`set -e`, each line echoed): its output; the failing line fails the test.
+
+    As in one terminal, what earlier blocks exported is set (kept in a file between blocks).
+    """
+    exports = work / ".readme-exports"
+    script = f"[ ! -f {exports} ] || . {exports}\nset -ex\n{block}\nexport -p > {exports}\n"
+    result = subprocess.run(["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True,
                             timeout=BLOCK_TIMEOUT_S)
     assert result.returncode == 0, f"README block failed ({result.returncode}):\n{block}\n--- output:\n{result.stdout}\n{result.stderr}"
     return result.stdout
