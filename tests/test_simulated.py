@@ -220,3 +220,47 @@ def _wait_running(token: str, name: str, timeout_s: float = 120) -> None:
             return
         time.sleep(0.5)
     pytest.fail(f"{name} was not running within {timeout_s}s")
+
+
+def test_without_root_the_simulated_mode_says_so_and_skips_configuration(mongo_db, tmp_path, monkeypatch):
+    """No root, no sandbox hosts: one banner line says so; instances are marked and not configured."""
+    import dataclasses
+
+    from orchestrator import server
+    from orchestrator.auth import Principal
+    from orchestrator.models import Instance, Operation
+    from orchestrator.services import Orchestrator
+    from orchestrator.settings import load_settings
+    from orchestrator.worker import SKIPPED_CONFIGURE_STEP, Worker
+    from tests.live import instance_doc
+    from tests.test_worker_safety import RecordingEngine
+
+    monkeypatch.delenv("ORCH_AMQP_URL", raising=False)
+    # _simulation_settings sets it; monkeypatch puts the old value back afterwards.
+    monkeypatch.setenv("ORCH_PULUMI_COMMAND", str(REPO / "tests" / "pulumi_standin"))
+    monkeypatch.setattr("orchestrator.sandbox.host.missing_requirements",
+                        lambda: ["root (mount, pid and network namespaces, overlay mounts)"])
+    sandbox_hosts, banner = server._simulation_settings(README_PORT)
+    assert not sandbox_hosts
+    assert banner.startswith("SIMULATED clouds, without sandbox hosts (root") and "\n" not in banner
+    assert "configuration" in banner
+    settings = dataclasses.replace(load_settings({"ORCH_DATA_DIR": str(tmp_path)}), simulated=True, sandbox_hosts=False)
+    engine = RecordingEngine()
+    configured = []
+    monkeypatch.setattr(Worker, "_configure", lambda self, *args: configured.append(args))
+    orch = Orchestrator(settings, engine, dispatch=lambda op_id: False)
+    instance, op = orch.create_instance(Principal(name="alice", role="user"), instance_doc("plain-1", configure=True))
+    Worker(settings, engine).run(str(op.id))
+    done = Operation.objects.get(id=op.id)
+    assert done.status == "succeeded" and configured == []
+    assert [step.name for step in done.steps] == ["pulumi up", SKIPPED_CONFIGURE_STEP]
+    assert Instance.objects.get(id=instance.id).simulated is True
+
+
+def test_simulate_refuses_a_broker(monkeypatch):
+    from orchestrator import server
+    from orchestrator.settings import SettingsError
+
+    monkeypatch.setenv("ORCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    with pytest.raises(SettingsError, match="unset ORCH_AMQP_URL"):
+        server._simulation_settings(README_PORT)
