@@ -90,6 +90,7 @@ class SandboxManager:
         self._lock = threading.Lock()
         self._sandboxes: dict[int, Sandbox] = {}
         self._server: socketserver.ThreadingUnixStreamServer | None = None
+        self._bridge_made = False
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -100,8 +101,12 @@ class SandboxManager:
         removed = self.remove_leftovers()
         if removed:
             log.info("removed %d leftover(s) of an earlier simulated run: %s", len(removed), ", ".join(removed))
+        if link_exists(BRIDGE):  # not this data dir's: its leftovers were removed above
+            raise SandboxError(f"the bridge {BRIDGE} exists already: is another `orch serve --simulate` running on "
+                               f"this machine? (if not, remove it: ip link del {BRIDGE})")
         (self.state_dir / "bridge").write_text(BRIDGE + "\n")  # recorded before it exists
         _run_ip("link", "add", BRIDGE, "type", "bridge")
+        self._bridge_made = True
         _run_ip("addr", "add", f"{BRIDGE_ADDRESS}/24", "dev", BRIDGE)
         _run_ip("link", "set", BRIDGE, "up")
         self.socket_path.unlink(missing_ok=True)
@@ -125,7 +130,9 @@ class SandboxManager:
             sandboxes, self._sandboxes = list(self._sandboxes.values()), {}
         for sandbox in sandboxes:
             self._remove(sandbox)
-        self._remove_bridge()
+        if self._bridge_made:
+            self._remove_bridge()
+            self._bridge_made = False
         self.socket_path.unlink(missing_ok=True)
 
     def remove_leftovers(self) -> list[str]:

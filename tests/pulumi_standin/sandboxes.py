@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import os
 
-import yaml
-
 from . import resource_types
 
 SOCKET_ENV = "ORCH_SANDBOX_SOCKET"
@@ -47,6 +45,8 @@ def _strings(value: object) -> list[str]:
 
 
 def _cloud_config_users(user_data: str) -> list[dict]:
+    import yaml  # only the simulated mode needs it, and the service's interpreter has it
+
     config = yaml.safe_load(user_data) if user_data.startswith("#cloud-config") else None
     users = []
     for entry in (config or {}).get("users") or []:
