@@ -9,7 +9,7 @@ command after installing the virtualenv). Each block's lines run in one shell, s
 
 The walk-through's instance is a sandbox host (orchestrator/sandbox): the test checks that it
 is configured, that its agent reports real figures, that `ssh` logs in, and that deleting it
-leaves no sandbox. Then a `kill -9` of the service leaves a sandbox and the bridge behind,
+leaves no sandbox; an instance from its snapshot boots with its disk. Then a `kill -9` of the service leaves a sandbox and the bridge behind,
 which its next start removes; a clean stop removes everything.
 """
 
@@ -167,6 +167,11 @@ def test_readme_walkthrough_on_a_simulated_service(tmp_path):
         assert instance["health"]["state"] == "healthy"
         assert report["memory"]["total"] > 0 and 0 <= report["cpu_percent"] <= 100, report
         assert _api("/api/v1/features", token)["features"]["simulated"] is True
+        # A snapshot copies the sandbox's disk (its overlay's upper layer).
+        snapshot = httpx.post(f"http://127.0.0.1:{README_PORT}/api/v1/instances/try-1/snapshots", timeout=30,
+                              headers={"Authorization": f"Bearer {token}"}, json={"name": "try-1-disk"})
+        assert snapshot.status_code == 202, snapshot.text
+        _wait_for(token, "/api/v1/snapshots/try-1-disk", "available")
 
         _run_block(clean_up, work, env)
         assert not list((work / ".orch" / "sandboxes" / "hosts").glob("*")), "deleting the instance removed its sandbox"
@@ -175,13 +180,22 @@ def test_readme_walkthrough_on_a_simulated_service(tmp_path):
         _run_block(using_it, work, env)
         _run_block(pulumi_stacks, work, env)
 
-        # A host exists (an instance without configuration), then the service is killed.
+        # An instance from the snapshot (not configured) boots with that disk: try-1's bootstrap output is there.
         doc = (work / "try.yaml").read_text().replace("name: try-1", "name: left-1").replace(
+            "  image: ubuntu-22.04", "  from_snapshot: try-1-disk").replace(
             "  bootstrap_script:", "  configure: false\n  bootstrap_script:")
         created = httpx.post(f"http://127.0.0.1:{README_PORT}/api/v1/instances", timeout=30,
                              headers={"Authorization": f"Bearer {token}"}, json=_yaml(doc))
         assert created.status_code == 202, created.text
-        _wait_running(token, "left-1")
+        _wait_for(token, "/api/v1/instances/left-1", "running")
+        restored = subprocess.run(
+            ["ssh", "-i", "try-key", "-o", "BatchMode=yes", "-o", "UserKnownHostsFile=/dev/null",
+             "-o", "StrictHostKeyChecking=no", f"alice@{SUBNET}.2", "cat /var/tmp/bootstrap-done"],
+            cwd=work, env=env, capture_output=True, text=True, timeout=60,
+        )
+        assert restored.stdout.strip() == "bootstrapped on try-1", restored.stderr
+
+        # A host exists, then the service is killed.
         left_pids = _sandbox_pids(work)
         assert left_pids and "orchsim2" in _links() and BRIDGE in _links()
         service.kill()
@@ -211,15 +225,15 @@ def _yaml(text: str) -> dict:
     return yaml.safe_load(text)
 
 
-def _wait_running(token: str, name: str, timeout_s: float = 120) -> None:
+def _wait_for(token: str, path: str, status: str, timeout_s: float = 120) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        instance = _api(f"/api/v1/instances/{name}", token)
-        if instance["status"] in ("running", "failed"):
-            assert instance["status"] == "running", json.dumps(instance)
+        record = _api(path, token)
+        if record["status"] in (status, "failed"):
+            assert record["status"] == status, json.dumps(record)
             return
         time.sleep(0.5)
-    pytest.fail(f"{name} was not running within {timeout_s}s")
+    pytest.fail(f"{path} was not {status} within {timeout_s}s")
 
 
 def test_without_root_the_simulated_mode_says_so_and_skips_configuration(mongo_db, tmp_path, monkeypatch):
