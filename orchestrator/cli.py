@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the service (embedded defaults; see README for settings)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.set_defaults(handler=lambda args: server.serve(args.host, args.port))
+    serve.add_argument("--simulate", action="store_true",
+                       help="simulated clouds: the Pulumi stand-in as engine, instances as sandbox hosts (README)")
+    serve.set_defaults(handler=lambda args: server.serve(args.host, args.port, args.simulate))
 
     worker = commands.add_parser("worker", help="run a worker consuming operations from ORCH_AMQP_URL")
     worker.set_defaults(handler=lambda args: server.worker())

@@ -87,6 +87,8 @@ class Instance(me.Document):
     agent_token_expires_at = me.DateTimeField()
     created_at = me.DateTimeField(default=utcnow)
     updated_at = me.DateTimeField(default=utcnow)
+    # Made by `orch serve --simulate`: its cloud resources are simulated (a sandbox host at most).
+    simulated = me.BooleanField(default=False)
 
     meta = {
         "collection": "instances",

@@ -10,7 +10,7 @@ from orchestrator.dispatch import AmqpPublisher, InProcessDispatcher
 from orchestrator.engine import StackEngine
 from orchestrator.ingest import AgentIngest
 from orchestrator.services import Orchestrator
-from orchestrator.settings import Settings
+from orchestrator.settings import Settings, SettingsError
 from orchestrator.tokens import RevokedTokens
 from orchestrator.worker import Worker, recover
 
@@ -53,6 +53,12 @@ class Runtime:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.store = db.connect(settings)
+        try:
+            self.sandboxes = _start_sandboxes(settings) if settings.sandbox_hosts else None
+        except SettingsError:
+            if self.store is not None:
+                self.store.stop()
+            raise
         self.engine = StackEngine(settings)
         self.worker = Worker(settings, self.engine)
         if settings.amqp_url:
@@ -71,3 +77,23 @@ class Runtime:
         self.ingest.close()
         if self.store is not None:
             self.store.stop()
+        if self.sandboxes is not None:
+            self.sandboxes.close()
+
+
+def _start_sandboxes(settings: Settings):
+    """`orch serve --simulate` as root: the sandbox manager, whose socket the Pulumi stand-in is told of."""
+    import os
+
+    from orchestrator.sandbox.host import SandboxError
+    from orchestrator.sandbox.manager import SOCKET_ENV, SandboxManager
+
+    manager = SandboxManager(settings.data_dir / "sandboxes")
+    try:
+        manager.start()
+    except SandboxError as error:  # e.g. the bridge exists: another simulated service runs here
+        manager.close()
+        raise SettingsError(f"--simulate: {error}") from None
+    # The Automation API runs pulumi with this process's environment.
+    os.environ[SOCKET_ENV] = str(manager.socket_path)
+    return manager

@@ -94,7 +94,33 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(host: str, port: int) -> int:
+# The Pulumi CLI stand-in of a source checkout: the engine of `orch serve --simulate`.
+STANDIN_ROOT = Path(__file__).resolve().parent.parent / "tests" / "pulumi_standin"
+
+
+def _simulation_settings(port: int) -> tuple[bool, str]:
+    """Environment defaults for `--simulate` (set before the settings are read); (sandbox hosts, banner line)."""
+    from orchestrator.sandbox.host import missing_requirements
+    from orchestrator.sandbox.manager import BRIDGE, BRIDGE_ADDRESS, SUBNET
+
+    if os.environ.get("ORCH_AMQP_URL"):
+        raise SettingsError("--simulate runs operations in this process (its sandbox hosts are here): unset ORCH_AMQP_URL")
+    if not (STANDIN_ROOT / "bin" / "pulumi").is_file():
+        raise SettingsError(f"--simulate needs the Pulumi stand-in of a source checkout ({STANDIN_ROOT} is missing)")
+    os.environ["ORCH_PULUMI_COMMAND"] = str(STANDIN_ROOT)
+    missing = missing_requirements()
+    if missing:
+        return False, (f"SIMULATED clouds, without sandbox hosts ({', '.join(missing)} missing): "
+                       "instances are created without configuration (configure is skipped)")
+    # The agents in the sandboxes reach the service at the bridge's address.
+    os.environ.setdefault("ORCH_PUBLIC_URL", f"http://{BRIDGE_ADDRESS}:{port}")
+    return True, (f"SIMULATED clouds: no cloud is called; each AWS/GCP instance is a sandbox host on this machine "
+                  f"(bridge {BRIDGE}, {SUBNET}.0/24, no route out)")
+
+
+def serve(host: str, port: int, simulate: bool = False) -> int:
+    import dataclasses
+
     import uvicorn
 
     from orchestrator.api.app import create_app
@@ -107,14 +133,31 @@ def serve(host: str, port: int) -> int:
     except PortUnavailable as error:
         print(f"orch serve: {error}", file=sys.stderr)
         return 2
+    extra_sockets = []
     try:
+        if simulate:
+            sandbox_hosts, banner = _simulation_settings(port)
         settings = load_settings()
+        if simulate:
+            settings = dataclasses.replace(settings, simulated=True, sandbox_hosts=sandbox_hosts)
+            print(f"orch serve: {banner}", file=sys.stderr, flush=True)
         ensure_private_dir(settings.data_dir)
         runtime = Runtime(settings)
     except SettingsError as error:
         sock.close()
         print(f"orch serve: {error}", file=sys.stderr)
         return 2
+    if settings.sandbox_hosts and host not in ("0.0.0.0", "::"):
+        from orchestrator.sandbox.manager import BRIDGE_ADDRESS
+
+        # The agents in the sandboxes report to the bridge's address (ORCH_PUBLIC_URL's default).
+        try:
+            extra_sockets.append(listen(BRIDGE_ADDRESS, port))
+        except PortUnavailable as error:
+            sock.close()
+            runtime.close()
+            print(f"orch serve: {error}", file=sys.stderr)
+            return 2
     mode = f"RabbitMQ at {redact_url(settings.amqp_url)}" if settings.amqp_url else "in-process workers"
     store = redact_url(settings.mongodb_url) or f"embedded store in {settings.data_dir}"
     log.info("orch serving on http://%s:%d (MongoDB: %s; operations: %s; Pulumi backend: %s)",
@@ -123,7 +166,7 @@ def serve(host: str, port: int) -> int:
     config = uvicorn.Config(create_app(runtime), host=host, port=port, log_level="warning", access_log=False,
                             http="orchestrator.api.http_protocol:HeaderLimitedHttpToolsProtocol")
     server = uvicorn.Server(config)
-    server.run(sockets=[sock])
+    server.run(sockets=[sock, *extra_sockets])
     # As uvicorn.run: an application whose startup failed exits 3.
     return 0 if server.started else STARTUP_FAILED
 

@@ -236,6 +236,7 @@ class Orchestrator:
             region=parsed.spec.region,
             admin_private_key=private_key,
             admin_public_key=public_key,
+            simulated=self.settings.simulated,
         )
         try:
             # The atomic claim: of concurrent creates of one name, exactly one inserts.

@@ -80,6 +80,10 @@ class Settings:
     # How long configuration waits for a new instance's SSH port before failing with
     # "cannot reach ADDRESS:22 over SSH (timed out after N s)".
     ssh_reach_timeout_s: int = DEFAULT_SSH_REACH_TIMEOUT_S
+    # `orch serve --simulate` (set by the command, not from the environment): the stand-in is
+    # the engine; with sandbox_hosts (root), instances are sandbox hosts, else they are not configured.
+    simulated: bool = False
+    sandbox_hosts: bool = False
 
     @property
     def goofys_playbook_vars(self) -> dict[str, str]:

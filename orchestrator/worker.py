@@ -41,6 +41,7 @@ CREATED_STACK = "created_stack"
 # with one marker line, so readers following the log by offset never miss a kept line.
 MAX_LOG_LINES = 2000
 MAX_LOG_LINE_CHARS = 4000
+SKIPPED_CONFIGURE_STEP = "configure: skipped (simulated, no sandbox host)"
 CONFIGURE_FIELDS = ("ssh_users", "mounts", "bootstrap_script", "configure")
 
 
@@ -305,7 +306,11 @@ class Worker:
         instance.public_ip = outputs.get("public_ip")
         instance.updated_at = utcnow()
         instance.save()
-        if configure and document.spec.configure:
+        if configure and document.spec.configure and self.settings.simulated and not self.settings.sandbox_hosts:
+            # Simulated without sandbox hosts: the address answers nothing, so there is nothing to configure.
+            with self._step(op, SKIPPED_CONFIGURE_STEP):
+                log_line("configuration skipped: simulated clouds without sandbox hosts (orch serve --simulate needs root for them)")
+        elif configure and document.spec.configure:
             self._configure(op, instance, outputs, document, log_line)
         instance.reload()
         # Whatever configuration this operation's spec needs is in place now.

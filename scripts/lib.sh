@@ -38,6 +38,17 @@ apt_install() {
     apt-get install -y -q "$@" >/dev/null
 }
 
+# ensure_sandbox_tools: what sandbox hosts need (orchestrator/sandbox): their image is this
+# machine's root, so it must have what a cloud image has (sshd, python3, sudo), plus the
+# namespace and network tools that make them.
+ensure_sandbox_tools() {
+    command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || apt_install openssh-server
+    command -v unshare >/dev/null || apt_install util-linux
+    command -v ip >/dev/null || apt_install iproute2
+    [ -x /usr/bin/sudo ] || apt_install sudo
+    [ -x /usr/bin/python3 ] || apt_install python3
+}
+
 # ensure_rabbitmq: the Debian broker, installed and running on 127.0.0.1:5672.
 ensure_rabbitmq() {
     command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server

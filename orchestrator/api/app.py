@@ -424,7 +424,7 @@ def healthz(request: Request) -> Response[ServiceHealth]:
     ingest = IngestHealth(**runtime.ingest.health())
     body = ServiceHealth(status="ok" if mongodb and broker and ingest.ok else "degraded", mongodb=mongodb, broker=broker,
                          ingest=ingest, dispatch="rabbitmq" if runtime.settings.amqp_url else "in-process",
-                         version=__version__)
+                         version=__version__, simulated=runtime.settings.simulated)
     return Response(body, status_code=200 if mongodb else 503)
 
 
@@ -439,6 +439,7 @@ def features(request: Request) -> FeaturesView:
             configuration=True,
             dispatch="rabbitmq" if settings.amqp_url else "in-process",
             sidebar=settings.feature_sidebar,
+            simulated=settings.simulated,
         ),
         known_clouds=list(KNOWN_CLOUDS),
     )

@@ -122,6 +122,7 @@ class InstanceView(_Shape):
     stack_name: str
     stack_command: str
     operation: OperationSummary | None
+    simulated: bool = False
 
 
 class StepView(_Shape):
@@ -240,6 +241,7 @@ class FeatureFlags(_Shape):
     configuration: bool
     dispatch: Literal["rabbitmq", "in-process"]
     sidebar: bool  # ORCH_FEATURE_SIDEBAR: the page's collapsible navigation sidebar
+    simulated: bool = False
 
 
 class FeaturesView(_Shape):
@@ -334,6 +336,7 @@ class ServiceHealth(_Shape):
     ingest: IngestHealth
     dispatch: Literal["rabbitmq", "in-process"]
     version: str
+    simulated: bool = False
 
 
 class ErrorBody(_Shape, omit_defaults=True):
@@ -398,6 +401,7 @@ def instance_json(
         stack_name=instance.stack_name,
         stack_command=stack_command,
         operation=operation_summary(operation),
+        simulated=bool(instance.simulated),
     )
 
 

@@ -61,11 +61,20 @@ def as_yaml(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True, width=4096).rstrip("\n")
 
 
+SIMULATED_NOTE = "yes: made by `orch serve --simulate`; no cloud resource exists (a sandbox host on the service's machine at most)"
+
+
+def cloud_label(instance: dict) -> str | None:
+    """The cloud, marked when the instance was made by a simulated service."""
+    cloud = instance.get("cloud")
+    return f"{cloud} (simulated)" if instance.get("simulated") and cloud else cloud
+
+
 def instances_table(items: list[dict], now: dt.datetime) -> str:
     rows = [
         (
             i["name"],
-            i.get("cloud"),
+            cloud_label(i),
             i.get("region"),
             i.get("status"),
             (i.get("health") or {}).get("state"),
@@ -139,7 +148,8 @@ def describe_instance(instance: dict, operation: dict | None, snapshots: list[di
                 ("Name", instance["name"]),
                 ("Owner", instance.get("owner")),
                 ("Labels", labels),
-                ("Cloud", instance.get("cloud")),
+                ("Cloud", cloud_label(instance)),
+                *([("Simulated", SIMULATED_NOTE)] if instance.get("simulated") else []),
                 ("Region", instance.get("region")),
                 ("Status", instance.get("status")),
                 ("Reason", instance.get("status_reason")),

@@ -37,7 +37,7 @@ from pulumi.runtime.proto import (
     resource_pb2_grpc,
 )
 
-from . import properties, resource_types
+from . import properties, resource_types, sandboxes
 from .backend import FileBackend, manifest
 from .events import EventLog
 from .passphrase import Crypter
@@ -460,6 +460,21 @@ class Deployment:
             failure = StepFailed.simulated(resource, op, reason)
             self._fail_step(metadata, failure)
             raise failure
+        if sandboxes.enabled() and op in ("create", "delete"):
+            self._sandbox_operation(metadata, resource, op)
+
+    def _sandbox_operation(self, metadata: dict, resource: dict, op: str) -> None:
+        """`orch serve --simulate`: a compute resource is a sandbox host (sandboxes.py)."""
+        type_token, name = resource["type"], _name_of(resource["urn"])
+        try:
+            if op == "create":
+                sandboxes.on_create(type_token, name, resource["urn"], properties.plain(resource["inputs"]))
+            else:
+                sandboxes.on_delete(type_token, resource["urn"], resource.get("id"))
+        except Exception as error:  # the manager's answer, or a socket that does not answer
+            failure = StepFailed.simulated(resource, op, f"sandbox host: {error}")
+            self._fail_step(metadata, failure)
+            raise failure from None
 
     def _skip_create(self, resource: dict) -> dict:
         """--target leaves this new resource out: nothing is created or recorded."""

@@ -9,6 +9,8 @@ Environment:
   PULUMI_STANDIN_PUBLIC_IP  the public address instances report (so a test can point
                             configuration at a reachable host)
   PULUMI_STANDIN_SSH_PORT   the host port simulated docker containers map port 22 to
+  ORCH_SANDBOX_SOCKET       set by `orch serve --simulate`: instances are sandbox hosts, whose
+                            addresses are their public IPs (sandboxes.py)
 """
 
 from __future__ import annotations
@@ -49,7 +51,15 @@ class SimulatedResource:
         return str(uuid.UUID(self.hex(32, salt)))
 
     def public_ip(self) -> str:
-        return os.environ.get("PULUMI_STANDIN_PUBLIC_IP") or f"203.0.113.{1 + self.number(254, 'public-ip')}"
+        if os.environ.get("PULUMI_STANDIN_PUBLIC_IP"):
+            return os.environ["PULUMI_STANDIN_PUBLIC_IP"]
+        from . import sandboxes  # (imports this module)
+
+        if sandboxes.enabled():
+            address = sandboxes.address(self.type, self.urn)
+            if address:
+                return address
+        return f"203.0.113.{1 + self.number(254, 'public-ip')}"
 
     def private_ip(self) -> str:
         return f"10.0.{self.number(256, 'subnet')}.{2 + self.number(250, 'host')}"
