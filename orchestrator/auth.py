@@ -69,6 +69,7 @@ class Principal:
     name: str
     role: str  # user | admin
     token_id: str | None = None  # the user token's jti
+    expires_at: dt.datetime | None = None  # the user token's expiry (UTC)
 
     @property
     def is_admin(self) -> bool:
@@ -203,7 +204,8 @@ def decode_user_token(secret: str | SigningSecrets, token: str) -> Principal:
         raise TokenError(str(error)) from None
     if not isinstance(claims["jti"], str):
         raise TokenError("token's 'jti' claim is not a string")
-    return Principal(name=name, role=role, token_id=claims["jti"])
+    expires_at = dt.datetime.fromtimestamp(claims["exp"], dt.UTC) if isinstance(claims["exp"], (int, float)) else None
+    return Principal(name=name, role=role, token_id=claims["jti"], expires_at=expires_at)
 
 
 def decode_agent_token(secret: str | SigningSecrets, token: str) -> dict:

@@ -8,7 +8,7 @@ import mongoengine
 from pymongo.errors import PyMongoError
 
 from orchestrator.embedded_store import EmbeddedStore
-from orchestrator.models import Instance, Lock, MetricBatch, Operation, Snapshot, UserToken, upgrade_names
+from orchestrator.models import Instance, Lock, MetricBatch, Operation, SigninCode, Snapshot, UserToken, upgrade_names
 from orchestrator.secretfield import ENCRYPTED_PREFIX, install_store_key
 from orchestrator.settings import Settings, SettingsError, redact_url
 
@@ -46,7 +46,7 @@ def connect(settings: Settings) -> EmbeddedStore | None:
     )
     try:
         mongoengine.get_db().command("ping")
-        for document in (Instance, Snapshot, Operation, Lock, MetricBatch, UserToken):
+        for document in (Instance, Snapshot, Operation, Lock, MetricBatch, UserToken, SigninCode):
             document.ensure_indexes()
         upgrade_names()
         encrypt_plaintext_secrets()

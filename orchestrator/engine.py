@@ -20,6 +20,7 @@ import logging
 import os
 import random
 import secrets
+import shlex
 import shutil
 import sys
 import threading
@@ -33,7 +34,7 @@ import yaml
 from pulumi import automation as auto
 
 import stacks
-from orchestrator.settings import Settings, SettingsError
+from orchestrator.settings import Settings, SettingsError, redact_url
 from stacks import instance_program, snapshot_program
 from stacks.spec import InstanceDoc, SnapshotDoc
 
@@ -45,6 +46,8 @@ STACKS_DIR = Path(stacks.__file__).resolve().parent
 PROJECT_DIR_NAME = "pulumi-project"
 # Previews run in a scratch copy of the project directory, one per stack, removed afterwards.
 PREVIEW_DIR_NAME = "pulumi-previews"
+# Previews of stacks that do not exist yet run there too, against a scratch file backend of their own.
+NEW_STACK_PREVIEW_DIR_NAME = "new"
 PASSPHRASE_FILE_NAME = "pulumi-passphrase"
 CONCURRENT_UPDATE_RETRIES = 6
 STDERR_TAIL_LINES = 15
@@ -295,12 +298,62 @@ class StackEngine:
         finally:
             shutil.rmtree(directory, ignore_errors=True)
 
+    def export_command(self, stack_name: str) -> str:
+        """The shell command that shows the stack by hand, with the backend it is in."""
+        return shlex.join(
+            [f"PULUMI_BACKEND_URL={redact_url(self.settings.pulumi_backend_url)}", "pulumi", "-C", str(self.project_dir),
+             "stack", "export", "--stack", stack_name]
+        )
+
     def preview_instance(
         self, stack_name: str, instance: InstanceDoc, *, admin_public_key: str, base_image_id: str | None
     ) -> tuple[dict[str, int], list[PreviewStep]]:
         """What `up_instance` would change, changing nothing: the stack must exist (StackNotFound otherwise)
         and the previewed config is set only in a scratch copy of its settings. A locked stack is
         StackBusy at once (no retries on the request path)."""
+        with self._scratch_project(stack_name) as work_dir:
+            return self._preview(
+                lambda program: self._existing_stack(stack_name, program, work_dir),
+                instance, admin_public_key=admin_public_key, base_image_id=base_image_id,
+            )
+
+    @contextmanager
+    def _scratch_backend_project(self, stack_name: str) -> Iterator[tuple[Path, dict[str, str]]]:
+        """A throwaway project directory with its own empty file backend (and the workspace env naming it).
+
+        One path per stack name, as _scratch_project; the caller holds a lock per name.
+        """
+        directory = self.settings.data_dir / PREVIEW_DIR_NAME / NEW_STACK_PREVIEW_DIR_NAME / stack_name
+        shutil.rmtree(directory, ignore_errors=True)  # left by a process that died mid-preview
+        (directory / "backend").mkdir(mode=0o700, parents=True)
+        try:
+            (directory / "Pulumi.yaml").write_text(_project_file(directory), encoding="utf-8")
+            yield directory, {**self.env_vars, "PULUMI_BACKEND_URL": f"file://{directory / 'backend'}"}
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def preview_new_instance(
+        self, stack_name: str, instance: InstanceDoc, *, admin_public_key: str, base_image_id: str | None
+    ) -> tuple[dict[str, int], list[PreviewStep]]:
+        """What `up_instance` would create for a stack that does not exist yet.
+
+        The stack is created in a scratch file backend, removed with its directory afterwards, so
+        the service's backend never holds it; a new stack has no state, so the preview is the same.
+        """
+        with self._scratch_backend_project(stack_name) as (work_dir, env_vars):
+            options = auto.LocalWorkspaceOptions(work_dir=str(work_dir), env_vars=env_vars, pulumi_command=self.command)
+
+            def create(program) -> auto.Stack:
+                with _cli_errors():
+                    return auto.create_stack(stack_name, project_name=PROJECT_NAME, program=program, opts=options)
+
+            return self._preview(create, instance, admin_public_key=admin_public_key, base_image_id=base_image_id)
+
+    def _preview(
+        self, open_stack: Callable[[object], auto.Stack], instance: InstanceDoc, *, admin_public_key: str,
+        base_image_id: str | None,
+    ) -> tuple[dict[str, int], list[PreviewStep]]:
+        """Preview the instance's program and config on the stack open_stack(program) gives."""
         program = instance_program(instance, admin_public_key=admin_public_key, base_image_id=base_image_id)
         config = self._instance_config(instance, admin_public_key, base_image_id)
         steps: list[PreviewStep] = []
@@ -322,11 +375,10 @@ class StackEngine:
                     )
                 )
 
-        with self._scratch_project(stack_name) as work_dir:
-            stack = self._existing_stack(stack_name, program, work_dir)
-            with _cli_errors():
-                stack.set_all_config(config)
-                result = stack.preview(on_event=on_event, color="never")
+        stack = open_stack(program)
+        with _cli_errors():
+            stack.set_all_config(config)
+            result = stack.preview(on_event=on_event, color="never")
         summary = {str(op.value if hasattr(op, "value") else op): count for op, count in result.change_summary.items()}
         return summary, steps
 

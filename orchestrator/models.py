@@ -269,3 +269,22 @@ class UserToken(me.Document):
             {"fields": ["expires_at"], "expireAfterSeconds": 3600},
         ],
     }
+
+
+class SigninCode(me.Document):
+    """A one-time sign-in code `orch serve` prints on embedded defaults (docs/DESIGN.md, "Web page").
+
+    Only its SHA-256 is stored; redeeming it sets used_at, atomically, so it signs in once.
+    """
+
+    code_hash = me.StringField(primary_key=True)
+    user = me.StringField(required=True)
+    created_at = me.DateTimeField(default=utcnow)
+    expires_at = me.DateTimeField(required=True)
+    used_at = me.DateTimeField()
+
+    meta = {
+        "collection": "signin_codes",
+        # A code past its expiry signs nobody in; its record goes a day later.
+        "indexes": [{"fields": ["expires_at"], "expireAfterSeconds": 24 * 3600}],
+    }

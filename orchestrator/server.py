@@ -119,12 +119,34 @@ def serve(host: str, port: int) -> int:
     store = redact_url(settings.mongodb_url) or f"embedded store in {settings.data_dir}"
     log.info("orch serving on http://%s:%d (MongoDB: %s; operations: %s; Pulumi backend: %s)",
              host, port, store, mode, redact_url(settings.pulumi_backend_url))
+    _announce_page(settings, host, port)
     config = uvicorn.Config(create_app(runtime), host=host, port=port, log_level="warning", access_log=False,
                             http="orchestrator.api.http_protocol:HeaderLimitedHttpToolsProtocol")
     server = uvicorn.Server(config)
     server.run(sockets=[sock])
     # As uvicorn.run: an application whose startup failed exits 3.
     return 0 if server.started else STARTUP_FAILED
+
+
+def _browser_address(host: str, port: int) -> str:
+    """host:port as a browser on this machine reaches it (a wildcard address is reached at loopback)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _announce_page(settings, host: str, port: int) -> None:
+    """One line when the page is not built; on embedded defaults, the one-time sign-in link.
+
+    The code is in the URL's fragment, which browsers never send: it reaches no server log.
+    """
+    from orchestrator.api.web import NOT_BUILT_MESSAGE, is_built
+    from orchestrator.tokens import create_signin_code
+
+    if not is_built(settings.web_dir):
+        print(NOT_BUILT_MESSAGE, flush=True)
+    if settings.signin_link:
+        code = create_signin_code(dt.timedelta(seconds=settings.signin_code_ttl_s))
+        print(f"sign in: http://{_browser_address(host, port)}/signin#code={code}", flush=True)
 
 
 def worker() -> int:

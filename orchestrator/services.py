@@ -29,6 +29,9 @@ from stacks.spec import LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, InstanceDoc, Spe
 log = logging.getLogger("orch.services")
 
 MAX_PAGE = 500
+# GET /instances/{name}/operations: the default and the largest page.
+OPERATIONS_PAGE = 20
+MAX_OPERATIONS_PAGE = 100
 # A preview renews the instance's lock this many times per lease while it runs.
 PREVIEW_LOCK_RENEWALS_PER_LEASE = 3
 # Deepest page a list may start at: MongoDB's skip takes 32-bit counts, and no real
@@ -317,20 +320,19 @@ class Orchestrator:
         return inspected
 
     @contextmanager
-    def _preview_lock(self, instance: Instance) -> Iterator[None]:
-        """Hold the instance's operation lock (renewed) for a preview; Conflict while an operation holds it."""
-        lock_key = instance.lock_key
+    def _preview_lock(self, lock_key: str, busy: str, thread_name: str) -> Iterator[None]:
+        """Hold lock_key (renewed) for a preview; Conflict(busy) while another holds it."""
         holder = f"preview:{uuid.uuid4().hex}"
         lease_s = self.settings.operation_lease_s
         if not locks.acquire(lock_key, holder, lease_s):
-            raise Conflict(f"an operation is running on instance {instance.name!r}; preview once it has finished")
+            raise Conflict(busy)
         done = threading.Event()
 
         def renew() -> None:
             while not done.wait(lease_s / PREVIEW_LOCK_RENEWALS_PER_LEASE):
                 locks.acquire(lock_key, holder, lease_s)
 
-        renewer = threading.Thread(target=renew, name=f"preview-lock-{instance.name}", daemon=True)
+        renewer = threading.Thread(target=renew, name=thread_name, daemon=True)
         renewer.start()
         try:
             yield
@@ -351,7 +353,8 @@ class Orchestrator:
         base_image_id = None
         if parsed.spec.from_snapshot:
             base_image_id = Snapshot.objects.get(claim=claim_key(instance.owner, parsed.spec.from_snapshot)).image_id
-        with self._preview_lock(instance):
+        busy = f"an operation is running on instance {instance.name!r}; preview once it has finished"
+        with self._preview_lock(instance.lock_key, busy, f"preview-lock-{instance.name}"):
             try:
                 summary, steps = self.engine.preview_instance(
                     instance.stack_name,
@@ -371,6 +374,51 @@ class Orchestrator:
             "changes": summary,
             "steps": [step.__dict__ for step in steps],
         }
+
+    def preview_create(self, principal: Principal, document: dict, owner: str | None = None) -> tuple[Instance, dict]:
+        """What creating `document` would do: the same checks and refusals as create_instance, and the
+        engine's preview of the new stack; nothing is stored, dispatched or left in the Pulumi backend."""
+        parsed = self._parse(document)
+        owner = self._namespace(principal, owner, "instance", parsed.name)
+        self._check_base_snapshot(owner, parsed)
+        if Instance.objects(claim=claim_key(owner, parsed.name)).only("id").first() is not None:
+            raise Conflict(f"instance {parsed.name!r} already exists", field="name")
+        canonical = parsed.to_dict()
+        # A key of its own, as create would make: the previewed config is the one create would set.
+        _, public_key = generate_keypair(f"orch@{parsed.name}")
+        instance = Instance(
+            name=parsed.name, owner=owner, labels=canonical.get("labels") or {}, spec=canonical["spec"],
+            cloud=parsed.spec.cloud, region=parsed.spec.region, admin_public_key=public_key,
+        )
+        base_image_id = None
+        if parsed.spec.from_snapshot:
+            base_image_id = Snapshot.objects.get(claim=claim_key(owner, parsed.spec.from_snapshot)).image_id
+        # One preview of a new name at a time: they share the name's scratch directory.
+        busy = f"a preview of a new instance named {parsed.name!r} is running; try again once it has finished"
+        with self._preview_lock(f"preview-new:{instance.lock_key}", busy, f"preview-new-{parsed.name}"):
+            try:
+                summary, steps = self.engine.preview_new_instance(
+                    instance.stack_name, parsed, admin_public_key=public_key, base_image_id=base_image_id
+                )
+            except EngineError as error:
+                raise engine_error(error) from None
+        return instance, {"stack": instance.stack_name, "changes": summary, "steps": [step.__dict__ for step in steps]}
+
+    def instance_operations(
+        self, principal: Principal, name: str, limit: int = OPERATIONS_PAGE, owner: str | None = None
+    ) -> list[Operation]:
+        """The operations on this incarnation of `name` (its creates, updates, deletes, snapshots), newest first."""
+        instance = self._instance(principal, name, owner)
+        limit = max(1, min(limit, MAX_OPERATIONS_PAGE))
+        return list(Operation.objects(target_id=str(instance.id)).order_by("-created_at").limit(limit))
+
+    @staticmethod
+    def operations_by_id(ids: list[str | None]) -> dict[str, Operation]:
+        """The operations of these ids in one query (an instance list page's rows), without their log lines."""
+        wanted = sorted({i for i in ids if i})
+        if not wanted:
+            return {}
+        return {str(op.id): op for op in Operation.objects(id__in=wanted).exclude("logs", "params")}
 
     def metrics(
         self,

@@ -27,6 +27,8 @@ MAX_PREVIOUS_JWT_SECRETS = 4
 PRIVATE_DIR_MODE = 0o700
 PRIVATE_FILE_MODE = 0o600
 STORE_KEY_BYTES = 32  # a Fernet key: 16 bytes for HMAC-SHA256, 16 for AES-128
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SIGNIN_CODE_TTL_S = 24 * 3600
 
 
 class SettingsError(Exception):
@@ -54,6 +56,13 @@ class Settings:
     # Where instances get goofys: an http(s) URL they download from (a mirror for offline
     # hosts), or a file on this machine copied to them; None: the playbook's release URL.
     goofys_source: str | None = None
+    # The web page (docs/DESIGN.md, "Web page"): where its build is, whether the
+    # service prints a one-time sign-in link (no ORCH_JWT_SECRET: embedded defaults),
+    # how long such a link stays valid, and the page's feature flags.
+    web_dir: Path = REPO_ROOT / "web" / "dist"
+    signin_link: bool = False
+    signin_code_ttl_s: int = DEFAULT_SIGNIN_CODE_TTL_S
+    feature_sidebar: bool = False
 
     @property
     def goofys_playbook_vars(self) -> dict[str, str]:
@@ -70,6 +79,17 @@ class Settings:
         if self.pulumi_command is not None:
             return str(self.pulumi_command / "bin" / "pulumi")
         return shutil.which("pulumi") or "pulumi"
+
+
+def _flag_setting(env: dict, name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name}={env[name]!r} is not a flag: use true or false")
 
 
 def _int_setting(env: dict, name: str, default: int, minimum: int = 1) -> int:
@@ -249,4 +269,8 @@ def load_settings(env: dict | None = None) -> Settings:
         agent_first_report_timeout_s=_int_setting(env, "ORCH_AGENT_FIRST_REPORT_TIMEOUT_S", 600),
         redispatch_after_s=_int_setting(env, "ORCH_REDISPATCH_AFTER_S", 30),
         goofys_source=_goofys_source(env),
+        web_dir=Path(env.get("ORCH_WEB_DIR") or REPO_ROOT / "web" / "dist").resolve(),
+        signin_link=not env.get("ORCH_JWT_SECRET"),
+        signin_code_ttl_s=_int_setting(env, "ORCH_SIGNIN_CODE_TTL_S", DEFAULT_SIGNIN_CODE_TTL_S, minimum=60),
+        feature_sidebar=_flag_setting(env, "ORCH_FEATURE_SIDEBAR", False),
     )

@@ -1,4 +1,5 @@
-"""Recorded user tokens: what `orch token create --user` issued, listing, revocation.
+"""Recorded user tokens: what `orch token create --user` issued, listing, revocation,
+and the one-time sign-in codes `orch serve` prints, exchanged for such a token.
 
 A user token is revoked by its jti. The API checks a jti against the set of
 revoked, unexpired jtis, re-read from MongoDB at most every REVOKED_REFRESH_S,
@@ -8,14 +9,16 @@ so a revocation takes effect within that time on every service process.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
+import secrets
 import threading
 import time
 
 from pymongo.errors import PyMongoError
 
-from orchestrator.auth import LEEWAY_S, IssuedUserToken, SigningSecrets, issue_user_token
-from orchestrator.models import UserToken, utcnow
+from orchestrator.auth import LEEWAY_S, USER_TOKEN_TTL, IssuedUserToken, SigningSecrets, issue_user_token
+from orchestrator.models import SigninCode, UserToken, utcnow
 
 log = logging.getLogger("orch.tokens")
 
@@ -52,6 +55,50 @@ def revoke_user_token(jti: str) -> UserToken:
     if record is None:
         raise UnknownToken(f"no recorded user token has jti {jti!r} (see `orch token list`)")
     return record
+
+
+# The local admin a sign-in link signs in (decision D1's user-name rule holds for it).
+SIGNIN_USER = "admin"
+# 32 random bytes, url-safe: unguessable, and safe in a URL fragment.
+SIGNIN_CODE_BYTES = 32
+# A pasted code longer than this is not one of ours: refused before hashing.
+MAX_SIGNIN_CODE_CHARS = 128
+
+
+class SigninRefused(Exception):
+    """A sign-in code that is unknown, used or expired; the message says which."""
+
+
+def _code_hash(code: str) -> str:
+    return hashlib.sha256(code.encode()).hexdigest()
+
+
+def create_signin_code(ttl: dt.timedelta, user: str = SIGNIN_USER) -> str:
+    """A new one-time code for `user` (admin); only its hash is stored."""
+    code = secrets.token_urlsafe(SIGNIN_CODE_BYTES)
+    now = utcnow()
+    SigninCode(code_hash=_code_hash(code), user=user, created_at=now, expires_at=now + ttl).save(force_insert=True)
+    return code
+
+
+def redeem_signin_code(secret: SigningSecrets, code: str, ttl: dt.timedelta = USER_TOKEN_TTL) -> IssuedUserToken:
+    """Exchange a sign-in code for a recorded admin token (listed by `orch token list`, revocable).
+
+    Marking the code used is one conditional update, so of two concurrent redemptions one wins.
+    """
+    if not isinstance(code, str) or not code or len(code) > MAX_SIGNIN_CODE_CHARS:
+        raise SigninRefused("unknown code")
+    code_hash = _code_hash(code)
+    now = utcnow()
+    if not SigninCode.objects(code_hash=code_hash, used_at=None, expires_at__gt=now).update_one(set__used_at=now):
+        record = SigninCode.objects(code_hash=code_hash).first()
+        if record is None:
+            raise SigninRefused("unknown code")
+        if record.used_at is not None:
+            raise SigninRefused(f"the code was used at {record.used_at.isoformat(timespec='seconds')} UTC")
+        raise SigninRefused(f"the code expired at {record.expires_at.isoformat(timespec='seconds')} UTC")
+    record = SigninCode.objects(code_hash=code_hash).only("user").first()
+    return create_user_token(secret, record.user, admin=True, ttl=ttl)
 
 
 class RevokedTokens:

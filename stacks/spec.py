@@ -528,7 +528,7 @@ def parse_instance(doc: dict, *, enabled_clouds: Iterable[str] | None = None) ->
     cloud = CLOUDS[spec.cloud]
     if enabled_clouds is not None and spec.cloud not in set(enabled_clouds):
         enabled = ", ".join(sorted(enabled_clouds)) or "none"
-        errors.append(FieldError("spec.cloud", f"cloud {spec.cloud!r} is not enabled in this deployment (enabled: {enabled})"))
+        errors.append(FieldError("spec.cloud", f"cloud {spec.cloud!r} is not enabled in this deployment (ORCH_CLOUDS enables: {enabled})"))
     _check_location(cloud, spec, errors)
     gpu = _check_machine_and_gpu(cloud, spec, errors)
     image, disk_gb = _check_image_and_disk(cloud, spec, gpu, errors)

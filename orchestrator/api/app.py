@@ -31,12 +31,17 @@ from orchestrator.api.serialize import (
     InstanceChange,
     InstanceOperation,
     InstancePage,
+    InstancePreview,
     InstanceStatus,
     InstanceView,
+    MeView,
     MetricsView,
+    OperationList,
     OperationView,
     PreviewView,
     ServiceHealth,
+    SignedIn,
+    SigninRequest,
     SnapshotOperation,
     SnapshotPage,
     SnapshotRequest,
@@ -48,10 +53,22 @@ from orchestrator.api.serialize import (
     snapshot_json,
     stack_view,
 )
+from orchestrator.api.conditional import ConditionalGetMiddleware
+from orchestrator.api.web import PAGE_HANDLERS
 from orchestrator.auth import AGENT_AUDIENCE, Principal, TokenError, bearer_token, decode_user_token
 from orchestrator.ingest import MAX_REPORT_BYTES, ReportRejected, read_body
 from orchestrator.runtime import Runtime
-from orchestrator.services import MAX_OFFSET, MAX_PAGE, Orchestrator, ServiceError
+from orchestrator.models import Instance, Operation
+from orchestrator.services import (
+    MAX_OFFSET,
+    MAX_OPERATIONS_PAGE,
+    MAX_PAGE,
+    OPERATIONS_PAGE,
+    Orchestrator,
+    ServiceError,
+)
+from orchestrator.settings import KNOWN_CLOUDS
+from orchestrator.tokens import SigninRefused, redeem_signin_code
 from stacks.spec import LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, InstanceDoc
 
 API_PREFIX = "/api/v1"
@@ -111,10 +128,22 @@ def _time(parameter: str, value: str | None) -> dt.datetime | None:
     return parsed.astimezone(dt.UTC).replace(tzinfo=None)
 
 
-def _instance_json(request: Request, instance) -> InstanceView:
+def _instance_json(request: Request, instance: Instance, operation: Operation | None = None) -> InstanceView:
+    """`operation`: the instance's operation when the caller has it (else read by its operation_id)."""
     runtime = _runtime(request)
-    latest = runtime.ingest.latest(instance.agent_identity)
-    return instance_json(instance, runtime.settings.agent_report_interval_s, latest)
+    if operation is None and instance.operation_id:
+        operation = Orchestrator.operations_by_id([instance.operation_id]).get(instance.operation_id)
+    latest = runtime.ingest.latest(instance.agent_identity) if instance.id is not None else None
+    return instance_json(
+        instance, runtime.settings.agent_report_interval_s, latest,
+        stack_command=runtime.engine.export_command(instance.stack_name), operation=operation,
+    )
+
+
+def _instance_rows(request: Request, instances: list[Instance]) -> list[InstanceView]:
+    """A list page's rows, their operations read in one query for the whole page."""
+    operations = Orchestrator.operations_by_id([instance.operation_id for instance in instances])
+    return [_instance_json(request, instance, operations.get(instance.operation_id or "")) for instance in instances]
 
 
 # ---------------------------------------------------------------- OpenAPI
@@ -165,12 +194,25 @@ class InstanceController(Controller):
     tags = ["instances"]
 
     @post("/", status_code=202, sync_to_thread=True, summary="Create an instance from a spec",
-          responses=_errors(409, 413, 422))
+          responses={200: _success(InstancePreview, "dry_run=true: the instance as it would be created and the "
+                                   "preview of its stack; nothing was created"), **_errors(409, 413, 422, 502)})
     def create(
-        self, request: Request, data: InstanceDocBody, principal: Principal, orch: Orchestrator, owner: str | None = OWNER
-    ) -> InstanceOperation:
+        self,
+        request: Request,
+        data: InstanceDocBody,
+        principal: Principal,
+        orch: Orchestrator,
+        owner: str | None = OWNER,
+        dry_run: bool = Parameter(default=False, description="true: validate and preview only (200), create nothing"),
+    ) -> Response[InstanceOperation]:
+        """202 with the create operation; with dry_run=true, 200 with the preview and nothing created."""
+        if dry_run:
+            instance, preview = orch.preview_create(principal, data, owner)
+            return Response(InstancePreview(instance=_instance_json(request, instance), preview=preview_view(preview)),
+                            status_code=200)
         instance, op = orch.create_instance(principal, data, owner)
-        return InstanceOperation(instance=_instance_json(request, instance), operation=operation_json(op))
+        body = InstanceOperation(instance=_instance_json(request, instance, op), operation=operation_json(op))
+        return Response(body, status_code=202)
 
     @get("/", sync_to_thread=True, summary="List instances", responses=_errors(422))
     def list(
@@ -203,7 +245,7 @@ class InstanceController(Controller):
             offset=offset,
         )
         return InstancePage(
-            items=[_instance_json(request, i) for i in page.items], total=page.total, limit=page.limit, offset=page.offset
+            items=_instance_rows(request, page.items), total=page.total, limit=page.limit, offset=page.offset
         )
 
     @get("/{name:str}", sync_to_thread=True, summary="One instance", responses=_errors(404, 422))
@@ -225,7 +267,7 @@ class InstanceController(Controller):
     ) -> Response[InstanceOperation]:
         """200 with operation null when the document changes nothing; 202 with the update's operation otherwise."""
         instance, op = orch.update_instance(principal, name, data, owner)
-        body = InstanceOperation(instance=_instance_json(request, instance), operation=operation_json(op))
+        body = InstanceOperation(instance=_instance_json(request, instance, op), operation=operation_json(op))
         return Response(body, status_code=202 if op is not None else 200)
 
     @delete("/{name:str}", status_code=202, sync_to_thread=True, summary="Delete (a pulumi destroy)",
@@ -234,7 +276,21 @@ class InstanceController(Controller):
         self, request: Request, name: str, principal: Principal, orch: Orchestrator, owner: str | None = OWNER
     ) -> InstanceOperation:
         instance, op = orch.delete_instance(principal, name, owner)
-        return InstanceOperation(instance=_instance_json(request, instance), operation=operation_json(op))
+        return InstanceOperation(instance=_instance_json(request, instance, op), operation=operation_json(op))
+
+    @get("/{name:str}/operations", sync_to_thread=True, summary="The instance's operations, newest first",
+         responses=_errors(404, 422))
+    def operations(
+        self,
+        name: str,
+        principal: Principal,
+        orch: Orchestrator,
+        limit: int = Parameter(default=OPERATIONS_PAGE, ge=1, le=MAX_OPERATIONS_PAGE),
+        owner: str | None = OWNER,
+    ) -> OperationList:
+        """Without log lines: GET /operations/{id}?log_offset=N reads them (log_offset here is log_count)."""
+        ops = orch.instance_operations(principal, name, limit, owner)
+        return OperationList(items=[operation_json(op, len(op.logs)) for op in ops])
 
     @get("/{name:str}/stack", sync_to_thread=True, summary="Stack resources and outputs",
          responses=_errors(404, 409, 422, 502))
@@ -380,8 +436,33 @@ def features(request: Request) -> FeaturesView:
             preview=True,
             configuration=True,
             dispatch="rabbitmq" if settings.amqp_url else "in-process",
+            sidebar=settings.feature_sidebar,
         ),
+        known_clouds=list(KNOWN_CLOUDS),
     )
+
+
+# ---------------------------------------------------------------- sign-in
+
+
+@post(f"{API_PREFIX}/auth/signin", status_code=200, sync_to_thread=True, tags=["auth"],
+      summary="Exchange the one-time code of `orch serve`'s sign-in link for an admin token",
+      request_max_body_size=MAX_REQUEST_BODY_BYTES,
+      responses=_errors(413, descriptions={401: "The sign-in code is unknown, used or expired"}))
+def signin(request: Request, data: SigninRequest) -> SignedIn:
+    """No Authorization: the code is the credential, valid once. The token is recorded (`orch token list`)."""
+    try:
+        issued = redeem_signin_code(_runtime(request).settings.jwt_secret, data.code)
+    except SigninRefused as error:
+        raise HTTPException(status_code=401, detail=f"sign-in link used or expired: {error}") from None
+    return SignedIn(token=issued.token, user=issued.user, role=issued.role, expires_at=issued.expires_at.isoformat())
+
+
+@get(f"{API_PREFIX}/me", sync_to_thread=False, tags=["auth"], summary="The user behind the token",
+     dependencies={"principal": Provide(provide_principal)}, responses=_errors())
+def me(principal: Principal) -> MeView:
+    expires_at = principal.expires_at.isoformat() if principal.expires_at else None
+    return MeView(user=principal.name, role=principal.role, expires_at=expires_at)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- requests and errors
@@ -440,7 +521,8 @@ def _unexpected(request: Request, error: Exception) -> Response:
 
 def create_app(runtime: Runtime) -> Litestar:
     app = Litestar(
-        route_handlers=[InstanceController, SnapshotController, OperationController, AgentController, healthz, features],
+        route_handlers=[InstanceController, SnapshotController, OperationController, AgentController, healthz, features,
+                        signin, me, *PAGE_HANDLERS],
         exception_handlers={
             ServiceError: _service_error,
             ReportRejected: _report_rejected,
@@ -449,6 +531,7 @@ def create_app(runtime: Runtime) -> Litestar:
         },
         request_class=JsonBodyRequest,
         before_request=_answer_options,
+        middleware=[ConditionalGetMiddleware],
         plugins=[DocumentedAsPlugin()],
         openapi_config=OpenAPIConfig(title="orch", version=__version__, path="/schema"),
         on_shutdown=[runtime.close],

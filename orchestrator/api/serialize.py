@@ -92,6 +92,15 @@ class HealthView(_Shape):
     last_report: dict[str, Any]
 
 
+class OperationSummary(_Shape):
+    """An instance's running or last operation, as its row shows it (the whole one: GET /operations/{id})."""
+
+    id: str
+    kind: OperationKind
+    status: OperationStatus
+    step: str | None  # the step running now; null once the operation is not running
+
+
 class InstanceView(_Shape):
     name: str
     owner: str
@@ -108,6 +117,10 @@ class InstanceView(_Shape):
     operation_id: str | None
     created_at: str | None
     updated_at: str | None
+    # The Pulumi stack and the command that shows it by hand (README, "Inspecting stacks").
+    stack_name: str
+    stack_command: str
+    operation: OperationSummary | None
 
 
 class StepView(_Shape):
@@ -153,6 +166,19 @@ class InstanceOperation(_Shape):
 
     instance: InstanceView
     operation: OperationView | None
+
+
+class InstancePreview(_Shape):
+    """POST /instances?dry_run=true: the instance as it would be created (nothing stored) and what apply would do."""
+
+    instance: InstanceView
+    preview: PreviewView
+
+
+class OperationList(_Shape):
+    """An instance's operations, newest first, without their log lines (GET /operations/{id} has them)."""
+
+    items: list[OperationView]
 
 
 class SnapshotOperation(_Shape):
@@ -211,11 +237,34 @@ class FeatureFlags(_Shape):
     preview: bool
     configuration: bool
     dispatch: Literal["rabbitmq", "in-process"]
+    sidebar: bool  # ORCH_FEATURE_SIDEBAR: the page's collapsible navigation sidebar
 
 
 class FeaturesView(_Shape):
-    clouds: list[CloudName]
+    clouds: list[CloudName]  # the enabled ones (ORCH_CLOUDS)
     features: FeatureFlags
+    known_clouds: list[CloudName]  # every cloud: instances on a disabled one are still listed
+
+
+class SigninRequest(_Shape):
+    """POST /auth/signin body: the code from the link `orch serve` printed."""
+
+    code: str
+
+
+class SignedIn(_Shape):
+    token: str
+    user: str
+    role: Literal["user", "admin"]
+    expires_at: str
+
+
+class MeView(_Shape):
+    """The user behind the request's token."""
+
+    user: str
+    role: Literal["user", "admin"]
+    expires_at: str | None
 
 
 class IngestHealth(_Shape):
@@ -253,10 +302,23 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.replace(tzinfo=dt.UTC).isoformat() if value else None
 
 
+def operation_summary(op: Operation | None) -> OperationSummary | None:
+    if op is None:
+        return None
+    running = [step.name for step in op.steps if step.status == "running"] if op.status == "running" else []
+    return OperationSummary(id=str(op.id), kind=op.kind, status=op.status, step=running[-1] if running else None)
+
+
 def instance_json(
-    instance: Instance, report_interval_s: int, latest: tuple[dt.datetime, dict] | None = None
+    instance: Instance,
+    report_interval_s: int,
+    latest: tuple[dt.datetime, dict] | None = None,
+    *,
+    stack_command: str,
+    operation: Operation | None,
 ) -> InstanceView:
-    """`latest` is (received_at, report) from this process's ingest, when newer than the stored health."""
+    """`latest` is (received_at, report) from this process's ingest, when newer than the stored health;
+    `operation` is the instance's operation_id's."""
     health = instance.health
     last_at = health.last_report_at if health else None
     last_report = dict(health.last_report or {}) if health else {}
@@ -284,6 +346,9 @@ def instance_json(
         operation_id=instance.operation_id,
         created_at=_iso(instance.created_at),
         updated_at=_iso(instance.updated_at),
+        stack_name=instance.stack_name,
+        stack_command=stack_command,
+        operation=operation_summary(operation),
     )
 
 
@@ -305,6 +370,7 @@ def snapshot_json(snapshot: Snapshot) -> SnapshotView:
 
 
 def operation_json(op: Operation | None, log_offset: int = 0) -> OperationView | None:
+    """The operation with its log lines from log_offset on (log_offset past the end: none)."""
     if op is None:
         return None
     return OperationView(
