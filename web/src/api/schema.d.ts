@@ -34,6 +34,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/auth/signin": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Exchange the one-time code of `orch serve`'s sign-in link for an admin token */
+        post: operations["ApiV1AuthSigninSignin"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/features": {
         parameters: {
             query?: never;
@@ -105,6 +122,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/instances/{name}/operations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The instance's operations, newest first */
+        get: operations["ApiV1InstancesNameOperationsOperations"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/instances/{name}/preview": {
         parameters: {
             query?: never;
@@ -148,6 +182,23 @@ export interface paths {
         };
         /** Stack resources and outputs */
         get: operations["ApiV1InstancesNameStackStack"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/me": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The user behind the token */
+        get: operations["ApiV1MeMe"];
         put?: never;
         post?: never;
         delete?: never;
@@ -243,12 +294,14 @@ export interface components {
             /** @enum {string} */
             dispatch: "rabbitmq" | "in-process";
             preview: boolean;
+            sidebar: boolean;
             snapshots: boolean;
         };
         /** FeaturesView */
         FeaturesView: {
             clouds: ("aws" | "gcp" | "azure" | "docker")[];
             features: components["schemas"]["FeatureFlags"];
+            known_clouds: ("aws" | "gcp" | "azure" | "docker")[];
         };
         /** Gpu */
         Gpu: {
@@ -315,6 +368,11 @@ export interface components {
             offset: number;
             total: number;
         };
+        /** InstancePreview */
+        InstancePreview: {
+            instance: components["schemas"]["InstanceView"];
+            preview: components["schemas"]["PreviewView"];
+        };
         /** InstanceSpec */
         InstanceSpec: {
             allowed_ssh_cidrs?: string[];
@@ -346,6 +404,7 @@ export interface components {
                 [key: string]: string;
             };
             name: string;
+            operation: components["schemas"]["OperationSummary"] | null;
             operation_id: string | null;
             outputs: {
                 [key: string]: unknown;
@@ -354,10 +413,19 @@ export interface components {
             public_ip: string | null;
             region: string;
             spec: components["schemas"]["InstanceSpec"];
+            stack_command: string;
+            stack_name: string;
             /** @enum {string} */
             status: "pending" | "provisioning" | "configuring" | "running" | "updating" | "failed" | "deleting" | "deleted";
             status_reason: string | null;
             updated_at: string | null;
+        };
+        /** MeView */
+        MeView: {
+            expires_at: string | null;
+            /** @enum {string} */
+            role: "user" | "admin";
+            user: string;
         };
         /** MetricsView */
         MetricsView: {
@@ -372,6 +440,19 @@ export interface components {
             bucket: string;
             /** @description absolute mount point: ASCII letters, digits and . _ + @ - between slashes */
             path: string;
+        };
+        /** OperationList */
+        OperationList: {
+            items: components["schemas"]["OperationView"][];
+        };
+        /** OperationSummary */
+        OperationSummary: {
+            id: string;
+            /** @enum {string} */
+            kind: "create" | "update" | "delete" | "snapshot_create" | "snapshot_delete";
+            /** @enum {string} */
+            status: "queued" | "running" | "succeeded" | "failed";
+            step: string | null;
         };
         /** OperationView */
         OperationView: {
@@ -417,6 +498,18 @@ export interface components {
             /** @enum {string} */
             status: "ok" | "degraded";
             version: string;
+        };
+        /** SignedIn */
+        SignedIn: {
+            expires_at: string;
+            /** @enum {string} */
+            role: "user" | "admin";
+            token: string;
+            user: string;
+        };
+        /** SigninRequest */
+        SigninRequest: {
+            code: string;
         };
         /** SnapshotOperation */
         SnapshotOperation: {
@@ -609,6 +702,57 @@ export interface operations {
             };
         };
     };
+    ApiV1AuthSigninSignin: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["SigninRequest"];
+            };
+        };
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SignedIn"];
+                };
+            };
+            /** @description Malformed request: a query parameter out of range, a body that is not a JSON object */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The sign-in code is unknown, used or expired */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body is larger than the endpoint accepts (1048576 bytes on the user API) */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     ApiV1FeaturesFeatures: {
         parameters: {
             query?: never;
@@ -692,6 +836,8 @@ export interface operations {
             query?: {
                 /** @description admins: the owner whose instances and snapshots are addressed */
                 owner?: string | null;
+                /** @description true: validate and preview only (200), create nothing */
+                dry_run?: boolean;
             };
             header?: never;
             path?: never;
@@ -703,6 +849,15 @@ export interface operations {
             };
         };
         responses: {
+            /** @description dry_run=true: the instance as it would be created and the preview of its stack; nothing was created */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InstancePreview"];
+                };
+            };
             /** @description Request accepted, processing continues off-line */
             202: {
                 headers: {
@@ -750,6 +905,15 @@ export interface operations {
             };
             /** @description The document is invalid; detail and extra.field name the field */
             422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The Pulumi engine failed; detail has its message */
+            502: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -1048,6 +1212,68 @@ export interface operations {
             };
         };
     };
+    ApiV1InstancesNameOperationsOperations: {
+        parameters: {
+            query?: {
+                limit?: number;
+                /** @description admins: the owner whose instances and snapshots are addressed */
+                owner?: string | null;
+            };
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["OperationList"];
+                };
+            };
+            /** @description Malformed request: a query parameter out of range, a body that is not a JSON object */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, malformed, expired or wrong-audience bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such resource for this user */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The document is invalid; detail and extra.field name the field */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     ApiV1InstancesNamePreviewPreview: {
         parameters: {
             query?: {
@@ -1293,6 +1519,44 @@ export interface operations {
             };
             /** @description The Pulumi engine failed; detail has its message */
             502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    ApiV1MeMe: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["MeView"];
+                };
+            };
+            /** @description Malformed request: a query parameter out of range, a body that is not a JSON object */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, malformed, expired or wrong-audience bearer token */
+            401: {
                 headers: {
                     [name: string]: unknown;
                 };
