@@ -1,4 +1,4 @@
-import { useEffect, useRef, useState, type FormEvent } from "react";
+import { useEffect, useState, type FormEvent } from "react";
 import { API, messageOf } from "../api/client";
 import type { Me } from "../api/types";
 import { signIn } from "../auth";
@@ -40,20 +40,24 @@ export function SignIn({ message }: { message: string | null }) {
   const [pasted, setPasted] = useState("");
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(() => /(?:^#|&)code=/.test(window.location.hash));
-  const codeTaken = useRef(false);
 
+  // On load, and when the link is opened in a tab already showing this page (only the fragment changes).
   useEffect(() => {
-    if (codeTaken.current) return;
-    codeTaken.current = true;
-    const code = takeCodeFromFragment();
-    if (!code) return;
-    post<SignInAnswer>("/auth/signin", { code })
-      .then((answer) => {
-        signIn(answer.token, answer.user);
-        navigate("/", null, true);
-      })
-      .catch((e) => setError(messageOf(e)))
-      .finally(() => setBusy(false));
+    const signInWithCode = () => {
+      const code = takeCodeFromFragment();
+      if (!code) return;
+      setBusy(true);
+      post<SignInAnswer>("/auth/signin", { code })
+        .then((answer) => {
+          signIn(answer.token, answer.user);
+          navigate("/", null, true);
+        })
+        .catch((e) => setError(messageOf(e)))
+        .finally(() => setBusy(false));
+    };
+    signInWithCode();
+    window.addEventListener("hashchange", signInWithCode);
+    return () => window.removeEventListener("hashchange", signInWithCode);
   }, []);
 
   const submit = async (event: FormEvent) => {
