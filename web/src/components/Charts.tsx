@@ -7,17 +7,19 @@ export interface Point {
 function path(points: Point[], width: number, height: number, from: number, to: number, max: number): string {
   const span = Math.max(1, to - from);
   let d = "";
-  let pen = false;
+  let run = 0; // points in the current unbroken run
   for (const point of points) {
     if (point.v === null) {
-      pen = false;
+      if (run === 1) d += "h0.1"; // a lone sample: a dot (round line caps)
+      run = 0;
       continue;
     }
-    const x = ((point.t - from) / span) * width;
+    const x = Math.min(width - 1.5, Math.max(1.5, ((point.t - from) / span) * width));
     const y = height - (Math.min(point.v, max) / max) * height;
-    d += `${pen ? "L" : "M"}${x.toFixed(1)},${y.toFixed(1)}`;
-    pen = true;
+    d += `${run ? "L" : "M"}${x.toFixed(1)},${y.toFixed(1)}`;
+    run += 1;
   }
+  if (run === 1) d += "h0.1";
   return d;
 }
 
@@ -43,13 +45,14 @@ export interface Series {
 export function LineChart({ title, series, from, to }: { title: string; series: Series[]; from: number; to: number }) {
   const width = 480;
   const height = 120;
+  const padTop = 8;
   const padLeft = 34;
   const plotWidth = width - padLeft;
   const empty = series.every((s) => s.points.every((p) => p.v === null));
   return (
     <figure className="chart">
       <figcaption>{title}</figcaption>
-      <svg width="100%" viewBox={`0 0 ${width} ${height + 16}`} role="img" aria-label={`${title} chart`}>
+      <svg width="100%" viewBox={`0 ${-padTop} ${width} ${height + padTop + 8}`} role="img" aria-label={`${title} chart`}>
         <title>{`${title}: ${series.map((s) => s.name).join(", ")}`}</title>
         {[0, 50, 100].map((tick) => {
           const y = height - (tick / 100) * height + 0.5;
