@@ -34,9 +34,10 @@ XSS_LABEL = "<img src=x onerror=alert(1)>"
 
 
 def run(*argv: str, timeout: float = STEP_TIMEOUT_S, env: dict | None = None) -> str:
-    env = {**(env or os.environ), "FORCE_COLOR": "0", "CI": "1"}
+    env = {**(env or os.environ), "NO_COLOR": "1", "CI": "1"}
+    env.pop("FORCE_COLOR", None)
     result = subprocess.run(argv, cwd=WEB, capture_output=True, text=True, timeout=timeout, env=env)
-    output = result.stdout + result.stderr
+    output = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)  # colours some tools print anyway
     assert result.returncode == 0, f"{' '.join(argv)} failed:\n{output[-12000:]}"
     return output
 
