@@ -75,18 +75,45 @@ web_build_stale() {
         -newer web/dist/index.html -print -quit 2>/dev/null)" ]
 }
 
+# Vite 8 needs Node 20.19 or later; Debian bookworm's nodejs is 18. An older node gets this
+# one, the official build published on the npm registry, installed into .venv/node.
+NODE_MIN_VERSION=20.19.0
+NODE_PACKAGE_VERSION=20.20.2
+NODE_LOCAL_BIN=.venv/node/node_modules/node-linux-$([ "$(uname -m)" = aarch64 ] && echo arm64 || echo x64)/bin
+
+node_is_recent() {
+    local have
+    have=$(node --version 2>/dev/null) || return 1
+    have=${have#v}
+    [ "$(printf '%s\n%s\n' "$NODE_MIN_VERSION" "$have" | sort -V | head -n1)" = "$NODE_MIN_VERSION" ]
+}
+
+# ensure_node: node >= NODE_MIN_VERSION and npm on PATH (npm from the machine, or Debian's
+# when missing and this is root); returns 1 when there is no npm to be had.
+ensure_node() {
+    [ ! -x "$NODE_LOCAL_BIN/node" ] || export PATH="$PWD/$NODE_LOCAL_BIN:$PATH"
+    if ! command -v npm >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        apt_install nodejs npm || echo "warning: could not install nodejs and npm from Debian" >&2
+    fi
+    command -v npm >/dev/null || return 1
+    node_is_recent && return 0
+    local package="${NODE_LOCAL_BIN#.venv/node/node_modules/}"
+    package="${package%/bin}@$NODE_PACKAGE_VERSION"
+    echo "==> node $(node --version 2>/dev/null) is older than $NODE_MIN_VERSION: installing $package into .venv/node"
+    if ! npm install --prefix .venv/node --no-save --no-audit --no-fund "$package" >.venv/node-install.log 2>&1; then
+        tail -n 20 .venv/node-install.log >&2
+        return 1
+    fi
+    export PATH="$PWD/$NODE_LOCAL_BIN:$PATH"
+}
+
 # ensure_web: the web page built into web/dist (npm ci && npm run build in web/) when it is
 # missing or stale, with node and npm from the machine, or Debian's when missing. Without
 # them the service still starts and says in one line that the page is not built.
 ensure_web() {
     [ -f web/package.json ] || return 0
     web_build_stale || return 0
-    if ! command -v npm >/dev/null; then
-        if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-            apt_install nodejs npm || echo "warning: could not install nodejs and npm from Debian" >&2
-        fi
-    fi
-    if ! command -v npm >/dev/null; then
+    if ! ensure_node; then
         echo "warning: node and npm not found: the API is served, the web page is not built" >&2
         return 0
     fi

@@ -380,7 +380,7 @@ def test_serve_builds_the_page_when_missing_or_stale_and_starts_without_node(tmp
     (root / "web" / "package-lock.json").write_text("{}")
     (root / "web" / "src" / "main.tsx").write_text("export {}")
     # Node and npm (fakes): `npm ci` records itself, `npm run build` writes dist/index.html.
-    _fake_tool(fake_bin, "node", "echo v20.0.0")
+    _fake_tool(fake_bin, "node", "echo v20.20.2")
     _fake_tool(fake_bin, "npm", 'echo "$*" >> ../npm.calls; [ "$1" = run ] && mkdir -p dist && echo built > dist/index.html; true')
     _fake_tool(fake_bin, "apt-get", "exit 1")
 
