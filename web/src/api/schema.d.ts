@@ -51,6 +51,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/catalog": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Regions, zones, machine types and images of the enabled clouds */
+        get: operations["ApiV1CatalogCatalog"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/features": {
         parameters: {
             query?: never;
@@ -280,6 +297,31 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** CatalogCloud */
+        CatalogCloud: {
+            images: string[];
+            machine_types: components["schemas"]["CatalogMachineType"][];
+            /** @enum {string} */
+            name: "aws" | "gcp" | "azure" | "docker";
+            regions: components["schemas"]["CatalogRegion"][];
+        };
+        /** CatalogMachineType */
+        CatalogMachineType: {
+            gpu_type: string | null;
+            gpus: number;
+            memory_gb: number;
+            name: string;
+            vcpus: number;
+        };
+        /** CatalogRegion */
+        CatalogRegion: {
+            name: string;
+            zones: string[];
+        };
+        /** CatalogView */
+        CatalogView: {
+            clouds: components["schemas"]["CatalogCloud"][];
+        };
         /** ErrorBody */
         ErrorBody: {
             detail: string;
@@ -295,6 +337,8 @@ export interface components {
             dispatch: "rabbitmq" | "in-process";
             preview: boolean;
             sidebar: boolean;
+            /** @default false */
+            simulated: boolean;
             snapshots: boolean;
         };
         /** FeaturesView */
@@ -375,6 +419,11 @@ export interface components {
         };
         /** InstanceSpec */
         InstanceSpec: {
+            /**
+             * @description accept a machine_type the catalogue does not list (a type newer than it); not for docker
+             * @default false
+             */
+            allow_unlisted_machine_type: boolean;
             allowed_ssh_cidrs?: string[];
             bootstrap_script?: string | null;
             /** @enum {string} */
@@ -412,6 +461,8 @@ export interface components {
             owner: string;
             public_ip: string | null;
             region: string;
+            /** @default false */
+            simulated: boolean;
             spec: components["schemas"]["InstanceSpec"];
             stack_command: string;
             stack_name: string;
@@ -495,6 +546,8 @@ export interface components {
             dispatch: "rabbitmq" | "in-process";
             ingest: components["schemas"]["IngestHealth"];
             mongodb: boolean;
+            /** @default false */
+            simulated: boolean;
             /** @enum {string} */
             status: "ok" | "degraded";
             version: string;
@@ -533,6 +586,7 @@ export interface components {
             /** @enum {string} */
             cloud: "aws" | "gcp" | "azure" | "docker";
             created_at: string | null;
+            disk_gb: number | null;
             error: string | null;
             image_id: string | null;
             instance: string;
@@ -744,6 +798,44 @@ export interface operations {
             };
             /** @description The request body is larger than the endpoint accepts (1048576 bytes on the user API) */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    ApiV1CatalogCatalog: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request fulfilled, document follows */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CatalogView"];
+                };
+            };
+            /** @description Malformed request: a query parameter out of range, a body that is not a JSON object */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, malformed, expired or wrong-audience bearer token */
+            401: {
                 headers: {
                     [name: string]: unknown;
                 };
