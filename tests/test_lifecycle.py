@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -142,3 +143,83 @@ def test_ssh_config_refuses_values_that_could_inject_directives(field, value):
         ssh.config_text([{**bad_user, "public_ip": "203.0.113.7", "owner": "alice"}], qualified=False, identity=None)
     with pytest.raises(ssh.UnsafeValue):
         ssh.identity_path('/keys/"x"\nHost *')
+
+
+# ---------------------------------------------------------------- stop and start
+
+
+def _post_power(client, name: str, verb: str, expected: int = 202) -> dict:
+    response = client.post(f"/api/v1/instances/{name}/{verb}")
+    assert response.status_code == expected, response.text
+    return response.json()
+
+
+def test_stop_and_start_through_the_api_follow_the_new_address(service):
+    first = _create(service, "power-user", "power-aws", cloud="aws")
+    with service.client("power-user") as client:
+        stopping = _post_power(client, "power-aws", "stop")
+        assert (stopping["operation"]["kind"], stopping["instance"]["spec"]["state"]) == ("stop", "stopped")
+        # One operation at a time on an instance.
+        busy = _post_power(client, "power-aws", "start", expected=409)
+        assert "has a stop operation" in busy["detail"]
+        assert wait_operation(client, stopping["operation"]["id"])["status"] == "succeeded"
+        stopped = client.get("/api/v1/instances/power-aws").json()
+        assert (stopped["status"], stopped["public_ip"], stopped["outputs"].get("public_ip")) == ("stopped", None, None)
+        assert stopped["health"]["state"] == "stopped", "a stopped instance is not unreachable"
+        assert "is stopped; only a running or failed instance can stop" in _post_power(
+            client, "power-aws", "stop", expected=409
+        )["detail"]
+
+        started = _post_power(client, "power-aws", "start")
+        op = wait_operation(client, started["operation"]["id"])
+        assert (op["status"], [step["name"] for step in op["steps"]]) == (
+            "succeeded",
+            ["pulumi up (state: running)", "pulumi up --refresh (the new address)"],
+        ), op
+        running = client.get("/api/v1/instances/power-aws").json()
+        assert running["status"] == "running" and running["spec"]["state"] == "running"
+        assert running["public_ip"] not in (None, first["public_ip"]), "a start gets a new public IP"
+        assert running["outputs"]["instance_id"] == first["outputs"]["instance_id"], "the same machine"
+        listed = {item["name"]: item for item in client.get("/api/v1/instances").json()["items"]}
+        assert listed["power-aws"]["public_ip"] == running["public_ip"]
+
+        # An instance is created running.
+        created_stopped = client.post("/api/v1/instances", json=instance_doc("born-stopped", state="stopped"))
+        assert created_stopped.status_code == 422 and created_stopped.json()["extra"]["field"] == "spec.state"
+        assert client.delete("/api/v1/instances/power-aws").status_code == 202
+
+
+def test_state_in_a_spec_file_and_orch_stop_start(service, tmp_path, capsys):
+    spec = tmp_path / "gcp.yaml"
+    document = instance_doc("power-gcp", cloud="gcp")
+    spec.write_text(json.dumps(document))
+    assert _cli(service, "apply", "-f", str(spec), "--wait", user="file-user") == 0
+    with service.client("file-user") as client:
+        first_ip = client.get("/api/v1/instances/power-gcp").json()["public_ip"]
+        document["spec"]["state"] = "stopped"
+        spec.write_text(json.dumps(document))
+        assert _cli(service, "apply", "-f", str(spec), "--wait", user="file-user") == 0
+        assert "power-gcp: stop succeeded" in capsys.readouterr().out
+        stopped = client.get("/api/v1/instances/power-gcp").json()
+        assert (stopped["status"], stopped["public_ip"]) == ("stopped", None)
+        assert _cli(service, "diff", "-f", str(spec), user="file-user") == 0, "apply converged"
+
+        # A state change with another change is refused as a whole, naming the field.
+        document["spec"]["state"], document["spec"]["disk_gb"] = "running", 40
+        spec.write_text(json.dumps(document))
+        assert _cli(service, "apply", "-f", str(spec), user="file-user") == ExitCode.REFUSED
+        assert "spec.state: change the state (stopped -> running) on its own" in capsys.readouterr().err
+
+        assert _cli(service, "start", "power-gcp", "--wait", user="file-user") == 0
+        assert "instance/power-gcp: start succeeded" in capsys.readouterr().out
+        running = client.get("/api/v1/instances/power-gcp").json()
+        assert running["status"] == "running" and running["public_ip"] not in (None, first_ip)
+        assert _cli(service, "stop", "power-gcp", user="file-user") == 0
+        assert re.search(r"^instance/power-gcp stopping \(operation \w+\)$", capsys.readouterr().out, re.M)
+        assert _cli(service, "delete", "instance", "power-gcp", "--wait", user="file-user") == 0
+
+    azure = _create(service, "file-user", "power-azure", cloud="azure")
+    with service.client("file-user") as client:
+        refused = _post_power(client, azure["name"], "stop", expected=422)
+        assert "stop is not available on azure" in refused["detail"] and refused["extra"]["field"] == "spec.state"
+        assert client.delete("/api/v1/instances/power-azure").status_code == 202

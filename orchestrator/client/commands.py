@@ -23,7 +23,7 @@ from stacks.spec import json_schema
 POLL_INTERVAL_S = 0.5
 FINISHED = ("succeeded", "failed")
 # Instance states from which no operation will move it on by itself.
-SETTLED_INSTANCE = ("running", "failed", "deleted")
+SETTLED_INSTANCE = ("running", "failed", "deleted", "stopped")
 OUTPUT_FORMATS = ("table", "json", "yaml")
 DURATION = re.compile(r"^(\d+)([smhd])$")
 DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -530,6 +530,34 @@ def metrics_command(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+# ---------------------------------------------------------------- stop, start
+
+
+def _power_command(args: argparse.Namespace, verb: str) -> int:
+    with _api(args) as api:
+        operations = Operations(api, show=args.wait)
+        for name in args.names:
+            result = api.post(f"/instances/{name}/{verb}", None)
+            _started(f"instance/{name}", "stopping" if verb == "stop" else "starting", result["operation"])
+            operations.add(f"instance/{name}", result["operation"]["id"])
+        if args.wait:
+            succeeded = operations.finish_all()
+            _refresh_ssh_config(api)
+            if not succeeded:
+                return ExitCode.FAILED
+    return ExitCode.OK
+
+
+@_handles_errors
+def stop_command(args: argparse.Namespace) -> int:
+    return _power_command(args, "stop")
+
+
+@_handles_errors
+def start_command(args: argparse.Namespace) -> int:
+    return _power_command(args, "start")
+
+
 # ---------------------------------------------------------------- ssh, ssh-config
 
 
@@ -710,6 +738,16 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
     metrics.add_argument("name", metavar="NAME")
     metrics.add_argument("--since", metavar="DURATION", help="only samples newer than this: 30s, 15m, 2h, 7d")
     metrics.add_argument("--limit", type=int, default=1000, help="at most this many samples, the newest (default 1000)")
+
+    for verb, handler, description in (
+        ("stop", stop_command, "Stop instances: the machine is powered off (it costs only its disk); the stack,\n"
+         "the disk and the record stay. The public IP is given back. Same as `state: stopped` in the spec."),
+        ("start", start_command, "Start stopped instances. The public IP may be a new one: the record, the list\n"
+         "and `orch ssh` follow it. Same as `state: running` in the spec."),
+    ):
+        power = command(verb, handler, f"{verb} instances", description, [connection])
+        power.add_argument("names", nargs="+", metavar="NAME")
+        power.add_argument("--wait", action="store_true", help="follow the operations to their end; exit 1 if one fails")
 
     identity = argparse.ArgumentParser(add_help=False)
     identity.add_argument(
