@@ -123,7 +123,7 @@ def test_ssh_config_is_written_and_kept_current_by_get_apply_and_delete(service,
     other = tmp_path / "admin_config"
     assert _cli(service, "ssh-config", "--output", str(other), token=service.admin_token) == 0
     assert "Host cfg-user.cfg-b\n" in other.read_text()
-    assert _cli(service, "delete", "instance", "cfg-b", "--wait", user="cfg-user") == 0
+    assert _cli(service, "delete", "instance", "cfg-b", user="cfg-user") == 0
 
 
 @pytest.mark.parametrize(
