@@ -10,6 +10,7 @@ import sys
 from orchestrator import __version__, server
 from orchestrator.client.commands import add_client_commands
 from orchestrator.client.completion import SCRIPTS
+from orchestrator.client.ssh import split_remote_command
 
 
 TTL_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
@@ -72,7 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv, remote_command = split_remote_command(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
+    if remote_command is not None:
+        args.remote_command = remote_command
     return int(args.handler(args) or 0)
 
 

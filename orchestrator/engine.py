@@ -270,12 +270,14 @@ class StackEngine:
         admin_public_key: str,
         base_image_id: str | None,
         on_output: LogFn,
+        refresh: bool = False,
     ) -> dict:
+        """`refresh`: re-read every resource first (what changed in the cloud, e.g. an address after a start)."""
         program = instance_program(instance, admin_public_key=admin_public_key, base_image_id=base_image_id)
         stack = self._stack(stack_name, program)
         config = self._instance_config(instance, admin_public_key, base_image_id)
         self._retrying(lambda: stack.set_all_config(config))
-        result = self._retrying(lambda: stack.up(on_output=on_output, color="never"), on_output)
+        result = self._retrying(lambda: stack.up(on_output=on_output, color="never", refresh=refresh), on_output)
         return {key: value.value for key, value in result.outputs.items()}
 
     @contextmanager

@@ -22,9 +22,13 @@ INSTANCE_TRANSITIONS: dict[str, set[str]] = {
     "pending": {"provisioning", "failed", "deleting"},
     "provisioning": {"configuring", "running", "failed", "pending"},
     "configuring": {"running", "failed", "provisioning"},
-    "running": {"updating", "deleting", "running"},
+    "running": {"updating", "deleting", "running", "stopping"},
     "updating": {"running", "failed", "updating"},
-    "failed": {"updating", "deleting", "pending"},
+    "failed": {"updating", "deleting", "pending", "stopping", "starting"},
+    # Stop and start (orchestrator/operations/power.py): the stack stays, the machine is powered off.
+    "stopping": {"stopped", "failed", "stopping"},
+    "stopped": {"starting", "deleting", "stopped"},
+    "starting": {"running", "failed", "starting"},
     "deleting": {"deleted", "failed", "deleting"},
     # Final: creating the name again makes a new document.
     "deleted": set(),
@@ -188,7 +192,7 @@ class Step(me.EmbeddedDocument):
     finished_at = me.DateTimeField()
 
 
-OPERATION_KINDS = ("create", "update", "delete", "snapshot_create", "snapshot_delete")
+OPERATION_KINDS = ("create", "update", "delete", "snapshot_create", "snapshot_delete", "stop", "start")
 
 
 class Operation(me.Document):

@@ -32,6 +32,8 @@ MAX_PAGE = 500
 # GET /instances/{name}/operations: the default and the largest page.
 OPERATIONS_PAGE = 20
 MAX_OPERATIONS_PAGE = 100
+# Clouds whose Pulumi program expresses an instance's power state (docs/lifecycle.md).
+POWER_STATE_CLOUDS = ("aws", "gcp", "docker")
 # A preview renews the instance's lock this many times per lease while it runs.
 PREVIEW_LOCK_RENEWALS_PER_LEASE = 3
 # Deepest page a list may start at: MongoDB's skip takes 32-bit counts, and no real
@@ -222,6 +224,11 @@ class Orchestrator:
     ) -> tuple[Instance, Operation]:
         parsed = self._parse(document)
         owner = self._namespace(principal, owner, "instance", parsed.name)
+        if parsed.spec.state != "running":
+            raise Invalid(
+                "spec.state: an instance is created running; stop it once it is (orch stop NAME, or apply again)",
+                field="spec.state",
+            )
         self._check_base_snapshot(owner, parsed)
         canonical = parsed.to_dict()
         self._disk_from_snapshot(owner, parsed, document, canonical)
@@ -263,6 +270,18 @@ class Orchestrator:
             raise Invalid("spec.cloud: cannot move an instance to another cloud", field="spec.cloud")
         if canonical["spec"] == instance.spec and (canonical.get("labels") or {}) == (instance.labels or {}):
             return instance, None
+        wanted_state = canonical["spec"]["state"]
+        if wanted_state != instance.spec.get("state", "running"):
+            # A power change is a stop or start of its own: the machine cannot be changed while it is off.
+            if {**canonical["spec"], "state": None} != {**instance.spec, "state": None} or (
+                canonical.get("labels") or {}
+            ) != (instance.labels or {}):
+                raise Invalid(
+                    f"spec.state: change the state ({instance.spec.get('state', 'running')} -> {wanted_state}) "
+                    "on its own, then the other fields (or the other way round)",
+                    field="spec.state",
+                )
+            return self.set_power_state(principal, name, wanted_state, owner)
         if instance.status not in ("running", "failed", "updating"):
             raise Conflict(f"instance {name!r} is {instance.status}; it can be updated once it is running or failed")
         self._check_base_snapshot(instance.owner, parsed)
@@ -278,6 +297,36 @@ class Orchestrator:
             instance,
             instance.lock_key,
             {"previous_spec": previous, "generation": instance.generation},
+        )
+        instance.operation_id = str(op.id)
+        instance.save()
+        self._send(op)
+        return instance, op
+
+    def set_power_state(
+        self, principal: Principal, name: str, state: str, owner: str | None = None
+    ) -> tuple[Instance, Operation]:
+        """Stop (state "stopped") or start ("running") an instance: an operation of its own, after no other."""
+        instance = self._instance(principal, name, owner)
+        kind = "stop" if state == "stopped" else "start"
+        if instance.cloud not in POWER_STATE_CLOUDS:
+            raise Invalid(
+                f"spec.state: {kind} is not available on {instance.cloud} (docs/lifecycle.md; clouds with it: "
+                f"{', '.join(POWER_STATE_CLOUDS)})",
+                field="spec.state",
+            )
+        busy = Operation.objects(lock_key=instance.lock_key, status__in=("queued", "running")).first()
+        if busy is not None:
+            raise Conflict(f"instance {name!r} has a {busy.kind} operation {busy.status} ({busy.id}); {kind} it after")
+        allowed = ("running", "failed") if kind == "stop" else ("stopped", "failed")
+        if instance.status not in allowed:
+            raise Conflict(f"instance {name!r} is {instance.status}; only a {' or '.join(allowed)} instance can {kind}")
+        previous = instance.spec
+        instance.spec = {**instance.spec, "state": state}
+        instance.generation += 1
+        instance.updated_at = utcnow()
+        op = self._record(
+            principal, kind, instance, instance.lock_key, {"previous_spec": previous, "generation": instance.generation}
         )
         instance.operation_id = str(op.id)
         instance.save()

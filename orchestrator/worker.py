@@ -10,6 +10,7 @@ resumed by the recovery sweep.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import socket
@@ -27,6 +28,7 @@ from orchestrator import locks
 from orchestrator.auth import mint_agent_token, token_hash
 from orchestrator.engine import EngineError, StackEngine
 from orchestrator.models import IllegalTransition, Instance, Operation, Snapshot, Step, claim_key, utcnow
+from orchestrator.operations import OPERATION_UNITS
 from orchestrator.settings import Settings
 from orchestrator.sshkeys import generate_keypair
 from stacks.spec import parse_instance, parse_snapshot
@@ -145,7 +147,11 @@ class Worker:
 
     def _execute(self, op: Operation) -> None:
         log_line = OperationLog(op.id)
-        handler: Callable[[Operation, OperationLog], None] = getattr(self, f"_op_{op.kind}")
+        # Kinds in orchestrator/operations are units of their own; the first ones are methods here.
+        unit = OPERATION_UNITS.get(op.kind)
+        handler: Callable[[Operation, OperationLog], None] = (
+            functools.partial(unit, self) if unit else getattr(self, f"_op_{op.kind}")
+        )
         if op.attempts > 1:
             log_line(f"resuming after a lost worker (attempt {op.attempts} of {MAX_ATTEMPTS})")
         try:
@@ -208,7 +214,7 @@ class Worker:
                 instance.outputs = {}
             instance.move_to("failed", reason + (f"; rollback failed: {rollback_error}" if rollback_error else ""))
             instance.save()
-        elif op.kind in ("update", "delete"):
+        elif op.kind in ("update", "delete", "stop", "start"):
             instance = Instance.objects.get(id=op.target_id)
             instance.move_to("failed", reason)
             instance.save()

@@ -9,7 +9,7 @@ from stacks import common
 from stacks.catalog import AWS, aws_architecture
 from stacks.spec import InstanceDoc, SnapshotDoc
 
-SDK_MODULES = ("pulumi_aws.ec2",)
+SDK_MODULES = ("pulumi_aws.ec2", "pulumi_aws.ec2transitgateway")
 
 ROOT_VOLUME_TYPE = "gp3"
 
@@ -86,11 +86,15 @@ def instance_program(instance: InstanceDoc, *, admin_public_key: str, base_image
         # that must not replace a running instance on its next update.
         opts=opts.merge(pulumi.ResourceOptions(ignore_changes=["ami"])),
     )
+    # The power state (docs/lifecycle.md): the provider's aws_ec2_instance_state, which the Pulumi SDK
+    # files under ec2transitgateway. A stop keeps the EBS root volume; a start gets a new public IP,
+    # which the start operation reads with a second `up --refresh`.
+    aws.ec2transitgateway.InstanceState(instance.name, instance_id=ec2.id, state=spec.state, opts=opts)
     common.export_instance(
         cloud="aws",
         instance=instance,
         instance_id=ec2.id,
-        public_ip=ec2.public_ip,
+        public_ip=None if spec.state == "stopped" else ec2.public_ip,
         private_ip=ec2.private_ip,
         ssh_user=ssh_user,
         image_id=ec2.ami,

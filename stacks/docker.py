@@ -123,18 +123,22 @@ def instance_program(instance: InstanceDoc, *, admin_public_key: str, base_image
         ],
         ports=[{"internal": 22}],  # the engine picks a free host port
         restart="unless-stopped",
+        # The power state (docs/lifecycle.md): a stopped container keeps its writable layer (its disk).
+        must_run=spec.state == "running",
+        start=spec.state == "running",
         labels=_labels(common.instance_tags(instance)),
     )
     common.export_instance(
         cloud="docker",
         instance=instance,
         instance_id=container.id,
-        public_ip=docker_host_address(),
+        public_ip=None if spec.state == "stopped" else docker_host_address(),
         private_ip=container.network_datas.apply(lambda networks: networks[0].ip_address if networks else None),
         ssh_user=ssh_user,
         image_id=container.image,
         zone=spec.zone or "local",
-        ssh_port=container.ports.apply(lambda ports: next(p.external for p in ports if p.internal == 22)),
+        # A stopped container publishes no port; a start publishes 22 on a new host port.
+        ssh_port=container.ports.apply(lambda ports: next((p.external for p in ports or [] if p.internal == 22), None)),
         # The container's writable layer is its root disk: a snapshot commits it.
         root_disk_id=container.id,
     )

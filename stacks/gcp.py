@@ -106,6 +106,8 @@ def instance_program(instance: InstanceDoc, *, admin_public_key: str, base_image
         tags=[network_tag],
         labels=labels,
         allow_stopping_for_update=True,
+        # The power state (docs/lifecycle.md): TERMINATED is GCP's stopped, which keeps the disk.
+        desired_status="TERMINATED" if spec.state == "stopped" else "RUNNING",
         **gpu_settings,
         opts=opts,
     )
@@ -114,7 +116,8 @@ def instance_program(instance: InstanceDoc, *, admin_public_key: str, base_image
         cloud="gcp",
         instance=instance,
         instance_id=vm.id,
-        public_ip=interface.access_configs[0].nat_ip,
+        # A stopped instance gives its ephemeral address back; a start gets a new one.
+        public_ip=None if spec.state == "stopped" else interface.access_configs[0].nat_ip,
         private_ip=interface.network_ip,
         ssh_user=ssh_user,
         image_id=boot_disk.image,

@@ -148,6 +148,10 @@ class InstanceSpec(_Model, kw_only=True):
     mounts: Annotated[list[Mount], Meta(max_length=MAX_MOUNTS)] = []
     bootstrap_script: Annotated[str, Meta(max_length=MAX_BOOTSTRAP_SCRIPT_LENGTH)] | None = None
     configure: bool = True
+    state: Annotated[
+        Literal["running", "stopped"],
+        Meta(description="the power state apply converges to: stopped keeps the disk and stack, not the machine"),
+    ] = "running"
 
 
 class InstanceDoc(_Model, kw_only=True):

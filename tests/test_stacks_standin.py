@@ -17,7 +17,12 @@ ADMIN_KEY = public_key("ed25519", "orch-admin")
 CONTRACT = {"instance_id", "public_ip", "private_ip", "ssh_user", "image_id", "region", "zone", "cloud"}
 
 INSTANCE_TYPES = {
-    "aws": {"aws:ec2/keyPair:KeyPair", "aws:ec2/securityGroup:SecurityGroup", "aws:ec2/instance:Instance"},
+    "aws": {
+        "aws:ec2/keyPair:KeyPair",
+        "aws:ec2/securityGroup:SecurityGroup",
+        "aws:ec2/instance:Instance",
+        "aws:ec2transitgateway/instanceState:InstanceState",  # the power state (docs/lifecycle.md)
+    },
     "gcp": {"gcp:compute/firewall:Firewall", "gcp:compute/disk:Disk", "gcp:compute/instance:Instance"},
     "azure": {
         "azure-native:resources:ResourceGroup",

@@ -320,6 +320,22 @@ class InstanceController(Controller):
         samples = orch.metrics(principal, name, _time("since", since), _time("until", until), limit, owner)
         return MetricsView(instance=name, samples=samples)
 
+    @post("/{name:str}/stop", status_code=202, sync_to_thread=True, summary="Stop (power off; the disk and stack stay)",
+          responses=_errors(404, 409, 422))
+    def stop(
+        self, request: Request, name: str, principal: Principal, orch: Orchestrator, owner: str | None = OWNER
+    ) -> InstanceOperation:
+        instance, op = orch.set_power_state(principal, name, "stopped", owner)
+        return InstanceOperation(instance=_instance_json(request, instance, op), operation=operation_json(op))
+
+    @post("/{name:str}/start", status_code=202, sync_to_thread=True, summary="Start a stopped instance",
+          responses=_errors(404, 409, 422))
+    def start(
+        self, request: Request, name: str, principal: Principal, orch: Orchestrator, owner: str | None = OWNER
+    ) -> InstanceOperation:
+        instance, op = orch.set_power_state(principal, name, "running", owner)
+        return InstanceOperation(instance=_instance_json(request, instance, op), operation=operation_json(op))
+
     @post("/{name:str}/snapshots", status_code=202, sync_to_thread=True, summary="Take a snapshot",
           responses=_errors(404, 409, 413, 422))
     def snapshot(

@@ -87,8 +87,20 @@ class SnapshotRequest(_Shape):
 # ---------------------------------------------------------------- responses
 
 
+# A powered-off instance sends no reports by design: its silence is not "unreachable".
+POWERED_OFF = ("stopping", "stopped", "starting")
+
+
+def _health_state(status: str, last_at, report_interval_s: int) -> str:
+    if status == "deleted":
+        return "unknown"
+    if status in POWERED_OFF:
+        return "stopped"
+    return health_state(last_at, report_interval_s)
+
+
 class HealthView(_Shape):
-    state: Literal["unknown", "healthy", "unreachable"]
+    state: Literal["unknown", "healthy", "unreachable", "stopped"]
     last_report_at: str | None
     last_report: dict[str, Any]
 
@@ -390,7 +402,7 @@ def instance_json(
         public_ip=instance.public_ip,
         outputs=dict(instance.outputs or {}),
         health=HealthView(
-            state=health_state(last_at, report_interval_s) if instance.status != "deleted" else "unknown",
+            state=_health_state(instance.status, last_at, report_interval_s),
             last_report_at=_iso(last_at),
             last_report=last_report,
         ),

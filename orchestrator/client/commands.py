@@ -10,9 +10,10 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from orchestrator.client import render, specfiles
+from orchestrator.client import render, specfiles, ssh
 from orchestrator.client.api import PREVIEW_TIMEOUT_S, ApiClient
 from orchestrator.client.config import resolve
 from orchestrator.client.errors import ClientError, ExitCode
@@ -22,7 +23,7 @@ from stacks.spec import json_schema
 POLL_INTERVAL_S = 0.5
 FINISHED = ("succeeded", "failed")
 # Instance states from which no operation will move it on by itself.
-SETTLED_INSTANCE = ("running", "failed", "deleted")
+SETTLED_INSTANCE = ("running", "failed", "deleted", "stopped")
 OUTPUT_FORMATS = ("table", "json", "yaml")
 DURATION = re.compile(r"^(\d+)([smhd])$")
 DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -305,8 +306,11 @@ def apply_command(args: argparse.Namespace) -> int:
         applier = Applier(api, operations)
         for item in parsed:
             applier.apply(item)
-        if args.wait and not operations.finish_all():
-            return ExitCode.FAILED
+        if args.wait:
+            succeeded = operations.finish_all()
+            _refresh_ssh_config(api)
+            if not succeeded:
+                return ExitCode.FAILED
     return ExitCode.OK
 
 
@@ -426,6 +430,7 @@ def delete_command(args: argparse.Namespace) -> int:
                     _out(f"{ref} deleted")
                 else:
                     failed = True
+            _refresh_ssh_config(api)
     for ref in deleter.missing:
         _note(f"{'' if args.ignore_not_found else 'error: '}{ref} not found")
     if failed:
@@ -461,6 +466,7 @@ def get_command(args: argparse.Namespace) -> int:
             items = api.get_all(
                 collection, cloud=args.cloud, status=args.status, label=args.label, include_deleted=include_deleted
             )
+            _refresh_ssh_config(api)
         else:
             items = api.get_all(collection, instance=args.instance, include_deleted=include_deleted)
     _print_as(items, args.output, lambda: table(items, _now()))
@@ -521,6 +527,60 @@ def metrics_command(args: argparse.Namespace) -> int:
         body = api.get(f"/instances/{args.name}/metrics", since=since, limit=args.limit)
     samples = body["samples"]
     _print_as(samples, args.output, lambda: render.metrics_table(samples))
+    return ExitCode.OK
+
+
+# ---------------------------------------------------------------- stop, start
+
+
+def _power_command(args: argparse.Namespace, verb: str) -> int:
+    with _api(args) as api:
+        operations = Operations(api, show=args.wait)
+        for name in args.names:
+            result = api.post(f"/instances/{name}/{verb}", None)
+            _started(f"instance/{name}", "stopping" if verb == "stop" else "starting", result["operation"])
+            operations.add(f"instance/{name}", result["operation"]["id"])
+        if args.wait:
+            succeeded = operations.finish_all()
+            _refresh_ssh_config(api)
+            if not succeeded:
+                return ExitCode.FAILED
+    return ExitCode.OK
+
+
+@_handles_errors
+def stop_command(args: argparse.Namespace) -> int:
+    return _power_command(args, "stop")
+
+
+@_handles_errors
+def start_command(args: argparse.Namespace) -> int:
+    return _power_command(args, "start")
+
+
+# ---------------------------------------------------------------- ssh, ssh-config
+
+
+def _refresh_ssh_config(api: ApiClient) -> None:
+    note = ssh.refresh_if_present(api)
+    if note:
+        _note(note)
+
+
+@_handles_errors
+def ssh_command(args: argparse.Namespace) -> int:
+    with _api(args) as api:
+        return ssh.ssh_command(args, api)
+
+
+@_handles_errors
+def ssh_config_command(args: argparse.Namespace) -> int:
+    path = Path(args.output_path).expanduser() if args.output_path else ssh.default_config_path()
+    with _api(args) as api:
+        count = ssh.write_config(api, path, ssh.identity_path(args.identity))
+    _out(f"wrote {count} host entr{'y' if count == 1 else 'ies'} to {path}")
+    if not args.output_path:
+        _note(f"use it with `Include {path}` at the top of ~/.ssh/config; then `ssh orch-NAME`")
     return ExitCode.OK
 
 
@@ -678,6 +738,45 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
     metrics.add_argument("name", metavar="NAME")
     metrics.add_argument("--since", metavar="DURATION", help="only samples newer than this: 30s, 15m, 2h, 7d")
     metrics.add_argument("--limit", type=int, default=1000, help="at most this many samples, the newest (default 1000)")
+
+    for verb, handler, description in (
+        ("stop", stop_command, "Stop instances: the machine is powered off (it costs only its disk); the stack,\n"
+         "the disk and the record stay. The public IP is given back. Same as `state: stopped` in the spec."),
+        ("start", start_command, "Start stopped instances. The public IP may be a new one: the record, the list\n"
+         "and `orch ssh` follow it. Same as `state: running` in the spec."),
+    ):
+        power = command(verb, handler, f"{verb} instances", description, [connection])
+        power.add_argument("names", nargs="+", metavar="NAME")
+        power.add_argument("--wait", action="store_true", help="follow the operations to their end; exit 1 if one fails")
+
+    identity = argparse.ArgumentParser(add_help=False)
+    identity.add_argument(
+        "-i", "--identity", metavar="KEY", help=f"the private key file to log in with (else {ssh.IDENTITY_ENV})"
+    )
+    ssh_parser = command(
+        "ssh",
+        ssh_command,
+        "log in to an instance (runs the system ssh)",
+        "Run the system `ssh` with the instance's public IP and port, the user (--user, else the spec's first\n"
+        "ssh user, else the image's), -i KEY when given, and a known_hosts file of its own under ~/.orch.\n"
+        "Anything after `--` is the remote command: `orch ssh dev-1 -- nvidia-smi`.",
+        [connection, identity],
+    )
+    ssh_parser.add_argument("name", metavar="NAME")
+    ssh_parser.add_argument("--user", help="log in as this user")
+    ssh_parser.set_defaults(remote_command=[])
+
+    ssh_config = command(
+        "ssh-config",
+        ssh_config_command,
+        "write an ssh_config file with a Host entry per running instance",
+        "Write (atomically) an ssh_config file with `Host orch-NAME` (admins: `OWNER.NAME`) for every running\n"
+        "instance with a public IP. Default ~/.orch/ssh_config: put `Include ~/.orch/ssh_config` at the top of\n"
+        "~/.ssh/config. Once that file exists, `orch get instances`, `orch apply --wait` and `orch delete --wait`\n"
+        "keep it current.",
+        [connection, identity],
+    )
+    ssh_config.add_argument("--output", dest="output_path", metavar="PATH", help="the file to write")
 
     command(
         "schema",

@@ -443,7 +443,12 @@ class Deployment:
         if resource["type"].startswith(PROVIDER_TYPE_PREFIX):
             return resource_id or str(uuid.uuid4()), copy.deepcopy(inputs)
         resource_id, outputs = resource_types.simulate(
-            resource["type"], _name_of(resource["urn"]), resource["urn"], properties.plain(inputs), resource_id
+            resource["type"],
+            _name_of(resource["urn"]),
+            resource["urn"],
+            properties.plain(inputs),
+            resource_id,
+            live=not self.preview,
         )
         secret_keys = {key for key, value in inputs.items() if properties.contains_secret(value)}
         secret_keys.update(additional_secret_outputs)

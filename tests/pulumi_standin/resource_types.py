@@ -11,17 +11,24 @@ Environment:
   PULUMI_STANDIN_SSH_PORT   the host port simulated docker containers map port 22 to
   ORCH_SANDBOX_SOCKET       set by `orch serve --simulate`: instances are sandbox hosts, whose
                             addresses are their public IPs (sandboxes.py)
+
+Power state: the simulated cloud remembers which machines are stopped and how often each was started
+again (PULUMI_HOME/standin-cloud/power.json): a stopped machine has no public address, and each start
+gives a new one (a new host port for docker), as clouds hand out ephemeral addresses. A sandbox
+host keeps its address (and runs on) while its machine is stopped.
 """
 
 from __future__ import annotations
 
 import copy
+import fcntl
 import hashlib
 import json
 import os
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 AWS_ACCOUNT_ID = "123456789012"
 AZURE_SUBSCRIPTION_ID = "00000000-0000-0000-0000-000000000000"
@@ -37,6 +44,8 @@ class SimulatedResource:
     name: str
     urn: str
     inputs: dict
+    # False in a preview: the simulated cloud is only looked at, never changed.
+    live: bool = True
 
     def hex(self, length: int, salt: str = "") -> str:
         digest = hashlib.sha256(f"{self.urn}|{salt}".encode()).hexdigest()
@@ -50,7 +59,7 @@ class SimulatedResource:
     def uuid(self, salt: str = "") -> str:
         return str(uuid.UUID(self.hex(32, salt)))
 
-    def public_ip(self) -> str:
+    def public_ip(self, salt: str = "") -> str:
         if os.environ.get("PULUMI_STANDIN_PUBLIC_IP"):
             return os.environ["PULUMI_STANDIN_PUBLIC_IP"]
         from . import sandboxes  # (imports this module)
@@ -59,7 +68,7 @@ class SimulatedResource:
             address = sandboxes.address(self.type, self.urn)
             if address:
                 return address
-        return f"203.0.113.{1 + self.number(254, 'public-ip')}"
+        return f"203.0.113.{1 + self.number(254, 'public-ip' + salt)}"
 
     def private_ip(self) -> str:
         return f"10.0.{self.number(256, 'subnet')}.{2 + self.number(250, 'host')}"
@@ -80,12 +89,41 @@ class ResourceType:
     extra_outputs: Callable[[SimulatedResource, str], dict] = lambda resource, resource_id: {}
 
 
-def simulate(type_token: str, name: str, urn: str, inputs: dict, resource_id: str | None = None) -> tuple[str, dict]:
+def _power_file() -> Path:
+    home = os.environ.get("PULUMI_HOME") or os.path.join(os.path.expanduser("~"), ".pulumi")
+    return Path(home) / "standin-cloud" / "power.json"
+
+
+def power_state(machine_id: str, wanted: str | None = None, *, live: bool = True) -> tuple[str, int]:
+    """(state, starts) of a simulated machine; `wanted` ("running"/"stopped") powers it on or off first."""
+    path = _power_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        machines = json.loads(path.read_text()) if path.exists() else {}
+        state, starts = machines.get(machine_id, ("running", 0))
+        if wanted is not None and wanted != state and live:
+            starts += 1 if wanted == "running" else 0
+            machines[machine_id] = (state, starts) = (wanted, starts)
+            path.write_text(json.dumps(machines))
+        elif wanted is not None and not live:
+            state = wanted
+    return state, starts
+
+
+def _address_salt(starts: int) -> str:
+    return f"start-{starts}" if starts else ""
+
+
+def simulate(
+    type_token: str, name: str, urn: str, inputs: dict, resource_id: str | None = None, *, live: bool = True
+) -> tuple[str, dict]:
     """The id and outputs the simulated cloud reports for a resource with these inputs.
 
-    `resource_id` is given when the resource already exists (a read of an existing id).
+    `resource_id` is given when the resource already exists (a read of an existing id); `live` is False
+    in a preview.
     """
-    resource = SimulatedResource(type=type_token, name=name, urn=urn, inputs=inputs)
+    resource = SimulatedResource(type=type_token, name=name, urn=urn, inputs=inputs, live=live)
     resource_type = RESOURCE_TYPES.get(type_token, GENERIC)
     resource_id = resource_id or resource_type.make_id(resource)
     outputs = copy.deepcopy(inputs)
@@ -125,7 +163,8 @@ def _aws_arn(resource: SimulatedResource, service: str, path: str) -> str:
 
 
 def _aws_instance(resource: SimulatedResource, resource_id: str) -> dict:
-    public_ip = resource.public_ip()
+    state, starts = power_state(resource_id)
+    public_ip = resource.public_ip(_address_salt(starts)) if state == "running" else ""
     private_ip = resource.private_ip()
     root_block_device = dict(resource.inputs.get("rootBlockDevice") or {})
     root_block_device.update(
@@ -139,10 +178,10 @@ def _aws_instance(resource: SimulatedResource, resource_id: str) -> dict:
         "arn": _aws_arn(resource, "ec2", f"instance/{resource_id}"),
         "publicIp": public_ip,
         "privateIp": private_ip,
-        "publicDns": f"ec2-{public_ip.replace('.', '-')}.compute-1.amazonaws.com",
+        "publicDns": f"ec2-{public_ip.replace('.', '-')}.compute-1.amazonaws.com" if public_ip else "",
         "privateDns": f"ip-{private_ip.replace('.', '-')}.ec2.internal",
         "availabilityZone": resource.inputs.get("availabilityZone") or f"{region}a",
-        "instanceState": "running",
+        "instanceState": state,
         "primaryNetworkInterfaceId": "eni-" + resource.hex(17, "eni"),
         "rootBlockDevice": root_block_device,
     }
@@ -231,14 +270,24 @@ def _gcp_instance_id(resource: SimulatedResource) -> str:
     return f"projects/{_gcp_project(resource)}/zones/{_gcp_zone(resource)}/instances/{resource.physical_name('name')}"
 
 
+def _aws_instance_state(resource: SimulatedResource, resource_id: str) -> dict:
+    """aws_ec2_instance_state: powers the simulated machine off or on."""
+    power_state(str(resource.inputs.get("instanceId")), resource.inputs.get("state"), live=resource.live)
+    return {}
+
+
 def _gcp_instance(resource: SimulatedResource, resource_id: str) -> dict:
     project, zone, name = _gcp_project(resource), _gcp_zone(resource), resource.physical_name("name")
+    wanted = {"TERMINATED": "stopped", "RUNNING": "running"}.get(resource.inputs.get("desiredStatus") or "RUNNING")
+    state, starts = power_state(resource_id, wanted, live=resource.live)
     interfaces = copy.deepcopy(resource.inputs.get("networkInterfaces") or [{}])
     for index, interface in enumerate(interfaces):
         interface["networkIp"] = resource.private_ip() if index == 0 else f"10.{index}.0.{2 + resource.number(250)}"
         interface.setdefault("name", f"nic{index}")
         for access_config in interface.get("accessConfigs") or []:
-            access_config["natIp"] = access_config.get("natIp") or resource.public_ip()
+            access_config["natIp"] = (
+                access_config.get("natIp") or resource.public_ip(_address_salt(starts)) if state == "running" else ""
+            )
             access_config.setdefault("networkTier", "PREMIUM")
     boot_disk = copy.deepcopy(resource.inputs.get("bootDisk") or {})
     boot_disk["source"] = f"{GCP_API}/projects/{project}/zones/{zone}/disks/{name}"
@@ -251,7 +300,7 @@ def _gcp_instance(resource: SimulatedResource, resource_id: str) -> dict:
         "selfLink": f"{GCP_API}/{resource_id}",
         "networkInterfaces": interfaces,
         "bootDisk": boot_disk,
-        "currentStatus": "RUNNING",
+        "currentStatus": "RUNNING" if state == "running" else "TERMINATED",
         "cpuPlatform": "Intel Cascade Lake",
     }
 
@@ -400,12 +449,15 @@ def _docker_remote_image(resource: SimulatedResource, resource_id: str) -> dict:
 
 
 def _docker_container(resource: SimulatedResource, resource_id: str) -> dict:
-    ports = copy.deepcopy(resource.inputs.get("ports") or [])
+    running = resource.inputs.get("start", True) is not False
+    state, starts = power_state(resource_id, "running" if running else "stopped", live=resource.live)
+    # A stopped container publishes nothing; a started one gets new host ports.
+    ports = copy.deepcopy(resource.inputs.get("ports") or []) if state == "running" else []
     for port in ports:
         if port.get("internal") == 22 and os.environ.get("PULUMI_STANDIN_SSH_PORT"):
             port["external"] = int(os.environ["PULUMI_STANDIN_SSH_PORT"])
         elif not port.get("external"):
-            port["external"] = 32768 + resource.number(28000, f"port-{port.get('internal')}")
+            port["external"] = 32768 + resource.number(28000, f"port-{port.get('internal')}{_address_salt(starts)}")
         port.setdefault("ip", "0.0.0.0")
         port.setdefault("protocol", "tcp")
     address = os.environ.get("PULUMI_STANDIN_PUBLIC_IP") or f"172.17.0.{2 + resource.number(250, 'bridge')}"
@@ -421,6 +473,9 @@ def _docker_container(resource: SimulatedResource, resource_id: str) -> dict:
 
 RESOURCE_TYPES: dict[str, ResourceType] = {
     "aws:ec2/instance:Instance": ResourceType(lambda r: "i-" + r.hex(17), _aws_instance),
+    "aws:ec2transitgateway/instanceState:InstanceState": ResourceType(
+        lambda r: str(r.inputs.get("instanceId")), _aws_instance_state
+    ),
     "aws:ec2/securityGroup:SecurityGroup": ResourceType(lambda r: "sg-" + r.hex(17), _aws_security_group),
     "aws:ec2/keyPair:KeyPair": ResourceType(lambda r: r.physical_name("keyName"), _aws_key_pair),
     "aws:ec2/amiFromInstance:AmiFromInstance": ResourceType(lambda r: "ami-" + r.hex(17), _aws_image),
