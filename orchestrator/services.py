@@ -21,6 +21,7 @@ from orchestrator import locks
 from orchestrator.auth import USER_NAME, USER_NAME_RULE, Principal
 from orchestrator.engine import EngineError, StackBusy, StackEngine, StackNotFound
 from orchestrator.ingest import read_samples
+from orchestrator.metrics.windows import WINDOWS, window_since
 from orchestrator.listing.keyset import DEFAULT_SORT, MAX_QUERY_CHARS, SORTS, CursorError, Keyset, name_contains
 from orchestrator.models import Instance, Operation, Snapshot, claim_key, utcnow
 from orchestrator.settings import Settings
@@ -415,8 +416,13 @@ class Orchestrator:
         until: dt.datetime | None,
         limit: int = 1000,
         owner: str | None = None,
+        window: str | None = None,
     ) -> list[dict]:
+        """The instance's samples (read by its id: a deleted namesake's are not its own), oldest first."""
+        if window is not None and window not in WINDOWS:
+            raise Invalid(f"window: {window!r} is not one of {', '.join(WINDOWS)}", field="window")
         instance = self._instance(principal, name, owner)
+        since = window_since(window, since, utcnow())
         return read_samples(instance.agent_identity, since, until, max(1, min(limit, 10000)))
 
     # -- snapshots --------------------------------------------------------

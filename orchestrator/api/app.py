@@ -159,6 +159,7 @@ CURSOR = Parameter(
 QUERY_TEXT = Parameter(
     default=None, max_length=MAX_QUERY_CHARS, description="names containing this text (literal characters)"
 )
+MetricsWindow = Literal["1h", "24h"]
 ListSort = Literal["name", "-name", "created_at", "-created_at"]
 
 USER_DEPENDENCIES = {"principal": Provide(provide_principal), "orch": Provide(provide_orchestrator, sync_to_thread=False)}
@@ -274,8 +275,9 @@ class InstanceController(Controller):
         until: str | None = TIME_PARAMETER,
         limit: int = Parameter(default=1000, ge=1, le=10000),
         owner: str | None = OWNER,
+        window: MetricsWindow | None = Parameter(default=None, description="the most recent 1h or 24h (with since: the later start)"),
     ) -> MetricsView:
-        samples = orch.metrics(principal, name, _time("since", since), _time("until", until), limit, owner)
+        samples = orch.metrics(principal, name, _time("since", since), _time("until", until), limit, owner, window)
         return MetricsView(instance=name, samples=samples)
 
     @post("/{name:str}/snapshots", status_code=202, sync_to_thread=True, summary="Take a snapshot",
