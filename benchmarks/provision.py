@@ -5,17 +5,15 @@
    are running.
 2. In the same run, drives the same N stacks directly through the Automation
    API with the same concurrency and the same programs, and times that.
-3. Seeds 10,000 instance records and measures GET /instances latency.
+(The list's latency is benchmarks/listing.py.)
 
-    .venv/bin/python benchmarks/provision.py [--instances 50] [--concurrency 8] [--latency-ms 200]
+    .venv/bin/python -m benchmarks.provision [--instances 50] [--concurrency 8] [--latency-ms 200]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,22 +22,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
+from pulumi import automation as auto
+
+from orchestrator.sshkeys import generate_keypair
+from stacks import instance_program
+from stacks.spec import parse_instance
+from tests.live import STANDIN_ROOT, instance_doc, start_service
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from pulumi import automation as auto  # noqa: E402
-
-from orchestrator.db import url_with_database  # noqa: E402
-from orchestrator.models import Instance  # noqa: E402
-from orchestrator.sshkeys import generate_keypair  # noqa: E402
-from stacks import instance_program  # noqa: E402
-from stacks.spec import parse_instance  # noqa: E402
-from tests.live import STANDIN_ROOT, instance_doc, start_service  # noqa: E402
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 def orchestrated(tmp: Path, mongo_url: str, count: int, concurrency: int, latency_ms: int) -> tuple[float, int]:
@@ -98,77 +88,11 @@ def direct(tmp: Path, count: int, concurrency: int, latency_ms: int) -> float:
     return time.perf_counter() - started
 
 
-LIST_DB = "orch_list_bench"
-
-
-def seed_records(sqlite_path: Path, records: int) -> None:
-    """Write the instance records straight into the store's SQLite file, before the store serves it.
-
-    mongoeco's inserts slow down as a collection grows (10,000 records take
-    minutes), so the seeded file is cached under ~/.cache/orch-bench and copied.
-    """
-    cached = Path.home() / ".cache" / "orch-bench" / f"instances-{records}.sqlite"
-    if not cached.exists():
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        _write_records(cached.with_suffix(".partial"), records)
-        cached.with_suffix(".partial").rename(cached)
-    shutil.copyfile(cached, sqlite_path)
-
-
-def _write_records(sqlite_path: Path, records: int) -> None:
-    from mongoeco import MongoClient
-    from mongoeco.engines.sqlite import SQLiteEngine
-
-    with MongoClient(SQLiteEngine(str(sqlite_path))) as client:
-        collection = client[LIST_DB][Instance._get_collection_name()]
-        collection.insert_many(
-            [
-                Instance(
-                    name=f"rec-{i:05d}", owner=f"user-{i % 100}", spec={"cloud": "aws"}, cloud=("aws", "gcp")[i % 2],
-                    region="us-east-1", status="running", public_ip=f"198.51.{i // 256 % 256}.{i % 256}",
-                ).to_mongo().to_dict()
-                for i in range(records)
-            ]
-        )
-        # The indexes the service would create at start (building them over the wire is as slow).
-        for spec in Instance._meta["index_specs"]:
-            options = {key: value for key, value in spec.items() if key != "fields"}
-            collection.create_index(spec["fields"], **options)
-
-
-def list_latency(tmp: Path, mongo_url: str, requests: int) -> tuple[list[float], list[float]]:
-    live = start_service(tmp, mongo_url, ORCH_MONGODB_URL=url_with_database(mongo_url, LIST_DB))
-    try:
-        admin_latencies, user_latencies = [], []
-        with live.client(token=live.admin_token) as admin, live.client("user-7") as user:
-            for target, latencies, params in (
-                (admin, admin_latencies, {"limit": 100}),
-                (user, user_latencies, {"limit": 100, "cloud": "gcp"}),
-            ):
-                target.get("/api/v1/instances", params=params).raise_for_status()  # warm-up
-                for _ in range(requests):
-                    started = time.perf_counter()
-                    response = target.get("/api/v1/instances", params=params)
-                    latencies.append((time.perf_counter() - started) * 1000)
-                    response.raise_for_status()
-        return admin_latencies, user_latencies
-    finally:
-        live.stop()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--instances", type=int, default=50)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--latency-ms", type=int, default=200)
-    parser.add_argument("--records", type=int, default=10_000)
-    parser.add_argument("--list-requests", type=int, default=200)
-    args = parser.parse_args()
+def run(instances: int = 50, concurrency: int = 8, latency_ms: int = 200) -> dict:
+    """Orchestrated vs direct creates of the same stacks, same concurrency, in one run."""
     os.environ.pop("PULUMI_STANDIN_FAIL", None)
-
     with tempfile.TemporaryDirectory(prefix="orch-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        seed_records(tmp / "store.sqlite", args.records)
         store = subprocess.Popen(
             [sys.executable, "-m", "orchestrator.embedded_store", "--path", f"{tmp}/store.sqlite"],
             stdout=subprocess.PIPE, text=True, cwd=REPO,
@@ -176,25 +100,29 @@ def main() -> None:
         mongo_url = store.stdout.readline().strip()
         try:
             (tmp / "orchestrated").mkdir()
-            orchestrated_s, failed = orchestrated(tmp / "orchestrated", mongo_url, args.instances, args.concurrency, args.latency_ms)
-            print(f"orchestrated: {orchestrated_s:.1f} s", flush=True)
-            direct_s = direct(tmp, args.instances, args.concurrency, args.latency_ms)
-            print(f"direct: {direct_s:.1f} s", flush=True)
-            (tmp / "list").mkdir()
-            admin_ms, user_ms = list_latency(tmp / "list", mongo_url, args.list_requests)
+            orchestrated_s, failed = orchestrated(tmp / "orchestrated", mongo_url, instances, concurrency, latency_ms)
+            direct_s = direct(tmp, instances, concurrency, latency_ms)
         finally:
             store.terminate()
+            store.wait(timeout=10)
+    return {"instances": instances, "concurrency": concurrency, "latency_ms": latency_ms,
+            "orchestrated_s": orchestrated_s, "direct_s": direct_s, "failed": failed}
 
-    print(f"{args.instances} instances (aws program), concurrency {args.concurrency}, "
-          f"stand-in latency {args.latency_ms} ms per resource operation")
-    if failed:
-        print(f"WARNING: {failed} orchestrated operations failed")
-    print(f"orchestrated (REST -> MongoDB -> worker -> Automation API): {orchestrated_s:.1f} s")
-    print(f"direct Automation API, same programs and concurrency:      {direct_s:.1f} s")
-    print(f"ratio orchestrated/direct: {orchestrated_s / direct_s:.2f}")
-    for label, values in (("admin, all 10k, limit 100", admin_ms), ("user, own ~100 filtered by cloud", user_ms)):
-        print(f"GET /instances ({label}) with {args.records} records: p50 {percentile(values, 50):.1f} ms, "
-              f"p99 {percentile(values, 99):.1f} ms, mean {statistics.fmean(values):.1f} ms over {len(values)} requests")
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--instances", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--latency-ms", type=int, default=200)
+    args = parser.parse_args()
+    f = run(args.instances, args.concurrency, args.latency_ms)
+    print(f"{f['instances']} instances (aws program), concurrency {f['concurrency']}, "
+          f"stand-in latency {f['latency_ms']} ms per resource operation")
+    if f["failed"]:
+        print(f"WARNING: {f['failed']} orchestrated operations failed")
+    print(f"orchestrated (REST -> MongoDB -> worker -> Automation API): {f['orchestrated_s']:.1f} s")
+    print(f"direct Automation API, same programs and concurrency:      {f['direct_s']:.1f} s")
+    print(f"ratio orchestrated/direct: {f['orchestrated_s'] / f['direct_s']:.2f}")
 
 
 if __name__ == "__main__":
