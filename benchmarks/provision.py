@@ -1,4 +1,4 @@
-"""Provisioning benchmark: orchestrated vs direct Automation API, and list latency.
+"""Provisioning benchmark: creates and deletes through the service vs the direct Automation API.
 
 1. Creates N instances at once through the REST API (in-process workers, the
    Pulumi CLI stand-in with a fixed latency per resource) and times until all
@@ -32,35 +32,52 @@ from tests.live import STANDIN_ROOT, instance_doc, start_service
 REPO = Path(__file__).resolve().parent.parent
 
 
-def orchestrated(tmp: Path, mongo_url: str, count: int, concurrency: int, latency_ms: int) -> tuple[float, int]:
-    """Wall time until every operation finished, and how many failed."""
+def _wait_all(client, ops: list[str]) -> int:
+    """Wait until every operation finished; how many failed."""
+    pending, failed = set(ops), 0
+    while pending:
+        for op_id in list(pending):
+            status = client.get(f"/api/v1/operations/{op_id}").json()["status"]
+            if status in ("succeeded", "failed"):
+                pending.discard(op_id)
+                failed += status == "failed"
+        time.sleep(0.1)
+    return failed
+
+
+def orchestrated(tmp: Path, mongo_url: str, count: int, concurrency: int, latency_ms: int) -> dict:
+    """Wall time until every create finished, then every delete, through the REST API; failures counted."""
     live = start_service(
         tmp, mongo_url, ORCH_MAX_PARALLEL_OPERATIONS=str(concurrency), PULUMI_STANDIN_LATENCY_MS=str(latency_ms)
     )
+    names = [f"bench-{i:03d}" for i in range(count)]
     try:
         with live.client("bench") as client:
             started = time.perf_counter()
             ops = []
-            for i in range(count):
-                response = client.post("/api/v1/instances", json=instance_doc(f"bench-{i:03d}", "aws"))
+            for name in names:
+                response = client.post("/api/v1/instances", json=instance_doc(name, "aws"))
                 response.raise_for_status()
                 ops.append(response.json()["operation"]["id"])
-            pending = set(ops)
-            failed = 0
-            while pending:
-                for op_id in list(pending):
-                    status = client.get(f"/api/v1/operations/{op_id}").json()["status"]
-                    if status in ("succeeded", "failed"):
-                        pending.discard(op_id)
-                        failed += status == "failed"
-                time.sleep(0.25)
-            elapsed = time.perf_counter() - started
-        return elapsed, failed
+            create_failed = _wait_all(client, ops)
+            create_s = time.perf_counter() - started
+            started = time.perf_counter()
+            ops = []
+            for name in names:
+                response = client.delete(f"/api/v1/instances/{name}")
+                response.raise_for_status()
+                ops.append(response.json()["operation"]["id"])
+            delete_failed = _wait_all(client, ops)
+            delete_s = time.perf_counter() - started
+        return {"create_s": create_s, "create_failed": create_failed, "delete_s": delete_s,
+                "delete_failed": delete_failed}
     finally:
         live.stop()
 
 
-def direct(tmp: Path, count: int, concurrency: int, latency_ms: int) -> float:
+def direct(tmp: Path, count: int, concurrency: int, latency_ms: int) -> dict:
+    """The same stacks straight through the Automation API, same concurrency: creates, then deletes
+    (destroy and remove the stack, as the service does)."""
     backend = tmp / "direct-backend"
     project = tmp / "direct-project"
     backend.mkdir()
@@ -74,18 +91,26 @@ def direct(tmp: Path, count: int, concurrency: int, latency_ms: int) -> float:
     }
     command = auto.PulumiCommand(root=str(STANDIN_ROOT), skip_version_check=True)
     _, admin_key = generate_keypair("bench")
+    opts = auto.LocalWorkspaceOptions(work_dir=str(project), env_vars=env, pulumi_command=command)
 
     def provision(i: int) -> None:
         instance = parse_instance(instance_doc(f"bench-{i:03d}", "aws"))
         program = instance_program(instance, admin_public_key=admin_key)
-        opts = auto.LocalWorkspaceOptions(work_dir=str(project), env_vars=env, pulumi_command=command)
         stack = auto.create_or_select_stack(f"instance-{instance.name}", project_name="orch", program=program, opts=opts)
         stack.up(on_output=lambda line: None)
 
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        list(pool.map(provision, range(count)))
-    return time.perf_counter() - started
+    def remove(i: int) -> None:
+        stack = auto.select_stack(f"instance-bench-{i:03d}", project_name="orch", program=lambda: None, opts=opts)
+        stack.destroy(on_output=lambda line: None)
+        stack.workspace.remove_stack(stack.name)
+
+    times = {}
+    for label, action in (("create_s", provision), ("delete_s", remove)):
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            list(pool.map(action, range(count)))
+        times[label] = time.perf_counter() - started
+    return times
 
 
 def run(instances: int = 50, concurrency: int = 8, latency_ms: int = 200) -> dict:
@@ -100,13 +125,13 @@ def run(instances: int = 50, concurrency: int = 8, latency_ms: int = 200) -> dic
         mongo_url = store.stdout.readline().strip()
         try:
             (tmp / "orchestrated").mkdir()
-            orchestrated_s, failed = orchestrated(tmp / "orchestrated", mongo_url, instances, concurrency, latency_ms)
-            direct_s = direct(tmp, instances, concurrency, latency_ms)
+            service = orchestrated(tmp / "orchestrated", mongo_url, instances, concurrency, latency_ms)
+            baseline = direct(tmp, instances, concurrency, latency_ms)
         finally:
             store.terminate()
             store.wait(timeout=10)
     return {"instances": instances, "concurrency": concurrency, "latency_ms": latency_ms,
-            "orchestrated_s": orchestrated_s, "direct_s": direct_s, "failed": failed}
+            "service": service, "direct": baseline}
 
 
 def main() -> None:
@@ -118,11 +143,11 @@ def main() -> None:
     f = run(args.instances, args.concurrency, args.latency_ms)
     print(f"{f['instances']} instances (aws program), concurrency {f['concurrency']}, "
           f"stand-in latency {f['latency_ms']} ms per resource operation")
-    if f["failed"]:
-        print(f"WARNING: {f['failed']} orchestrated operations failed")
-    print(f"orchestrated (REST -> MongoDB -> worker -> Automation API): {f['orchestrated_s']:.1f} s")
-    print(f"direct Automation API, same programs and concurrency:      {f['direct_s']:.1f} s")
-    print(f"ratio orchestrated/direct: {f['orchestrated_s'] / f['direct_s']:.2f}")
+    for kind in ("create", "delete"):
+        service, direct_s = f["service"][f"{kind}_s"], f["direct"][f"{kind}_s"]
+        failed = f["service"][f"{kind}_failed"]
+        print(f"{kind}s: through the service {service:.1f} s ({failed} failed), direct Automation API "
+              f"{direct_s:.1f} s; ratio {service / direct_s:.2f}")
 
 
 if __name__ == "__main__":
