@@ -36,7 +36,7 @@ def test_a_window_reads_only_its_span_and_only_this_incarnation(mongo_db):
         ((str(box.id), now - dt.timedelta(minutes=10), {"cpu_percent": 10.0}), ""),
         ((str(old.id), now - dt.timedelta(minutes=5), {"cpu_percent": 99.0}), ""),
     ]
-    encoded = [(row, json.dumps([row[0], row[1].isoformat(), row[2]])) for row, _ in rows]
+    encoded = [(row, json.dumps([row[0], row[1].isoformat(), row[2]]).encode()) for row, _ in rows]
     MetricBatch._get_collection().insert_one(AgentIngest._batch_document(encoded))
     orch = Orchestrator(settings=None, engine=None, dispatch=lambda op_id: True)
     assert [s["cpu_percent"] for s in orch.metrics(ALICE, "box", None, None, window="1h")] == [10.0]
