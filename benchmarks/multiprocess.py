@@ -1,7 +1,6 @@
 """Two `orch serve` processes on one store and one broker: nothing lost, nothing twice.
 
-Both serve the API and run operations (in-process workers fed by the same RabbitMQ
-vhost). Agent reports are spread over both ports; then operations are requested
+Both serve the API; each has an `orch worker` beside it, fed by the same RabbitMQ vhost. Agent reports are spread over both ports; then operations are requested
 through both. Checks, counting back from the store: every report stored exactly once
 (stored == sent, so none lost and none twice), every operation succeeded in one attempt
 (none run twice). Prints the combined ingest rate beside one process's (measured first,
@@ -81,6 +80,8 @@ def run(agents: int = 500, reports: int = 5000, operations: int = 6, concurrency
             for name in ("a", "b"):
                 (tmp / name).mkdir()
                 services.append(start_service(tmp / name, mongo_url, **shared))
+                # With a broker, `orch serve` publishes operations and `orch worker` runs them: one each.
+                services[-1].start_worker()
             ports = [int(s.url.rsplit(":", 1)[1]) for s in services]
             seeded = seed_agents(mongo_url, agents)
             # Warm-up over both (token caches), then one process alone, then both together.

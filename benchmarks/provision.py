@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -30,19 +31,40 @@ from stacks.spec import parse_instance
 from tests.live import STANDIN_ROOT, instance_doc, start_service
 
 REPO = Path(__file__).resolve().parent.parent
+POLL_S = 0.5
 
 
-def _wait_all(client, ops: list[str]) -> int:
-    """Wait until every operation finished; how many failed."""
-    pending, failed = set(ops), 0
+def _wait_all(client, ops: list[str]) -> tuple[int, dict]:
+    """Wait until every operation finished; (how many failed, mean seconds per phase).
+
+    Phases from the operations' own times: queued (requested until its first step began),
+    each step by name ("pulumi up", "pulumi destroy"...), and the rest (after the last step:
+    recording the result).
+    """
+    pending, failed, done = set(ops), 0, {}
     while pending:
         for op_id in list(pending):
-            status = client.get(f"/api/v1/operations/{op_id}").json()["status"]
-            if status in ("succeeded", "failed"):
+            op = client.get(f"/api/v1/operations/{op_id}").json()
+            if op["status"] in ("succeeded", "failed"):
                 pending.discard(op_id)
-                failed += status == "failed"
-        time.sleep(0.1)
-    return failed
+                failed += op["status"] == "failed"
+                done[op_id] = op
+        # Not faster: the polling shares the cores with the service and the CLIs it times.
+        time.sleep(POLL_S)
+    phases: dict[str, float] = {}
+
+    def add(phase: str, start: str | None, end: str | None) -> None:
+        if start and end:
+            seconds = (dt.datetime.fromisoformat(end.rstrip("Z")) - dt.datetime.fromisoformat(start.rstrip("Z")))
+            phases[phase] = phases.get(phase, 0.0) + seconds.total_seconds() / len(done)
+
+    for op in done.values():
+        steps = op["steps"]
+        add("queued and checks before the first step", op["created_at"], steps[0]["started_at"] if steps else None)
+        for step in steps:
+            add(step["name"], step["started_at"], step["finished_at"])
+        add("after the last step", steps[-1]["finished_at"] if steps else None, op["updated_at"])
+    return failed, phases
 
 
 def orchestrated(tmp: Path, mongo_url: str, count: int, concurrency: int, latency_ms: int) -> dict:
@@ -59,7 +81,7 @@ def orchestrated(tmp: Path, mongo_url: str, count: int, concurrency: int, latenc
                 response = client.post("/api/v1/instances", json=instance_doc(name, "aws"))
                 response.raise_for_status()
                 ops.append(response.json()["operation"]["id"])
-            create_failed = _wait_all(client, ops)
+            create_failed, create_phases = _wait_all(client, ops)
             create_s = time.perf_counter() - started
             started = time.perf_counter()
             ops = []
@@ -67,10 +89,10 @@ def orchestrated(tmp: Path, mongo_url: str, count: int, concurrency: int, latenc
                 response = client.delete(f"/api/v1/instances/{name}")
                 response.raise_for_status()
                 ops.append(response.json()["operation"]["id"])
-            delete_failed = _wait_all(client, ops)
+            delete_failed, delete_phases = _wait_all(client, ops)
             delete_s = time.perf_counter() - started
-        return {"create_s": create_s, "create_failed": create_failed, "delete_s": delete_s,
-                "delete_failed": delete_failed}
+        return {"create_s": create_s, "create_failed": create_failed, "create_phases_s": create_phases,
+                "delete_s": delete_s, "delete_failed": delete_failed, "delete_phases_s": delete_phases}
     finally:
         live.stop()
 
@@ -148,6 +170,8 @@ def main() -> None:
         failed = f["service"][f"{kind}_failed"]
         print(f"{kind}s: through the service {service:.1f} s ({failed} failed), direct Automation API "
               f"{direct_s:.1f} s; ratio {service / direct_s:.2f}")
+        phases = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in f["service"][f"{kind}_phases_s"].items())
+        print(f"  mean per {kind} operation: {phases}")
 
 
 if __name__ == "__main__":
