@@ -25,7 +25,7 @@ SIZES = {
         "multiprocess": {"agents": 20, "reports": 200, "operations": 1},
     },
     "full": {
-        "listing": {"records": 10_000, "clients": 20, "requests": 400, "deep": 1000},
+        "listing": {"records": 10_000, "clients": 20, "requests": 200, "deep": 1000},
         "ingest": {"agents": 5000, "reports": 20_000, "concurrency": 64, "rate": 2000},
         "provision": {"instances": 50, "concurrency": 8, "latency_ms": 200},
         "multiprocess": {"agents": 1000, "reports": 10_000, "operations": 6},
