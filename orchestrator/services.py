@@ -21,8 +21,8 @@ from orchestrator import locks
 from orchestrator.auth import USER_NAME, USER_NAME_RULE, Principal
 from orchestrator.engine import EngineError, StackBusy, StackEngine, StackNotFound
 from orchestrator.ingest import read_samples
-from orchestrator.metrics.windows import WINDOWS, window_since
 from orchestrator.listing.keyset import DEFAULT_SORT, MAX_QUERY_CHARS, SORTS, CursorError, Keyset, name_contains
+from orchestrator.metrics.windows import WINDOWS, window_since
 from orchestrator.models import Instance, Operation, Snapshot, claim_key, utcnow
 from orchestrator.settings import Settings
 from orchestrator.sshkeys import generate_keypair
