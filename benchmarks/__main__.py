@@ -49,10 +49,13 @@ class Row:
 
 def rows_for(size: str) -> tuple[list[Row], dict]:
     sizes = SIZES[size]
-    lst = listing.run(**sizes["listing"])
-    ing = ingest.run(**sizes["ingest"])
-    prov = provision.run(**sizes["provision"])
-    multi = multiprocess.run(**sizes["multiprocess"])
+    raw = {}
+    for name, module in (("listing", listing), ("ingest", ingest), ("provision", provision),
+                         ("multiprocess", multiprocess)):
+        raw[name] = module.run(**sizes[name])
+        # As each finishes, so a later one's failure loses nothing.
+        print(f"{name}: {json.dumps(raw[name])}", file=sys.stderr, flush=True)
+    lst, ing, prov, multi = raw["listing"], raw["ingest"], raw["provision"], raw["multiprocess"]
     rows = []
     for label, shape in lst["shapes"].items():
         rows.append(Row(
@@ -94,7 +97,7 @@ def rows_for(size: str) -> tuple[list[Row], dict]:
         f"{multi['agents']} agents; reported, not a target)", multi["two_processes_to_storage_rate"], "reports/s",
         multi["one_process_to_storage_rate"], "reported", None,
     ))
-    return rows, {"listing": lst, "ingest": ing, "provision": prov, "multiprocess": multi}
+    return rows, raw
 
 
 def table(rows: list[Row]) -> str:

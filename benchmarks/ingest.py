@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def seed_agents(mongo_url: str, count: int) -> list[tuple[str, str]]:
+    mongoengine.disconnect_all()  # a previous benchmark's store in this process
     mongoengine.connect(host=mongo_url, alias="default")
     agents = []
     instances = []
