@@ -25,6 +25,7 @@ from pathlib import Path
 
 from pulumi import automation as auto
 
+from orchestrator.settings import load_settings
 from orchestrator.sshkeys import generate_keypair
 from stacks import instance_program
 from stacks.spec import parse_instance
@@ -32,6 +33,9 @@ from tests.live import STANDIN_ROOT, instance_doc, start_service
 
 REPO = Path(__file__).resolve().parent.parent
 POLL_S = 0.5
+_DEFAULTS = load_settings({})
+DEFAULT_LEASE_S = _DEFAULTS.operation_lease_s
+DEFAULT_REDISPATCH_S = _DEFAULTS.redispatch_after_s
 
 
 def _wait_all(client, ops: list[str]) -> tuple[int, dict]:
@@ -41,16 +45,17 @@ def _wait_all(client, ops: list[str]) -> tuple[int, dict]:
     each step by name ("pulumi up", "pulumi destroy"...), and the rest (after the last step:
     recording the result).
     """
-    pending, failed, done = set(ops), 0, {}
+    # One operation asked at a time, the oldest unfinished: all must finish, and polling every
+    # operation would load the service (and the store) that the run times, which the direct run
+    # does not have.
+    pending, failed, done = list(ops), 0, {}
     while pending:
-        for op_id in list(pending):
-            op = client.get(f"/api/v1/operations/{op_id}").json()
-            if op["status"] in ("succeeded", "failed"):
-                pending.discard(op_id)
-                failed += op["status"] == "failed"
-                done[op_id] = op
-        # Not faster: the polling shares the cores with the service and the CLIs it times.
-        time.sleep(POLL_S)
+        op = client.get(f"/api/v1/operations/{pending[0]}").json()
+        if op["status"] in ("succeeded", "failed"):
+            failed += op["status"] == "failed"
+            done[pending.pop(0)] = op
+        else:
+            time.sleep(POLL_S)
     phases: dict[str, float] = {}
 
     def add(phase: str, start: str | None, end: str | None) -> None:
@@ -70,7 +75,9 @@ def _wait_all(client, ops: list[str]) -> tuple[int, dict]:
 def orchestrated(tmp: Path, mongo_url: str, count: int, concurrency: int, latency_ms: int) -> dict:
     """Wall time until every create finished, then every delete, through the REST API; failures counted."""
     live = start_service(
-        tmp, mongo_url, ORCH_MAX_PARALLEL_OPERATIONS=str(concurrency), PULUMI_STANDIN_LATENCY_MS=str(latency_ms)
+        tmp, mongo_url, ORCH_MAX_PARALLEL_OPERATIONS=str(concurrency), PULUMI_STANDIN_LATENCY_MS=str(latency_ms),
+        # The service's defaults, not the test suite's short lease (a heartbeat write every 2 s per operation).
+        ORCH_OPERATION_LEASE_S=str(DEFAULT_LEASE_S), ORCH_REDISPATCH_AFTER_S=str(DEFAULT_REDISPATCH_S),
     )
     names = [f"bench-{i:03d}" for i in range(count)]
     try:
