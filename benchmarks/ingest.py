@@ -7,7 +7,7 @@ parses the JSON body; prints both and the ratio. Two loads each: as fast as
 second (the target: 60,000 agents every 30 s is 2,000/s), where latency is what an
 agent sees at that load.
 
-    .venv/bin/python benchmarks/ingest.py [--agents 1000] [--reports 20000] [--concurrency 64] [--rate 2000]
+    .venv/bin/python -m benchmarks.ingest [--agents 1000] [--reports 20000] [--concurrency 64] [--rate 2000]
 """
 
 from __future__ import annotations
@@ -24,17 +24,17 @@ import httpx
 import mongoengine
 from bson import ObjectId
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from benchmarks.loadgen import build_request, run_at_rate, run_load
+from orchestrator.auth import mint_agent_token, token_hash
+from orchestrator.models import Instance, MetricBatch
+from tests.live import JWT_SECRET, free_port, start_service
+from tests.test_agent_api import report as agent_report
 
-from benchmarks.loadgen import build_request, run_at_rate, run_load  # noqa: E402
-from orchestrator.auth import mint_agent_token, token_hash  # noqa: E402
-from orchestrator.models import Instance, MetricBatch  # noqa: E402
-from tests.live import JWT_SECRET, free_port, start_service  # noqa: E402
-from tests.test_agent_api import report as agent_report  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def seed_agents(mongo_url: str, count: int) -> list[tuple[str, str]]:
+    mongoengine.disconnect_all()  # a previous benchmark's store in this process
     mongoengine.connect(host=mongo_url, alias="default")
     agents = []
     instances = []
@@ -79,15 +79,30 @@ def start_bare_app() -> tuple[subprocess.Popen, int]:
     raise RuntimeError("bare app did not start")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--agents", type=int, default=1000)
-    parser.add_argument("--reports", type=int, default=20000)
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=1, help="reports per request (agents batch a backlog)")
-    parser.add_argument("--rate", type=float, default=2000, help="requests/s of the fixed-rate load")
-    args = parser.parse_args()
+def stored_count() -> int:
+    return MetricBatch.objects.sum("count")
 
+
+def wait_stored(expected: int, timeout_s: float) -> tuple[int, float]:
+    """(reports stored, when: perf_counter) once the store holds `expected`, or what it holds at the timeout."""
+    deadline = time.perf_counter() + timeout_s
+    while True:
+        stored = stored_count()
+        if stored >= expected or time.perf_counter() > deadline:
+            return stored, time.perf_counter()
+        time.sleep(0.05)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run(agents: int = 1000, reports: int = 20000, concurrency: int = 64, batch: int = 1, rate: float = 2000,
+        store_timeout_s: float = 60) -> dict:
+    """Ingest counted to storage: a report is done when the store holds it (counted back)."""
     with tempfile.TemporaryDirectory(prefix="orch-bench-") as tmp:
         store = subprocess.Popen(
             [sys.executable, "-m", "orchestrator.embedded_store", "--path", f"{tmp}/store.sqlite"],
@@ -97,42 +112,57 @@ def main() -> None:
         live = start_service(Path(tmp), mongo_url)
         bare, bare_port = start_bare_app()
         try:
-            agents = seed_agents(live.env["ORCH_MONGODB_URL"], args.agents)
+            seeded = seed_agents(live.env["ORCH_MONGODB_URL"], agents)
             port = int(live.url.rsplit(":", 1)[1])
             # Warm-up: fills the service's token cache for every agent, as a steady state would.
-            run_load("127.0.0.1", port, build_requests(port, agents, args.agents, 1), args.concurrency)
-            run_load("127.0.0.1", bare_port, build_requests(bare_port, agents, args.agents, 1), args.concurrency)
+            run_load("127.0.0.1", port, build_requests(port, seeded, agents, 1), concurrency)
+            run_load("127.0.0.1", bare_port, build_requests(bare_port, seeded, agents, 1), concurrency)
+            expected, _ = wait_stored(agents, store_timeout_s)
 
-            service = run_load("127.0.0.1", port, build_requests(port, agents, args.reports, args.batch), args.concurrency)
+            requests = build_requests(port, seeded, reports, batch)
+            started = time.perf_counter()
+            service = run_load("127.0.0.1", port, requests, concurrency)
+            expected += len(requests) * batch
+            stored, stored_at = wait_stored(expected, store_timeout_s)
+            to_storage_s = stored_at - started
             baseline = run_load(
-                "127.0.0.1", bare_port, build_requests(bare_port, agents, args.reports, args.batch), args.concurrency
+                "127.0.0.1", bare_port, build_requests(bare_port, seeded, reports, batch), concurrency
             )
-            service_at_rate = run_at_rate(
-                "127.0.0.1", port, build_requests(port, agents, args.reports, args.batch), args.rate, args.concurrency
-            )
-            baseline_at_rate = run_at_rate(
-                "127.0.0.1", bare_port, build_requests(bare_port, agents, args.reports, args.batch),
-                args.rate, args.concurrency,
-            )
-            time.sleep(2)  # let the flusher write the last batch
-            stored = MetricBatch.objects.sum("count")
+            at_rate_requests = build_requests(port, seeded, reports, batch)
+            service_at_rate = run_at_rate("127.0.0.1", port, at_rate_requests, rate / batch, concurrency)
+            expected += len(at_rate_requests) * batch
+            stored, _ = wait_stored(expected, store_timeout_s)
+            rss = rss_mb(live.process.pid)
         finally:
             bare.terminate()
             live.stop()
             store.terminate()
+    sent = len(requests) * batch
+    return {
+        "agents": agents, "reports": sent, "batch": batch, "concurrency": concurrency, "rate": rate,
+        "service_http_rate": service.rate * batch, "service_to_storage_rate": sent / to_storage_s,
+        "bare_rate": baseline.rate * batch, "errors": service.errors + service_at_rate.errors,
+        "at_rate_p50_ms": service_at_rate.percentile(50), "at_rate_p99_ms": service_at_rate.percentile(99),
+        "at_rate_achieved": service_at_rate.rate * batch,
+        "expected_stored": expected, "stored": stored, "lost": expected - stored, "rss_mb": rss,
+    }
 
-    unit = "requests" if args.batch == 1 else f"requests of {args.batch} reports"
-    print(f"agents {args.agents}, reports {args.reports}, concurrency {args.concurrency}, batch {args.batch}")
-    print(service.line("service (HTTP + JWT + validation + storage)", unit))
-    print(baseline.line("bare Litestar (JSON parse only)         ", unit))
-    print(f"reports/s: service {service.rate * args.batch:,.0f}, bare {baseline.rate * args.batch:,.0f}; "
-          f"ratio service/bare {service.rate / baseline.rate:.2f}")
-    print(f"at a fixed {args.rate:,.0f} {unit}/s:")
-    print(service_at_rate.line("service (HTTP + JWT + validation + storage)", unit))
-    print(baseline_at_rate.line("bare Litestar (JSON parse only)         ", unit))
-    print(f"p99 at that rate: service {service_at_rate.percentile(99):.1f} ms, bare "
-          f"{baseline_at_rate.percentile(99):.1f} ms; ratio {service_at_rate.percentile(99) / baseline_at_rate.percentile(99):.2f}")
-    print(f"samples stored: {stored} (expected {2 * args.reports + args.agents} incl. warm-up)")
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--agents", type=int, default=1000)
+    parser.add_argument("--reports", type=int, default=20000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=1, help="reports per request (agents batch a backlog)")
+    parser.add_argument("--rate", type=float, default=2000, help="reports/s of the fixed-rate load")
+    args = parser.parse_args()
+    f = run(args.agents, args.reports, args.concurrency, args.batch, args.rate)
+    print(f"agents {f['agents']}, reports {f['reports']}, concurrency {f['concurrency']}, batch {f['batch']}")
+    print(f"reports/s answered {f['service_http_rate']:,.0f}, stored {f['service_to_storage_rate']:,.0f}; "
+          f"bare Litestar {f['bare_rate']:,.0f}; ratio stored/bare {f['service_to_storage_rate'] / f['bare_rate']:.2f}")
+    print(f"at {f['rate']:,.0f} reports/s (achieved {f['at_rate_achieved']:,.0f}): p50 {f['at_rate_p50_ms']:.1f} ms, "
+          f"p99 {f['at_rate_p99_ms']:.1f} ms")
+    print(f"stored {f['stored']} of {f['expected_stored']} (lost {f['lost']}); orch serve RSS {f['rss_mb']:.0f} MB")
 
 
 if __name__ == "__main__":

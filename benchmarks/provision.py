@@ -1,21 +1,20 @@
-"""Provisioning benchmark: orchestrated vs direct Automation API, and list latency.
+"""Provisioning benchmark: creates and deletes through the service vs the direct Automation API.
 
 1. Creates N instances at once through the REST API (in-process workers, the
    Pulumi CLI stand-in with a fixed latency per resource) and times until all
    are running.
 2. In the same run, drives the same N stacks directly through the Automation
    API with the same concurrency and the same programs, and times that.
-3. Seeds 10,000 instance records and measures GET /instances latency.
+(The list's latency is benchmarks/listing.py.)
 
-    .venv/bin/python benchmarks/provision.py [--instances 50] [--concurrency 8] [--latency-ms 200]
+    .venv/bin/python -m benchmarks.provision [--instances 50] [--concurrency 8] [--latency-ms 200]
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,53 +23,90 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 
+from pulumi import automation as auto
+
+from orchestrator.settings import load_settings
+from orchestrator.sshkeys import generate_keypair
+from stacks import instance_program
+from stacks.spec import parse_instance
+from tests.live import STANDIN_ROOT, instance_doc, start_service
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from pulumi import automation as auto  # noqa: E402
-
-from orchestrator.db import url_with_database  # noqa: E402
-from orchestrator.models import Instance  # noqa: E402
-from orchestrator.sshkeys import generate_keypair  # noqa: E402
-from stacks import instance_program  # noqa: E402
-from stacks.spec import parse_instance  # noqa: E402
-from tests.live import STANDIN_ROOT, instance_doc, start_service  # noqa: E402
+POLL_S = 0.5
+_DEFAULTS = load_settings({})
+DEFAULT_LEASE_S = _DEFAULTS.operation_lease_s
+DEFAULT_REDISPATCH_S = _DEFAULTS.redispatch_after_s
 
 
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+def _wait_all(client, ops: list[str]) -> tuple[int, dict]:
+    """Wait until every operation finished; (how many failed, mean seconds per phase).
+
+    Phases from the operations' own times: queued (requested until its first step began),
+    each step by name ("pulumi up", "pulumi destroy"...), and the rest (after the last step:
+    recording the result).
+    """
+    # One operation asked at a time, the oldest unfinished: all must finish, and polling every
+    # operation would load the service (and the store) that the run times, which the direct run
+    # does not have.
+    pending, failed, done = list(ops), 0, {}
+    while pending:
+        op = client.get(f"/api/v1/operations/{pending[0]}").json()
+        if op["status"] in ("succeeded", "failed"):
+            failed += op["status"] == "failed"
+            done[pending.pop(0)] = op
+        else:
+            time.sleep(POLL_S)
+    phases: dict[str, float] = {}
+
+    def add(phase: str, start: str | None, end: str | None) -> None:
+        if start and end:
+            seconds = (dt.datetime.fromisoformat(end.rstrip("Z")) - dt.datetime.fromisoformat(start.rstrip("Z")))
+            phases[phase] = phases.get(phase, 0.0) + seconds.total_seconds() / len(done)
+
+    for op in done.values():
+        steps = op["steps"]
+        add("queued and checks before the first step", op["created_at"], steps[0]["started_at"] if steps else None)
+        for step in steps:
+            add(step["name"], step["started_at"], step["finished_at"])
+        add("after the last step", steps[-1]["finished_at"] if steps else None, op["updated_at"])
+    return failed, phases
 
 
-def orchestrated(tmp: Path, mongo_url: str, count: int, concurrency: int, latency_ms: int) -> tuple[float, int]:
-    """Wall time until every operation finished, and how many failed."""
+def orchestrated(tmp: Path, mongo_url: str, count: int, concurrency: int, latency_ms: int) -> dict:
+    """Wall time until every create finished, then every delete, through the REST API; failures counted."""
     live = start_service(
-        tmp, mongo_url, ORCH_MAX_PARALLEL_OPERATIONS=str(concurrency), PULUMI_STANDIN_LATENCY_MS=str(latency_ms)
+        tmp, mongo_url, ORCH_MAX_PARALLEL_OPERATIONS=str(concurrency), PULUMI_STANDIN_LATENCY_MS=str(latency_ms),
+        # The service's defaults, not the test suite's short lease (a heartbeat write every 2 s per operation).
+        ORCH_OPERATION_LEASE_S=str(DEFAULT_LEASE_S), ORCH_REDISPATCH_AFTER_S=str(DEFAULT_REDISPATCH_S),
     )
+    names = [f"bench-{i:03d}" for i in range(count)]
     try:
         with live.client("bench") as client:
             started = time.perf_counter()
             ops = []
-            for i in range(count):
-                response = client.post("/api/v1/instances", json=instance_doc(f"bench-{i:03d}", "aws"))
+            for name in names:
+                response = client.post("/api/v1/instances", json=instance_doc(name, "aws"))
                 response.raise_for_status()
                 ops.append(response.json()["operation"]["id"])
-            pending = set(ops)
-            failed = 0
-            while pending:
-                for op_id in list(pending):
-                    status = client.get(f"/api/v1/operations/{op_id}").json()["status"]
-                    if status in ("succeeded", "failed"):
-                        pending.discard(op_id)
-                        failed += status == "failed"
-                time.sleep(0.25)
-            elapsed = time.perf_counter() - started
-        return elapsed, failed
+            create_failed, create_phases = _wait_all(client, ops)
+            create_s = time.perf_counter() - started
+            started = time.perf_counter()
+            ops = []
+            for name in names:
+                response = client.delete(f"/api/v1/instances/{name}")
+                response.raise_for_status()
+                ops.append(response.json()["operation"]["id"])
+            delete_failed, delete_phases = _wait_all(client, ops)
+            delete_s = time.perf_counter() - started
+        return {"create_s": create_s, "create_failed": create_failed, "create_phases_s": create_phases,
+                "delete_s": delete_s, "delete_failed": delete_failed, "delete_phases_s": delete_phases}
     finally:
         live.stop()
 
 
-def direct(tmp: Path, count: int, concurrency: int, latency_ms: int) -> float:
+def direct(tmp: Path, count: int, concurrency: int, latency_ms: int) -> dict:
+    """The same stacks straight through the Automation API, same concurrency: creates, then deletes
+    (destroy and remove the stack, as the service does)."""
     backend = tmp / "direct-backend"
     project = tmp / "direct-project"
     backend.mkdir()
@@ -84,91 +120,33 @@ def direct(tmp: Path, count: int, concurrency: int, latency_ms: int) -> float:
     }
     command = auto.PulumiCommand(root=str(STANDIN_ROOT), skip_version_check=True)
     _, admin_key = generate_keypair("bench")
+    opts = auto.LocalWorkspaceOptions(work_dir=str(project), env_vars=env, pulumi_command=command)
 
     def provision(i: int) -> None:
         instance = parse_instance(instance_doc(f"bench-{i:03d}", "aws"))
         program = instance_program(instance, admin_public_key=admin_key)
-        opts = auto.LocalWorkspaceOptions(work_dir=str(project), env_vars=env, pulumi_command=command)
         stack = auto.create_or_select_stack(f"instance-{instance.name}", project_name="orch", program=program, opts=opts)
         stack.up(on_output=lambda line: None)
 
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        list(pool.map(provision, range(count)))
-    return time.perf_counter() - started
+    def remove(i: int) -> None:
+        stack = auto.select_stack(f"instance-bench-{i:03d}", project_name="orch", program=lambda: None, opts=opts)
+        stack.destroy(on_output=lambda line: None)
+        stack.workspace.remove_stack(stack.name)
+
+    times = {}
+    for label, action in (("create_s", provision), ("delete_s", remove)):
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            list(pool.map(action, range(count)))
+        times[label] = time.perf_counter() - started
+    return times
 
 
-LIST_DB = "orch_list_bench"
-
-
-def seed_records(sqlite_path: Path, records: int) -> None:
-    """Write the instance records straight into the store's SQLite file, before the store serves it.
-
-    mongoeco's inserts slow down as a collection grows (10,000 records take
-    minutes), so the seeded file is cached under ~/.cache/orch-bench and copied.
-    """
-    cached = Path.home() / ".cache" / "orch-bench" / f"instances-{records}.sqlite"
-    if not cached.exists():
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        _write_records(cached.with_suffix(".partial"), records)
-        cached.with_suffix(".partial").rename(cached)
-    shutil.copyfile(cached, sqlite_path)
-
-
-def _write_records(sqlite_path: Path, records: int) -> None:
-    from mongoeco import MongoClient
-    from mongoeco.engines.sqlite import SQLiteEngine
-
-    with MongoClient(SQLiteEngine(str(sqlite_path))) as client:
-        collection = client[LIST_DB][Instance._get_collection_name()]
-        collection.insert_many(
-            [
-                Instance(
-                    name=f"rec-{i:05d}", owner=f"user-{i % 100}", spec={"cloud": "aws"}, cloud=("aws", "gcp")[i % 2],
-                    region="us-east-1", status="running", public_ip=f"198.51.{i // 256 % 256}.{i % 256}",
-                ).to_mongo().to_dict()
-                for i in range(records)
-            ]
-        )
-        # The indexes the service would create at start (building them over the wire is as slow).
-        for spec in Instance._meta["index_specs"]:
-            options = {key: value for key, value in spec.items() if key != "fields"}
-            collection.create_index(spec["fields"], **options)
-
-
-def list_latency(tmp: Path, mongo_url: str, requests: int) -> tuple[list[float], list[float]]:
-    live = start_service(tmp, mongo_url, ORCH_MONGODB_URL=url_with_database(mongo_url, LIST_DB))
-    try:
-        admin_latencies, user_latencies = [], []
-        with live.client(token=live.admin_token) as admin, live.client("user-7") as user:
-            for target, latencies, params in (
-                (admin, admin_latencies, {"limit": 100}),
-                (user, user_latencies, {"limit": 100, "cloud": "gcp"}),
-            ):
-                target.get("/api/v1/instances", params=params).raise_for_status()  # warm-up
-                for _ in range(requests):
-                    started = time.perf_counter()
-                    response = target.get("/api/v1/instances", params=params)
-                    latencies.append((time.perf_counter() - started) * 1000)
-                    response.raise_for_status()
-        return admin_latencies, user_latencies
-    finally:
-        live.stop()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--instances", type=int, default=50)
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--latency-ms", type=int, default=200)
-    parser.add_argument("--records", type=int, default=10_000)
-    parser.add_argument("--list-requests", type=int, default=200)
-    args = parser.parse_args()
+def run(instances: int = 50, concurrency: int = 8, latency_ms: int = 200) -> dict:
+    """Orchestrated vs direct creates of the same stacks, same concurrency, in one run."""
     os.environ.pop("PULUMI_STANDIN_FAIL", None)
-
     with tempfile.TemporaryDirectory(prefix="orch-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        seed_records(tmp / "store.sqlite", args.records)
         store = subprocess.Popen(
             [sys.executable, "-m", "orchestrator.embedded_store", "--path", f"{tmp}/store.sqlite"],
             stdout=subprocess.PIPE, text=True, cwd=REPO,
@@ -176,25 +154,31 @@ def main() -> None:
         mongo_url = store.stdout.readline().strip()
         try:
             (tmp / "orchestrated").mkdir()
-            orchestrated_s, failed = orchestrated(tmp / "orchestrated", mongo_url, args.instances, args.concurrency, args.latency_ms)
-            print(f"orchestrated: {orchestrated_s:.1f} s", flush=True)
-            direct_s = direct(tmp, args.instances, args.concurrency, args.latency_ms)
-            print(f"direct: {direct_s:.1f} s", flush=True)
-            (tmp / "list").mkdir()
-            admin_ms, user_ms = list_latency(tmp / "list", mongo_url, args.list_requests)
+            service = orchestrated(tmp / "orchestrated", mongo_url, instances, concurrency, latency_ms)
+            baseline = direct(tmp, instances, concurrency, latency_ms)
         finally:
             store.terminate()
+            store.wait(timeout=10)
+    return {"instances": instances, "concurrency": concurrency, "latency_ms": latency_ms,
+            "service": service, "direct": baseline}
 
-    print(f"{args.instances} instances (aws program), concurrency {args.concurrency}, "
-          f"stand-in latency {args.latency_ms} ms per resource operation")
-    if failed:
-        print(f"WARNING: {failed} orchestrated operations failed")
-    print(f"orchestrated (REST -> MongoDB -> worker -> Automation API): {orchestrated_s:.1f} s")
-    print(f"direct Automation API, same programs and concurrency:      {direct_s:.1f} s")
-    print(f"ratio orchestrated/direct: {orchestrated_s / direct_s:.2f}")
-    for label, values in (("admin, all 10k, limit 100", admin_ms), ("user, own ~100 filtered by cloud", user_ms)):
-        print(f"GET /instances ({label}) with {args.records} records: p50 {percentile(values, 50):.1f} ms, "
-              f"p99 {percentile(values, 99):.1f} ms, mean {statistics.fmean(values):.1f} ms over {len(values)} requests")
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--instances", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--latency-ms", type=int, default=200)
+    args = parser.parse_args()
+    f = run(args.instances, args.concurrency, args.latency_ms)
+    print(f"{f['instances']} instances (aws program), concurrency {f['concurrency']}, "
+          f"stand-in latency {f['latency_ms']} ms per resource operation")
+    for kind in ("create", "delete"):
+        service, direct_s = f["service"][f"{kind}_s"], f["direct"][f"{kind}_s"]
+        failed = f["service"][f"{kind}_failed"]
+        print(f"{kind}s: through the service {service:.1f} s ({failed} failed), direct Automation API "
+              f"{direct_s:.1f} s; ratio {service / direct_s:.2f}")
+        phases = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in f["service"][f"{kind}_phases_s"].items())
+        print(f"  mean per {kind} operation: {phases}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import shutil
 import sys
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,6 +51,8 @@ PREVIEW_DIR_NAME = "pulumi-previews"
 NEW_STACK_PREVIEW_DIR_NAME = "new"
 PASSPHRASE_FILE_NAME = "pulumi-passphrase"
 CONCURRENT_UPDATE_RETRIES = 6
+# Stack names remembered as absent (see StackEngine._known_absent); the oldest are forgotten.
+MAX_KNOWN_ABSENT = 1024
 STDERR_TAIL_LINES = 15
 LOCKED_STDERR_LINES = 3
 
@@ -170,6 +173,10 @@ class StackEngine:
         self.project_dir = self._project_dir()
         self.env_vars = self._env_vars()
         self.command = self._pulumi_command()
+        # Stacks that inspect() just found absent (a create checks first): the next up creates them
+        # with one CLI call instead of create_or_select's failing select and then create.
+        self._known_absent: OrderedDict[str, None] = OrderedDict()
+        self._known_absent_lock = threading.Lock()
 
     def _project_dir(self) -> Path:
         path = self.settings.data_dir / PROJECT_DIR_NAME
@@ -214,6 +221,15 @@ class StackEngine:
         )
 
     def _stack(self, stack_name: str, program) -> auto.Stack:
+        with self._known_absent_lock:
+            absent = stack_name in self._known_absent
+            self._known_absent.pop(stack_name, None)
+        if absent:
+            try:
+                with _cli_errors():
+                    return auto.create_stack(stack_name, project_name=PROJECT_NAME, program=program, opts=self._options())
+            except EngineError:
+                pass  # created meanwhile, or busy: create_or_select below decides, with its retries
         return self._retrying(
             lambda: auto.create_or_select_stack(
                 stack_name, project_name=PROJECT_NAME, program=program, opts=self._options()
@@ -417,6 +433,10 @@ class StackEngine:
             with _cli_errors():
                 deployment = stack.export_stack().deployment or {}
         except StackNotFound:  # also when removed between the select and the export
+            with self._known_absent_lock:
+                self._known_absent[stack_name] = None
+                while len(self._known_absent) > MAX_KNOWN_ABSENT:
+                    self._known_absent.popitem(last=False)
             return None
         resources = []
         outputs: dict = {}

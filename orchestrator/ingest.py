@@ -413,7 +413,8 @@ class AgentIngest:
         for row in rows:
             instance, ts, report = row
             try:
-                encoded.append((row, json.dumps([instance, ts.isoformat(), report], separators=(",", ":"))))
+                # msgspec: about 6x faster than json.dumps, and the flush shares the GIL with the requests.
+                encoded.append((row, msgspec.json.encode([instance, ts.isoformat(), report])))
             except (TypeError, ValueError) as error:
                 self._drop(row, error, dropped)
         pending = list(self._chunks(encoded))
@@ -436,9 +437,9 @@ class AgentIngest:
         return []
 
     @staticmethod
-    def _chunks(encoded: list[tuple[tuple, str]]):
+    def _chunks(encoded: list[tuple[tuple, bytes]]):
         """Consecutive runs of rows whose JSON stays under MAX_BATCH_JSON_BYTES (at least one row each)."""
-        chunk: list[tuple[tuple, str]] = []
+        chunk: list[tuple[tuple, bytes]] = []
         size = 0
         for item in encoded:
             if chunk and size + len(item[1]) > MAX_BATCH_JSON_BYTES:
@@ -450,9 +451,9 @@ class AgentIngest:
             yield chunk
 
     @staticmethod
-    def _batch_document(chunk: list[tuple[tuple, str]]) -> dict:
+    def _batch_document(chunk: list[tuple[tuple, bytes]]) -> dict:
         times = [row[1] for row, _ in chunk]
-        data = ("[" + ",".join(text for _, text in chunk) + "]").encode()
+        data = b"[" + b",".join(text for _, text in chunk) + b"]"
         return {
             "flushed_at": utcnow(),
             "instances": sorted({row[0] for row, _ in chunk}),

@@ -96,13 +96,17 @@ class Instance(me.Document):
 
     meta = {
         "collection": "instances",
+        # The listing's filters then its keyset sort (name or created_at, ties by _id), for a
+        # user's own (owner first) and an admin's (status first); (owner, name, -created_at)
+        # finds a name's newest incarnation. Label keys are free-form: a label filter is
+        # served by the owner/status prefix and checked on those rows.
         "indexes": [
-            "owner",
             ("owner", "name", "-created_at"),
-            ("owner", "-created_at"),
-            ("cloud", "status"),
-            "status",
-            "-created_at",
+            ("owner", "status", "name", "_id"),
+            ("owner", "status", "created_at", "_id"),
+            ("owner", "cloud", "status", "name", "_id"),
+            ("status", "name", "_id"),
+            ("status", "created_at", "_id"),
         ],
     }
 
@@ -152,7 +156,15 @@ class Snapshot(me.Document):
 
     meta = {
         "collection": "snapshots",
-        "indexes": ["owner", ("owner", "name", "-created_at"), "instance", "status", "-created_at"],
+        # As for instances: a name's newest incarnation, then the listing's filters and keyset sorts.
+        "indexes": [
+            ("owner", "name", "-created_at"),
+            ("owner", "status", "name", "_id"),
+            ("owner", "status", "created_at", "_id"),
+            ("owner", "instance", "status"),
+            ("status", "name", "_id"),
+            ("status", "created_at", "_id"),
+        ],
     }
 
     @property

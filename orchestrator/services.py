@@ -21,6 +21,8 @@ from orchestrator import locks
 from orchestrator.auth import USER_NAME, USER_NAME_RULE, Principal
 from orchestrator.engine import EngineError, StackBusy, StackEngine, StackNotFound
 from orchestrator.ingest import read_samples
+from orchestrator.listing.keyset import DEFAULT_SORT, MAX_QUERY_CHARS, SORTS, CursorError, Keyset, name_contains
+from orchestrator.metrics.windows import WINDOWS, window_since
 from orchestrator.models import Instance, Operation, Snapshot, claim_key, utcnow
 from orchestrator.settings import Settings
 from orchestrator.sshkeys import generate_keypair
@@ -36,9 +38,7 @@ MAX_OPERATIONS_PAGE = 100
 POWER_STATE_CLOUDS = ("aws", "gcp", "docker")
 # A preview renews the instance's lock this many times per lease while it runs.
 PREVIEW_LOCK_RENEWALS_PER_LEASE = 3
-# Deepest page a list may start at: MongoDB's skip takes 32-bit counts, and no real
-# listing pages this far.
-MAX_OFFSET = 1_000_000
+DEFAULT_PAGE = 50
 
 
 class ServiceError(Exception):
@@ -108,7 +108,40 @@ class Page:
     items: list
     total: int
     limit: int
-    offset: int
+    next_cursor: str | None
+
+
+# The instance fields a listing shows: never the secrets, not the agent token's hash.
+INSTANCE_LIST_EXCLUDES = ("admin_private_key", "admin_public_key", "agent_token_hash", "claim")
+
+
+def _keyset_page(queryset, keyset: Keyset, cursor: str | None, limit: int, excludes: tuple[str, ...] = ()) -> Page:
+    """One page of `queryset` in the keyset's order, after `cursor` (a 422 naming it when it is not ours)."""
+    total = queryset.count()
+    if cursor:
+        try:
+            after = keyset.after(cursor)
+        except CursorError as error:
+            raise Invalid(str(error), field="cursor") from None
+        queryset = queryset.filter(__raw__=after)
+    # One row more than the page says whether another page follows.
+    rows = list(queryset.exclude(*excludes).order_by(*keyset.order()).limit(limit + 1))
+    next_cursor = keyset.encode(rows[limit - 1]) if len(rows) > limit else None
+    return Page(items=rows[:limit], total=total, limit=limit, next_cursor=next_cursor)
+
+
+def _keyset(sort: str) -> Keyset:
+    if sort not in SORTS:
+        raise Invalid(f"sort: {sort!r} is not one of {', '.join(SORTS)}", field="sort")
+    return Keyset.for_sort(sort)
+
+
+def _query_text(q: str | None) -> dict | None:
+    if q is None:
+        return None
+    if len(q) > MAX_QUERY_CHARS:
+        raise Invalid(f"q: at most {MAX_QUERY_CHARS} characters", field="q")
+    return name_contains(q)
 
 
 class Orchestrator:
@@ -354,16 +387,20 @@ class Orchestrator:
         cloud: str | None = None,
         status: str | None = None,
         label: str | None = None,
+        q: str | None = None,
         include_deleted: bool = False,
         owner: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
+        sort: str = DEFAULT_SORT,
+        limit: int = DEFAULT_PAGE,
+        cursor: str | None = None,
     ) -> Page:
         """Deleted instances stay as history documents; a listing hides them unless `include_deleted`
         (or a `status` filter asks for them), so it does not grow forever."""
+        keyset = _keyset(sort)
+        limit = max(1, min(limit, MAX_PAGE))
         query = self._owner_filter(principal, owner)
         if query is None:
-            return Page(items=[], total=0, limit=limit, offset=offset)
+            return Page(items=[], total=0, limit=limit, next_cursor=None)
         if cloud:
             query["cloud"] = cloud
         if status:
@@ -373,10 +410,9 @@ class Orchestrator:
         queryset = Instance.objects(**query)
         if label is not None:  # an empty filter is a malformed one, not "no filter"
             queryset = queryset.filter(__raw__=_label_filter(label))
-        limit = max(1, min(limit, MAX_PAGE))
-        offset = max(0, min(offset, MAX_OFFSET))
-        queryset = queryset.exclude("admin_private_key").order_by("-created_at")
-        return Page(items=list(queryset.skip(offset).limit(limit)), total=queryset.count(), limit=limit, offset=offset)
+        if (text := _query_text(q)) is not None:
+            queryset = queryset.filter(__raw__=text)
+        return _keyset_page(queryset, keyset, cursor, limit, INSTANCE_LIST_EXCLUDES)
 
     def stack(self, principal: Principal, name: str, owner: str | None = None) -> dict:
         instance = self._instance(principal, name, owner)
@@ -497,8 +533,13 @@ class Orchestrator:
         until: dt.datetime | None,
         limit: int = 1000,
         owner: str | None = None,
+        window: str | None = None,
     ) -> list[dict]:
+        """The instance's samples (read by its id: a deleted namesake's are not its own), oldest first."""
+        if window is not None and window not in WINDOWS:
+            raise Invalid(f"window: {window!r} is not one of {', '.join(WINDOWS)}", field="window")
         instance = self._instance(principal, name, owner)
+        since = window_since(window, since, utcnow())
         return read_samples(instance.agent_identity, since, until, max(1, min(limit, 10000)))
 
     # -- snapshots --------------------------------------------------------
@@ -541,23 +582,27 @@ class Orchestrator:
         principal: Principal,
         *,
         instance: str | None = None,
+        q: str | None = None,
         include_deleted: bool = False,
         owner: str | None = None,
-        limit: int = 100,
-        offset: int = 0,
+        sort: str = DEFAULT_SORT,
+        limit: int = DEFAULT_PAGE,
+        cursor: str | None = None,
     ) -> Page:
         """Deleted snapshots are hidden unless `include_deleted`, as for instances."""
+        keyset = _keyset(sort)
+        limit = max(1, min(limit, MAX_PAGE))
         query = self._owner_filter(principal, owner)
         if query is None:
-            return Page(items=[], total=0, limit=limit, offset=offset)
+            return Page(items=[], total=0, limit=limit, next_cursor=None)
         if instance:
             query["instance"] = instance
         if not include_deleted:
             query["status__ne"] = "deleted"
-        limit = max(1, min(limit, MAX_PAGE))
-        offset = max(0, min(offset, MAX_OFFSET))
-        queryset = Snapshot.objects(**query).order_by("-created_at")
-        return Page(items=list(queryset.skip(offset).limit(limit)), total=queryset.count(), limit=limit, offset=offset)
+        queryset = Snapshot.objects(**query)
+        if (text := _query_text(q)) is not None:
+            queryset = queryset.filter(__raw__=text)
+        return _keyset_page(queryset, keyset, cursor, limit, ("claim",))
 
     def get_snapshot(self, principal: Principal, name: str, owner: str | None = None) -> Snapshot:
         return self._snapshot(principal, name, owner)

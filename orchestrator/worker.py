@@ -44,6 +44,8 @@ CREATED_STACK = "created_stack"
 MAX_LOG_LINES = 2000
 MAX_LOG_LINE_CHARS = 4000
 SKIPPED_CONFIGURE_STEP = "configure: skipped (simulated, no sandbox host)"
+# Log lines arriving this close together are written in one update (see OperationLog).
+LOG_BATCH_S = 0.5
 CONFIGURE_FIELDS = ("ssh_users", "mounts", "bootstrap_script", "configure")
 
 
@@ -57,23 +59,63 @@ class OperationFailed(Exception):
 
 
 class OperationLog:
-    """Appends lines to an operation's log in MongoDB as they arrive, up to MAX_LOG_LINES."""
+    """Appends lines to an operation's log in MongoDB as they arrive, up to MAX_LOG_LINES.
+
+    A Pulumi run prints dozens of lines and waits for each to be handled, so lines that
+    arrive within LOG_BATCH_S of the last write go out together in one update, at most
+    LOG_BATCH_S later (a timer), or at flush(). Readers following the log by offset see
+    every kept line in order either way.
+    """
 
     def __init__(self, op_id: ObjectId):
         self.op_id = op_id
+        self._pending: list[str] = []
+        self._lock = threading.Lock()
+        self._last_write = 0.0
+        self._timer: threading.Timer | None = None
 
     def __call__(self, line: str) -> None:
         line = line.rstrip("\n")
         if not line.strip():
             return
-        # Conditions on the array's last kept index keep the bound atomic across writers.
-        appended = Operation.objects(id=self.op_id, **{f"logs__{MAX_LOG_LINES - 1}__exists": False}).update_one(
-            push__logs=line[:MAX_LOG_LINE_CHARS], set__updated_at=utcnow()
-        )
-        if not appended:
-            Operation.objects(id=self.op_id, **{f"logs__{MAX_LOG_LINES}__exists": False}).update_one(
-                push__logs=f"[log truncated: only the first {MAX_LOG_LINES} lines are kept]", set__updated_at=utcnow()
+        with self._lock:
+            self._pending.append(line[:MAX_LOG_LINE_CHARS])
+            if time.monotonic() - self._last_write >= LOG_BATCH_S:
+                self._write()
+            elif self._timer is None:
+                self._timer = threading.Timer(LOG_BATCH_S, self.flush)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def flush(self) -> None:
+        """Write the lines not written yet (an operation flushes before it ends)."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._write()
+
+    def _write(self) -> None:
+        lines, self._pending = self._pending, []
+        self._last_write = time.monotonic()
+        if not lines:
+            return
+        # Conditions on the array's last kept index keep the bound atomic across writers:
+        # all the lines at once when there is room for all of them, else one by one up to the bound.
+        if len(lines) <= MAX_LOG_LINES and Operation.objects(
+            id=self.op_id, **{f"logs__{MAX_LOG_LINES - len(lines)}__exists": False}
+        ).update_one(push_all__logs=lines, set__updated_at=utcnow()):
+            return
+        for line in lines:
+            appended = Operation.objects(id=self.op_id, **{f"logs__{MAX_LOG_LINES - 1}__exists": False}).update_one(
+                push__logs=line, set__updated_at=utcnow()
             )
+            if not appended:
+                Operation.objects(id=self.op_id, **{f"logs__{MAX_LOG_LINES}__exists": False}).update_one(
+                    push__logs=f"[log truncated: only the first {MAX_LOG_LINES} lines are kept]",
+                    set__updated_at=utcnow(),
+                )
+                return
 
 
 class Worker:
@@ -174,8 +216,10 @@ class Worker:
                 log.warning("operation %s: its failure path failed too: %s", op.id, fail_error)
                 reason += f"; recording the failure failed: {fail_error}"
                 log_line(f"error: recording the failure failed: {fail_error}")
+            log_line.flush()  # the whole log is there when the operation shows as ended
             self._finish(op, "failed", reason)
         else:
+            log_line.flush()
             self._finish(op, "succeeded", None)
 
     def _finish(self, op: Operation, status: str, error: str | None) -> None:
@@ -441,7 +485,9 @@ def recover(dispatch: Callable[[str], bool], redispatch_after_s: float = 30.0) -
             set__status="queued", set__worker=None, set__dispatched_at=now, new=True
         )
         if reset is not None:
-            OperationLog(op.id)("worker lost (lease expired); operation queued again")
+            lost = OperationLog(op.id)
+            lost("worker lost (lease expired); operation queued again")
+            lost.flush()
             dispatch(str(op.id))
             count += 1
     stale = now - dt.timedelta(seconds=redispatch_after_s)

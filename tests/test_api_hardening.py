@@ -18,7 +18,7 @@ from litestar.testing import TestClient
 from orchestrator import db
 from orchestrator.api.app import MAX_REQUEST_BODY_BYTES, create_app
 from orchestrator.api.http_protocol import MAX_REQUEST_HEAD_BYTES
-from orchestrator.services import MAX_OFFSET
+from orchestrator.listing.keyset import MAX_CURSOR_CHARS
 from tests.live import instance_doc, wait_operation
 
 JSON = {"content-type": "application/json"}
@@ -41,13 +41,26 @@ def _assert_no_server_errors_logged(service) -> None:
 
 
 @pytest.mark.parametrize("path", ["/api/v1/instances", "/api/v1/snapshots"])
-def test_offset_past_32_bits_is_a_400_naming_offset(service, path):
+@pytest.mark.parametrize("cursor", ["not-a-cursor", "W10", "x" * (MAX_CURSOR_CHARS + 1)])
+def test_a_cursor_that_is_not_ours_is_refused_naming_cursor(service, path, cursor):
     with service.client("alice") as client:
-        response = client.get(path, params={"offset": 2**31})
-        assert response.status_code == 400, response.text
-        assert "offset" in response.text and str(MAX_OFFSET) in response.text
-        assert client.get(path, params={"offset": MAX_OFFSET}).status_code == 200
+        response = client.get(path, params={"cursor": cursor})
+        assert response.status_code in (400, 422), response.text
+        assert "cursor" in response.text
     _assert_no_server_errors_logged(service)
+
+
+def test_a_cursor_for_another_sort_is_a_422(service):
+    with service.client("keyset-user") as client:  # its own instances: alice's listings stay as other tests expect
+        for n in range(3):
+            created = client.post("/api/v1/instances", json=instance_doc(f"keyset-{n}"))
+            assert created.status_code == 202, created.text
+        first = client.get("/api/v1/instances", params={"limit": 1, "sort": "name"}).json()
+        assert first["next_cursor"]
+        response = client.get("/api/v1/instances", params={"cursor": first["next_cursor"], "sort": "-created_at"})
+        assert response.status_code == 422, response.text
+        assert response.json()["extra"]["field"] == "cursor"
+        assert "sort=name" in response.json()["detail"]
 
 
 @pytest.mark.parametrize("label", ["__raw__=1", "a.b=1", "$where=1", "labels.team=test", "Team=test", "team\n=test"])

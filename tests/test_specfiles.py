@@ -324,9 +324,10 @@ def test_exit_codes_are_distinct():
 
 def test_get_all_follows_pages():
     def page(request: httpx.Request) -> httpx.Response:
-        offset = int(request.url.params["offset"])
-        items = [{"name": f"i{n}"} for n in range(offset, min(offset + 2, 5))]
-        return httpx.Response(200, json={"items": items, "total": 5, "limit": 2, "offset": offset})
+        start = int(request.url.params.get("cursor", "0"))
+        items = [{"name": f"i{n}"} for n in range(start, min(start + 2, 5))]
+        following = str(start + 2) if start + 2 < 5 else None
+        return httpx.Response(200, json={"items": items, "total": 5, "limit": 2, "next_cursor": following})
 
     api = ApiClient(ClientConfig("http://orch.test", "t"), transport=httpx.MockTransport(page))
     assert [item["name"] for item in api.get_all("/instances")] == ["i0", "i1", "i2", "i3", "i4"]

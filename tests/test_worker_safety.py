@@ -158,6 +158,9 @@ def test_the_operation_log_is_bounded(setup, monkeypatch):
     log_line = OperationLog(op.id)
     for index in range(kept + 20):
         log_line(f"line {index}")
+        if index % 7 == 0:
+            log_line.flush()  # batches of several lines and single lines both meet the bound
+    log_line.flush()
     logs = Operation.objects.get(id=op.id).logs
     assert logs[:kept] == [f"line {index}" for index in range(kept)], "the first lines are kept, in order"
     assert len(logs) == kept + 1 and f"only the first {kept} lines" in logs[-1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from anyio import to_thread
@@ -60,9 +60,10 @@ from orchestrator.api.web import PAGE_HANDLERS
 from orchestrator.auth import AGENT_AUDIENCE, Principal, TokenError, bearer_token, decode_user_token
 from orchestrator.ingest import MAX_REPORT_BYTES, ReportRejected, read_body
 from orchestrator.runtime import Runtime
+from orchestrator.listing.keyset import MAX_CURSOR_CHARS, MAX_QUERY_CHARS
 from orchestrator.models import Instance, Operation
 from orchestrator.services import (
-    MAX_OFFSET,
+    DEFAULT_PAGE,
     MAX_OPERATIONS_PAGE,
     MAX_PAGE,
     OPERATIONS_PAGE,
@@ -182,6 +183,15 @@ def _success(model: type, description: str) -> ResponseSpec:
 OWNER = Parameter(default=None, description="admins: the owner whose instances and snapshots are addressed")
 # Deleted incarnations stay as history documents (names are unique per owner); listings hide them by default.
 INCLUDE_DELETED = Parameter(default=False, description="true: also list deleted ones (kept as history)")
+LIMIT = Parameter(default=DEFAULT_PAGE, ge=1, le=MAX_PAGE)
+CURSOR = Parameter(
+    default=None, max_length=MAX_CURSOR_CHARS, description="the next_cursor of the previous page (opaque)"
+)
+QUERY_TEXT = Parameter(
+    default=None, max_length=MAX_QUERY_CHARS, description="names containing this text (literal characters)"
+)
+MetricsWindow = Literal["1h", "24h"]
+ListSort = Literal["name", "-name", "created_at", "-created_at"]
 
 USER_DEPENDENCIES = {"principal": Provide(provide_principal), "orch": Provide(provide_orchestrator, sync_to_thread=False)}
 InstanceDocBody = Annotated[dict[str, Any], DocumentedAs(InstanceDoc)]
@@ -230,9 +240,11 @@ class InstanceController(Controller):
             # Documented, and checked by the service (a 422 naming the key or the value).
             schema_extra={"pattern": LABEL_FILTER_PATTERN},
         ),
+        q: str | None = QUERY_TEXT,
         include_deleted: bool = INCLUDE_DELETED,
-        limit: int = Parameter(default=100, ge=1, le=MAX_PAGE),
-        offset: int = Parameter(default=0, ge=0, le=MAX_OFFSET),
+        sort: ListSort = "name",
+        limit: int = LIMIT,
+        cursor: str | None = CURSOR,
         owner: str | None = OWNER,
     ) -> InstancePage:
         """Deleted instances are listed only with include_deleted=true or status=deleted."""
@@ -241,13 +253,18 @@ class InstanceController(Controller):
             cloud=cloud,
             status=status,
             label=label,
+            q=q,
             include_deleted=include_deleted,
             owner=owner,
+            sort=sort,
             limit=limit,
-            offset=offset,
+            cursor=cursor,
         )
         return InstancePage(
-            items=_instance_rows(request, page.items), total=page.total, limit=page.limit, offset=page.offset
+            items=_instance_rows(request, page.items),
+            total=page.total,
+            limit=page.limit,
+            next_cursor=page.next_cursor,
         )
 
     @get("/{name:str}", sync_to_thread=True, summary="One instance", responses=_errors(404, 422))
@@ -316,8 +333,9 @@ class InstanceController(Controller):
         until: str | None = TIME_PARAMETER,
         limit: int = Parameter(default=1000, ge=1, le=10000),
         owner: str | None = OWNER,
+        window: MetricsWindow | None = Parameter(default=None, description="the most recent 1h or 24h (with since: the later start)"),
     ) -> MetricsView:
-        samples = orch.metrics(principal, name, _time("since", since), _time("until", until), limit, owner)
+        samples = orch.metrics(principal, name, _time("since", since), _time("until", until), limit, owner, window)
         return MetricsView(instance=name, samples=samples)
 
     @post("/{name:str}/stop", status_code=202, sync_to_thread=True, summary="Stop (power off; the disk and stack stay)",
@@ -360,16 +378,21 @@ class SnapshotController(Controller):
         principal: Principal,
         orch: Orchestrator,
         instance: str | None = None,
+        q: str | None = QUERY_TEXT,
         include_deleted: bool = INCLUDE_DELETED,
-        limit: int = Parameter(default=100, ge=1, le=MAX_PAGE),
-        offset: int = Parameter(default=0, ge=0, le=MAX_OFFSET),
+        sort: ListSort = "name",
+        limit: int = LIMIT,
+        cursor: str | None = CURSOR,
         owner: str | None = OWNER,
     ) -> SnapshotPage:
         """Deleted snapshots are listed only with include_deleted=true."""
         page = orch.list_snapshots(
-            principal, instance=instance, include_deleted=include_deleted, owner=owner, limit=limit, offset=offset
+            principal, instance=instance, q=q, include_deleted=include_deleted, owner=owner, sort=sort,
+            limit=limit, cursor=cursor,
         )
-        return SnapshotPage(items=[snapshot_json(s) for s in page.items], total=page.total, limit=page.limit, offset=page.offset)
+        return SnapshotPage(
+            items=[snapshot_json(s) for s in page.items], total=page.total, limit=page.limit, next_cursor=page.next_cursor
+        )
 
     @get("/{name:str}", sync_to_thread=True, summary="One snapshot", responses=_errors(404, 422))
     def get_one(self, name: str, principal: Principal, orch: Orchestrator, owner: str | None = OWNER) -> SnapshotView:

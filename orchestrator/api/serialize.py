@@ -205,14 +205,16 @@ class InstancePage(_Shape):
     items: list[InstanceView]
     total: int
     limit: int
-    offset: int
+    # Pass it as `cursor` for the next page; null on the last page.
+    next_cursor: str | None
 
 
 class SnapshotPage(_Shape):
     items: list[SnapshotView]
     total: int
     limit: int
-    offset: int
+    # Pass it as `cursor` for the next page; null on the last page.
+    next_cursor: str | None
 
 
 class StackResource(_Shape):

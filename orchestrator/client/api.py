@@ -13,6 +13,8 @@ API_PREFIX = "/api/v1"
 REQUEST_TIMEOUT_S = 60.0
 # A preview runs the Pulumi program and asks every provider for a diff.
 PREVIEW_TIMEOUT_S = 600.0
+# Rows per request when a command lists everything (the API's largest page).
+LIST_PAGE = 500
 
 
 class NotFound(ClientError):
@@ -109,12 +111,14 @@ class ApiClient:
             return None
 
     def get_all(self, path: str, **params: Any) -> list[dict]:
-        """Every item of a paginated listing, page after page."""
+        """Every item of a paginated listing, page after page (each page starts at the last one's cursor)."""
         items: list[dict] = []
+        cursor = None
         while True:
-            page = self.get(path, **params, offset=len(items), limit=500)
+            page = self.get(path, **params, limit=LIST_PAGE, **({"cursor": cursor} if cursor else {}))
             items.extend(page["items"])
-            if not page["items"] or len(items) >= page["total"]:
+            cursor = page.get("next_cursor")
+            if not cursor:
                 return items
 
     def post(self, path: str, body: Any, *, timeout: float | None = None) -> Any:

@@ -1,0 +1,145 @@
+"""GET /instances over many instance records in the embedded store, concurrent clients.
+
+Seeds `records` instances (the measured user owns `user_share` of them, the rest spread
+over other users, a third of each user's deleted), then measures, with `clients`
+keep-alive connections at once: the user's first page of 50, the same with a label and a
+status filter, and the page after a cursor `deep` rows into the user's listing.
+
+    .venv/bin/python -m benchmarks.listing [--records 10000] [--clients 20] [--requests 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from urllib.parse import urlencode
+
+import httpx
+
+from benchmarks.loadgen import LoadResult, build_request, run_load
+from orchestrator.db import url_with_database
+from orchestrator.models import Instance, claim_key
+from tests.live import start_service
+
+REPO = Path(__file__).resolve().parent.parent
+LIST_DB = "orch_list_bench"
+USER = "bench-user"
+OTHER_USERS = 100
+BASE_TIME = dt.datetime(2025, 1, 1)
+PAGE = 50
+
+
+def _records(records: int, user_share: float) -> list[dict]:
+    mine = int(records * user_share)
+    rows = []
+    for i in range(records):
+        owner = USER if i < mine else f"user-{i % OTHER_USERS}"
+        deleted = i % 3 == 0
+        rows.append(
+            Instance(
+                name=f"rec-{i:05d}", owner=owner, claim=None if deleted else claim_key(owner, f"rec-{i:05d}"),
+                spec={"cloud": "aws"}, cloud=("aws", "gcp")[i % 2],
+                region="us-east-1", status="deleted" if deleted else "running", labels={"team": f"t{i % 5}"},
+                public_ip=f"198.51.{i // 256 % 256}.{i % 256}", created_at=BASE_TIME + dt.timedelta(seconds=i),
+            ).to_mongo().to_dict()
+        )
+    return rows
+
+
+def seed(sqlite_path: Path, records: int, user_share: float) -> None:
+    """Write the records and the service's indexes straight into the store's SQLite file.
+
+    Cached under ~/.cache/orch-bench by size (building 10,000 takes about half a minute).
+    """
+    cached = Path.home() / ".cache" / "orch-bench" / f"list-v2-{records}-{user_share}.sqlite"
+    if not cached.exists():
+        from mongoeco import MongoClient
+        from mongoeco.engines.sqlite import SQLiteEngine
+
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_suffix(".partial")
+        partial.unlink(missing_ok=True)
+        with MongoClient(SQLiteEngine(str(partial))) as client:
+            collection = client[LIST_DB][Instance._get_collection_name()]
+            collection.insert_many(_records(records, user_share))
+            for spec in Instance._meta["index_specs"]:
+                options = {key: value for key, value in spec.items() if key != "fields"}
+                collection.create_index(spec["fields"], **options)
+        partial.rename(cached)
+    shutil.copyfile(cached, sqlite_path)
+
+
+def run(records: int = 10_000, clients: int = 20, requests: int = 400, deep: int = 1000, user_share: float = 0.2) -> dict:
+    """The figures: p50/p99 ms per query shape, and what ran."""
+    with tempfile.TemporaryDirectory(prefix="orch-bench-list-") as tmp_name:
+        tmp = Path(tmp_name)
+        seed(tmp / "store.sqlite", records, user_share)
+        store = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.embedded_store", "--path", f"{tmp}/store.sqlite"],
+            stdout=subprocess.PIPE, text=True, cwd=REPO,
+        )
+        try:
+            mongo_url = store.stdout.readline().strip()
+            (tmp / "svc").mkdir()
+            live = start_service(tmp / "svc", mongo_url, ORCH_MONGODB_URL=url_with_database(mongo_url, LIST_DB))
+            try:
+                port = int(live.url.rsplit(":", 1)[1])
+                token = live.token_for(USER)
+                with httpx.Client(base_url=live.url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as c:
+                    total = c.get("/api/v1/instances", params={"limit": 1}).json()["total"]
+                    # The cursor `deep` rows in (a page before the end at most): walk there 500 rows a page.
+                    deep = max(0, min(deep, total - PAGE))
+                    cursor, walked = None, 0
+                    while walked < deep:
+                        page = c.get("/api/v1/instances", params={"limit": min(500, deep - walked),
+                                                                  **({"cursor": cursor} if cursor else {})}).json()
+                        walked += len(page["items"])
+                        cursor = page["next_cursor"]
+                shapes = {
+                    "first page": {"limit": PAGE},
+                    "label + status filter": {"limit": PAGE, "label": "team=t1", "status": "running"},
+                    f"page after {walked} rows": {"limit": PAGE, **({"cursor": cursor} if cursor else {})},
+                }
+                headers = {"Authorization": f"Bearer {token}"}
+                results: dict[str, LoadResult] = {}
+                for label, params in shapes.items():
+                    path = f"/api/v1/instances?{urlencode(params)}"
+                    request = build_request("GET", "127.0.0.1", port, path, b"", headers)
+                    run_load("127.0.0.1", port, [request] * clients, clients, ok={200})  # warm-up
+                    results[label] = run_load("127.0.0.1", port, [request] * requests, clients, ok={200})
+            finally:
+                live.stop()
+        finally:
+            store.terminate()
+            store.wait(timeout=10)
+    return {
+        "records": records, "clients": clients, "user_instances": total, "deep_rows": walked,
+        "shapes": {
+            label: {"p50_ms": r.percentile(50), "p99_ms": r.percentile(99), "requests": r.requests, "errors": r.errors,
+                    "rate": r.rate}
+            for label, r in results.items()
+        },
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--records", type=int, default=10_000)
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=400)
+    args = parser.parse_args()
+    figures = run(args.records, args.clients, args.requests)
+    print(f"{figures['records']} records, {figures['user_instances']} of them the user's (not deleted), "
+          f"{figures['clients']} clients")
+    for label, shape in figures["shapes"].items():
+        print(f"GET /instances ({label}): p50 {shape['p50_ms']:.1f} ms, p99 {shape['p99_ms']:.1f} ms, "
+              f"{shape['rate']:.0f}/s, {shape['errors']} errors over {shape['requests']} requests")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Listings: keyset (cursor) pagination over instances and snapshots."""

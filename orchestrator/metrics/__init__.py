@@ -1,0 +1,1 @@
+"""Agent samples as read back: time windows over an instance's stored reports."""

@@ -1,0 +1,32 @@
+"""Every benchmark runs once at its small size, so none can rot; targets are not asserted here."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from benchmarks.__main__ import SIZES, main
+
+
+def test_every_benchmark_runs_and_gives_sane_figures(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["--size", "small", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    rows = result["rows"]
+    assert rows and all(row["figure"] in printed for row in rows)
+    for row in rows:
+        assert math.isfinite(row["value"]) and row["value"] >= 0, row
+        assert row["met"] in (True, False, None)
+    raw = result["raw"]
+    small = SIZES["small"]
+    assert raw["listing"]["records"] == small["listing"]["records"]
+    assert all(shape["errors"] == 0 and shape["requests"] > 0 for shape in raw["listing"]["shapes"].values())
+    assert raw["ingest"]["errors"] == 0 and raw["ingest"]["stored"] > 0
+    assert raw["ingest"]["service_to_storage_rate"] > 0 and raw["ingest"]["bare_rate"] > 0
+    assert 0 < raw["ingest"]["rss_mb"] < 10_000
+    multi = raw["multiprocess"]
+    assert multi["stored"] > 0 and multi["operations"] == 2 * small["multiprocess"]["operations"]
+    for kind in ("create", "delete"):
+        assert raw["provision"]["service"][f"{kind}_failed"] == 0
+        assert raw["provision"]["service"][f"{kind}_s"] > 0 and raw["provision"]["direct"][f"{kind}_s"] > 0
