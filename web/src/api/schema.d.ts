@@ -207,6 +207,40 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/instances/{name}/start": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Start a stopped instance */
+        post: operations["ApiV1InstancesNameStartStart"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/instances/{name}/stop": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Stop (power off; the disk and stack stay) */
+        post: operations["ApiV1InstancesNameStopStop"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/me": {
         parameters: {
             query?: never;
@@ -361,7 +395,7 @@ export interface components {
             };
             last_report_at: string | null;
             /** @enum {string} */
-            state: "unknown" | "healthy" | "unreachable";
+            state: "unknown" | "healthy" | "unreachable" | "stopped";
         };
         /** IngestHealth */
         IngestHealth: {
@@ -440,6 +474,12 @@ export interface components {
             mounts?: components["schemas"]["Mount"][];
             region: string;
             ssh_users: components["schemas"]["SshUser"][];
+            /**
+             * @description the power state apply converges to: stopped keeps the disk and stack, not the machine
+             * @default running
+             * @enum {string}
+             */
+            state: "running" | "stopped";
             zone?: string | null;
         };
         /** InstanceView */
@@ -467,7 +507,7 @@ export interface components {
             stack_command: string;
             stack_name: string;
             /** @enum {string} */
-            status: "pending" | "provisioning" | "configuring" | "running" | "updating" | "failed" | "deleting" | "deleted";
+            status: "pending" | "provisioning" | "configuring" | "running" | "updating" | "failed" | "stopping" | "stopped" | "starting" | "deleting" | "deleted";
             status_reason: string | null;
             updated_at: string | null;
         };
@@ -500,7 +540,7 @@ export interface components {
         OperationSummary: {
             id: string;
             /** @enum {string} */
-            kind: "create" | "update" | "delete" | "snapshot_create" | "snapshot_delete";
+            kind: "create" | "update" | "delete" | "snapshot_create" | "snapshot_delete" | "stop" | "start";
             /** @enum {string} */
             status: "queued" | "running" | "succeeded" | "failed";
             step: string | null;
@@ -512,7 +552,7 @@ export interface components {
             error: string | null;
             id: string;
             /** @enum {string} */
-            kind: "create" | "update" | "delete" | "snapshot_create" | "snapshot_delete";
+            kind: "create" | "update" | "delete" | "snapshot_create" | "snapshot_delete" | "stop" | "start";
             log_count: number;
             log_offset: number;
             logs: string[];
@@ -869,7 +909,7 @@ export interface operations {
         parameters: {
             query?: {
                 cloud?: "aws" | "gcp" | "azure" | "docker" | null;
-                status?: "pending" | "provisioning" | "configuring" | "running" | "updating" | "failed" | "deleting" | "deleted" | null;
+                status?: "pending" | "provisioning" | "configuring" | "running" | "updating" | "failed" | "stopping" | "stopped" | "starting" | "deleting" | "deleted" | null;
                 /** @description key=value: instances with this label (keys and values as in an Instance document) */
                 label?: string | null;
                 /** @description true: also list deleted ones (kept as history) */
@@ -1611,6 +1651,146 @@ export interface operations {
             };
             /** @description The Pulumi engine failed; detail has its message */
             502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    ApiV1InstancesNameStartStart: {
+        parameters: {
+            query?: {
+                /** @description admins: the owner whose instances and snapshots are addressed */
+                owner?: string | null;
+            };
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request accepted, processing continues off-line */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InstanceOperation"];
+                };
+            };
+            /** @description Malformed request: a query parameter out of range, a body that is not a JSON object */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, malformed, expired or wrong-audience bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such resource for this user */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The resource's state does not allow this now (exists, busy, locked) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The document is invalid; detail and extra.field name the field */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    ApiV1InstancesNameStopStop: {
+        parameters: {
+            query?: {
+                /** @description admins: the owner whose instances and snapshots are addressed */
+                owner?: string | null;
+            };
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request accepted, processing continues off-line */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InstanceOperation"];
+                };
+            };
+            /** @description Malformed request: a query parameter out of range, a body that is not a JSON object */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, malformed, expired or wrong-audience bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such resource for this user */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The resource's state does not allow this now (exists, busy, locked) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The document is invalid; detail and extra.field name the field */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
