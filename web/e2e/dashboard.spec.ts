@@ -79,7 +79,8 @@ test("sign in, create, report, snapshot, instance from the snapshot, delete both
   postAgentReport(url, "web-one", 37);
   await expect(row.getByTestId("health")).toContainText("healthy");
   await expect(row.getByTestId("health")).toContainText(/last report \d+ s ago/);
-  await expect(row.getByTestId("sparkline-path").first()).toBeAttached();
+  // Several reports over the last minutes: a line, not a lone sample's marker.
+  await expect(row.getByTestId("sparkline-path").first()).toHaveAttribute("d", /L/);
   await expect(row).toContainText("37%");
   await expectAccessible(page, "instances page");
   await screenshot(page, "1-instances");
@@ -88,6 +89,7 @@ test("sign in, create, report, snapshot, instance from the snapshot, delete both
   await expect(page.getByRole("heading", { name: "web-one" })).toBeVisible();
   await expect(page.getByTestId("stack-command")).toContainText("pulumi");
   await expect(page.getByTestId("spec-yaml")).toContainText("machine_type: small");
+  await expect(page.locator(".s-cpu .chart-line")).toHaveAttribute("d", /L/);
   await page.getByLabel("New snapshot name").fill("web-one-snap");
   await page.getByRole("button", { name: "Create snapshot" }).click();
   const snapshotRow = page.getByTestId("snapshot-web-one-snap");
