@@ -8,6 +8,7 @@ dot); their CPU, GPU and memory figures wander around fixed levels, and the newe
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import subprocess
 import sys
@@ -26,7 +27,7 @@ MEMORY_TOTAL = 8_000_000_000
 def report(identity: str, ts: float, cpu: float, gpu: float, memory_fraction: float) -> dict:
     return {
         "instance": identity,
-        "ts": ts,
+        "ts": dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),  # as agent/metrics.py
         "uptime_s": 3600.0,
         "load": [0.1, 0.2, 0.3],
         "cpu_percent": cpu,
