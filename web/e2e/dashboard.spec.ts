@@ -79,7 +79,9 @@ test("sign in, create, report, snapshot, instance from the snapshot, delete both
   postAgentReport(url, "web-one", 37);
   await expect(row.getByTestId("health")).toContainText("healthy");
   await expect(row.getByTestId("health")).toContainText(/last report \d+ s ago/);
-  await expect(row.getByTestId("sparkline-path").first()).toBeAttached();
+  // Several reports over the last minutes: a line, not a lone sample's marker.
+  const drawn = /^M[\d.]+,[\d.]+L[\d.]+,[\d.]+/; // a line between numbers, not NaN
+  await expect(row.getByTestId("sparkline-path").first()).toHaveAttribute("d", drawn);
   await expect(row).toContainText("37%");
   await expectAccessible(page, "instances page");
   await screenshot(page, "1-instances");
@@ -88,12 +90,23 @@ test("sign in, create, report, snapshot, instance from the snapshot, delete both
   await expect(page.getByRole("heading", { name: "web-one" })).toBeVisible();
   await expect(page.getByTestId("stack-command")).toContainText("pulumi");
   await expect(page.getByTestId("spec-yaml")).toContainText("machine_type: small");
+  await expect(page.locator(".s-cpu .chart-line")).toHaveAttribute("d", drawn);
   await page.getByLabel("New snapshot name").fill("web-one-snap");
   await page.getByRole("button", { name: "Create snapshot" }).click();
   const snapshotRow = page.getByTestId("snapshot-web-one-snap");
   await expect(snapshotRow).toContainText("available", { timeout: 90_000 });
   await expectAccessible(page, "instance page");
   await screenshot(page, "2-instance-detail");
+
+  // Stop and start through the stand-in cloud: the page follows stopping, stopped (health too), running.
+  const power = page.getByRole("group", { name: "Power" });
+  await power.getByRole("button", { name: "Stop", exact: true }).click();
+  await expect(page.getByTestId("status").first()).toHaveText(/^stopped$/, { timeout: 90_000 });
+  await expect(page.getByTestId("health").first()).toContainText("stopped");
+  await expect(power.getByRole("button", { name: "Stop", exact: true })).toBeDisabled();
+  await power.getByRole("button", { name: "Start", exact: true }).click();
+  await expect(page.getByTestId("status").first()).toHaveText(/^running$/, { timeout: 90_000 });
+  await expect(power.getByRole("alert")).toHaveCount(0);
 
   await snapshotRow.getByRole("link", { name: "New instance from this snapshot" }).click();
   await expect(page.getByLabel("Base snapshot (optional)")).toHaveValue("web-one-snap");

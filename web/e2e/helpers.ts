@@ -44,7 +44,8 @@ export function watchPage(page: Page): string[] {
   return problems;
 }
 
-/** An agent report for the instance, posted with an agent token minted for it (tests/web_report.py). */
+/** An agent's backlog of reports for the instance over the last minutes, the newest with this CPU figure,
+ * posted with an agent token minted for it (tests/web_report.py). */
 export function postAgentReport(serviceUrl: string, instance: string, cpu: number): void {
   execFileSync(env("ORCH_E2E_PYTHON"), ["-m", "tests.web_report", serviceUrl, "admin", instance, String(cpu)], {
     cwd: env("ORCH_E2E_REPO"),

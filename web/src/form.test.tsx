@@ -1,6 +1,7 @@
 import { render, screen } from "@testing-library/react";
 import userEvent from "@testing-library/user-event";
 import { beforeEach, describe, expect, it } from "vitest";
+import { parse } from "yaml";
 import { signIn } from "./auth";
 import { FeaturesContext } from "./features";
 import { emptyForm, fieldErrors, fromYaml, toYaml, type FormState } from "./form";
@@ -51,6 +52,29 @@ describe("the new-instance form", () => {
   });
 });
 
+describe("the unlisted machine type checkbox", () => {
+  it("is offered for a cloud with a catalogue, not for docker, and goes into the document", async () => {
+    const refusal = "spec.allow_unlisted_machine_type: m9.large is not a machine type of aws";
+    const calls = mockFetch([
+      { match: /POST \/api\/v1\/instances\?dry_run=true/, status: 422, body: { status_code: 422, detail: refusal, extra: { field: "spec.allow_unlisted_machine_type" } } },
+    ]);
+    renderForm();
+    const user = userEvent.setup();
+    await user.selectOptions(screen.getByLabelText("Cloud"), "docker");
+    expect(screen.queryByLabelText("Allow a type the catalogue does not list")).toBeNull();
+    await user.selectOptions(screen.getByLabelText("Cloud"), "aws");
+    await user.click(screen.getByLabelText("Allow a type the catalogue does not list"));
+    await user.type(screen.getByLabelText("Name"), "box-1");
+    await user.type(screen.getByLabelText("Region"), "us-east-1");
+    await user.type(screen.getByLabelText("Machine type"), "m9.large");
+    await user.type(screen.getByLabelText("User 1 name"), "alice");
+    await user.type(screen.getByLabelText("User 1 public key"), KEY);
+    await user.click(screen.getByRole("button", { name: "Preview" }));
+    expect((await screen.findByTestId("error-f-spec-allow_unlisted_machine_type")).textContent).toBe("m9.large is not a machine type of aws");
+    expect(calls.find((c) => c.method === "POST")!.body).toMatchObject({ spec: { machine_type: "m9.large", allow_unlisted_machine_type: true } });
+  });
+});
+
 describe("the YAML tab", () => {
   it("round-trips every field with the form", () => {
     const form: FormState = {
@@ -58,8 +82,15 @@ describe("the YAML tab", () => {
       machine_type: "g5.xlarge", gpu_type: "nvidia-a10g", gpu_count: "1", image: "ubuntu-22.04", disk_gb: "100",
       ssh_users: [{ name: "alice", public_key: KEY, sudo: true }], allowed_ssh_cidrs: "203.0.113.0/24\n198.51.100.0/24",
       mounts: [{ bucket: "data-bucket", path: "/data" }], bootstrap_script: "#!/bin/sh\necho hi\n", configure: false,
+      allow_unlisted_machine_type: true, state: "stopped",
     };
     expect(fromYaml(toYaml(form))).toEqual(form);
+  });
+
+  it("leaves the defaults of allow_unlisted_machine_type and state out of the document", () => {
+    const spec = (parse(toYaml(emptyForm("aws"))) as { spec: Record<string, unknown> }).spec;
+    expect(spec).not.toHaveProperty("allow_unlisted_machine_type");
+    expect(spec).not.toHaveProperty("state");
   });
 
   it("names what is wrong with a YAML text", () => {

@@ -9,6 +9,7 @@ export interface FormState {
   region: string;
   zone: string;
   machine_type: string;
+  allow_unlisted_machine_type: boolean;
   gpu_type: string;
   gpu_count: string;
   image: string;
@@ -19,13 +20,15 @@ export interface FormState {
   mounts: { bucket: string; path: string }[];
   bootstrap_script: string;
   configure: boolean;
+  // Not on the form (a create as stopped is refused): kept so a YAML text's `state` survives the form.
+  state: string;
 }
 
 export function emptyForm(cloud = ""): FormState {
   return {
-    name: "", labels: [], cloud, region: "", zone: "", machine_type: "", gpu_type: "", gpu_count: "1", image: "",
+    name: "", labels: [], cloud, region: "", zone: "", machine_type: "", allow_unlisted_machine_type: false, gpu_type: "", gpu_count: "1", image: "",
     from_snapshot: "", disk_gb: "", ssh_users: [{ name: "", public_key: "", sudo: true }], allowed_ssh_cidrs: "",
-    mounts: [], bootstrap_script: "", configure: true,
+    mounts: [], bootstrap_script: "", configure: true, state: "",
   };
 }
 
@@ -39,6 +42,7 @@ export function toDocument(form: FormState): Record<string, unknown> {
   };
   put("zone", orNull(form.zone));
   put("machine_type", orNull(form.machine_type));
+  if (form.allow_unlisted_machine_type) spec.allow_unlisted_machine_type = true;
   if (form.gpu_type.trim()) spec.gpu = { type: form.gpu_type.trim(), count: toNumber(form.gpu_count) ?? form.gpu_count };
   put("image", orNull(form.image));
   put("from_snapshot", orNull(form.from_snapshot));
@@ -49,6 +53,7 @@ export function toDocument(form: FormState): Record<string, unknown> {
   if (form.mounts.length) spec.mounts = form.mounts.map((m) => ({ bucket: m.bucket.trim(), path: m.path.trim() }));
   if (form.bootstrap_script) spec.bootstrap_script = form.bootstrap_script;
   spec.configure = form.configure;
+  put("state", orNull(form.state));
   const labels = Object.fromEntries(form.labels.filter((l) => l.key.trim()).map((l) => [l.key.trim(), l.value]));
   return { kind: "Instance", name: form.name.trim(), labels, spec };
 }
@@ -79,6 +84,7 @@ export function fromDocument(doc: unknown): FormState {
     region: text(spec.region),
     zone: text(spec.zone),
     machine_type: text(spec.machine_type),
+    allow_unlisted_machine_type: spec.allow_unlisted_machine_type === true,
     gpu_type: gpu ? text(gpu.type) : "",
     gpu_count: gpu ? text(gpu.count ?? 1) : "1",
     image: text(spec.image),
@@ -91,6 +97,7 @@ export function fromDocument(doc: unknown): FormState {
     mounts: list<Record<string, unknown>>(spec.mounts, "spec.mounts").map((m) => ({ bucket: text(m.bucket), path: text(m.path) })),
     bootstrap_script: text(spec.bootstrap_script),
     configure: spec.configure !== false,
+    state: text(spec.state),
   };
 }
 

@@ -14,7 +14,13 @@ export async function loadSamples(name: string, window: Window, signal?: AbortSi
   return body.samples;
 }
 
-const time = (sample: MetricSample) => Date.parse(/[zZ]|[+-]\d\d:?\d\d$/.test(sample.ts) ? sample.ts : `${sample.ts}Z`);
+/** A sample's time in ms: its `ts` is as the agent sent it, ISO 8601 (UTC when it names no zone) or seconds since the epoch. */
+export function sampleTime(sample: MetricSample): number {
+  const ts = sample.ts;
+  if (typeof ts === "number") return ts * 1000;
+  return Date.parse(/[zZ]|[+-]\d\d:?\d\d$/.test(ts) ? ts : `${ts}Z`);
+}
+const time = sampleTime;
 
 export function gpuAverage(gpus: MetricSample["gpus"]): number | null {
   const values = (gpus ?? []).map((g) => g.utilization_percent).filter((v): v is number => typeof v === "number");

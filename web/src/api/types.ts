@@ -21,7 +21,7 @@ export interface OperationSummary {
 }
 
 export interface MetricSample {
-  ts: string;
+  ts: string | number; // as the agent sent it: ISO 8601, or seconds since the epoch
   cpu_percent?: number | null;
   memory_percent?: number | null;
   gpus?: { utilization_percent?: number | null }[];

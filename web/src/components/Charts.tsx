@@ -4,34 +4,48 @@ export interface Point {
   v: number | null;
 }
 
-function path(points: Point[], width: number, height: number, from: number, to: number, max: number): string {
+// Marker radii (px) for a sample with no neighbour: large enough to see at a glance and in a screenshot.
+const SPARK_DOT_R = 3;
+const CHART_DOT_R = 4.5;
+
+/** A series as SVG: the lines of its unbroken runs, and each sample that has no neighbour to join
+ * (the first report, or one between gaps) as a marker, which a line of zero length would not show. */
+function trace(points: Point[], width: number, height: number, from: number, to: number, max: number, inset: number) {
   const span = Math.max(1, to - from);
   let d = "";
-  let run = 0; // points in the current unbroken run
+  const dots: { x: number; y: number }[] = [];
+  let run: { x: number; y: number }[] = []; // the current unbroken run
+  const close = () => {
+    if (run.length === 1) dots.push(run[0]);
+    else d += run.map((p, i) => `${i ? "L" : "M"}${p.x.toFixed(1)},${p.y.toFixed(1)}`).join("");
+    run = [];
+  };
   for (const point of points) {
     if (point.v === null) {
-      if (run === 1) d += "h0.1"; // a lone sample: a dot (round line caps)
-      run = 0;
+      close();
       continue;
     }
-    const x = Math.min(width - 1.5, Math.max(1.5, ((point.t - from) / span) * width));
-    const y = height - (Math.min(point.v, max) / max) * height;
-    d += `${run ? "L" : "M"}${x.toFixed(1)},${y.toFixed(1)}`;
-    run += 1;
+    // `inset` keeps a marker at the window's edges (or at 0 or 100%) whole inside the box.
+    const x = Math.min(width - inset, Math.max(inset, ((point.t - from) / span) * width));
+    const y = Math.min(height - inset, Math.max(inset, height - (Math.min(point.v, max) / max) * height));
+    run.push({ x, y });
   }
-  if (run === 1) d += "h0.1";
-  return d;
+  close();
+  return { d, dots };
 }
 
 export function Sparkline({ points, label, from, to }: { points: Point[]; label: string; from: number; to: number }) {
   const width = 80;
   const height = 20;
-  const d = path(points, width, height, from, to, 100);
+  const { d, dots } = trace(points, width, height, from, to, 100, SPARK_DOT_R);
   return (
     <svg className="sparkline" width={width} height={height} viewBox={`0 0 ${width} ${height}`} role="img" aria-label={label}>
       <title>{label}</title>
       <rect x="0" y="0" width={width} height={height} className="sparkline-bg" />
       {d && <path d={d} className="sparkline-line" data-testid="sparkline-path" />}
+      {dots.map((dot) => (
+        <circle key={`${dot.x},${dot.y}`} cx={dot.x} cy={dot.y} r={SPARK_DOT_R} className="sparkline-dot" data-testid="sparkline-dot" />
+      ))}
     </svg>
   );
 }
@@ -64,9 +78,17 @@ export function LineChart({ title, series, from, to }: { title: string; series: 
           );
         })}
         <g transform={`translate(${padLeft},0)`}>
-          {series.map((s) => (
-            <path key={s.name} d={path(s.points, plotWidth, height, from, to, 100)} className={`chart-line ${s.className}`} />
-          ))}
+          {series.map((s) => {
+            const { d, dots } = trace(s.points, plotWidth, height, from, to, 100, 1.5);
+            return (
+              <g key={s.name} className={`chart-series ${s.className}`}>
+                <path d={d} className="chart-line" />
+                {dots.map((dot) => (
+                  <circle key={`${dot.x},${dot.y}`} cx={dot.x} cy={dot.y} r={CHART_DOT_R} className="chart-dot" data-testid="chart-dot" />
+                ))}
+              </g>
+            );
+          })}
         </g>
         {empty && (
           <text x={width / 2} y={height / 2} textAnchor="middle" className="chart-tick">no reports in this window</text>

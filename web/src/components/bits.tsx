@@ -25,7 +25,7 @@ export function StatusBadge({ instance }: { instance: Instance }) {
 export function HealthBadge({ instance, now }: { instance: Instance; now: number }) {
   const seconds = secondsSince(instance.health.last_report_at, now);
   const state = instance.health.state;
-  const word = state === "healthy" ? "healthy" : state === "unreachable" ? "stale" : "never reported";
+  const word = state === "healthy" ? "healthy" : state === "unreachable" ? "stale" : state === "stopped" ? "stopped" : "never reported";
   return (
     <span className={`health health-${state}`} data-testid="health">
       <span className="dot" aria-hidden="true" />
@@ -33,6 +33,11 @@ export function HealthBadge({ instance, now }: { instance: Instance; now: number
       {seconds !== null && <span className="muted"> · last report {ago(seconds)}</span>}
     </span>
   );
+}
+
+/** Marks an instance on a sandbox host of the simulated mode (no cloud account behind it). */
+export function SimulatedTag({ instance }: { instance: Instance }) {
+  return instance.simulated ? <span className="tag" data-testid="simulated" title="a sandbox host of the simulated mode, not a cloud machine">simulated</span> : null;
 }
 
 export function CopyButton({ text, label }: { text: string; label: string }) {

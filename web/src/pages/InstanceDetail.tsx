@@ -3,7 +3,7 @@ import { stringify } from "yaml";
 import { ApiError, api, messageOf, query } from "../api/client";
 import type { Instance, Operation, Snapshot } from "../api/types";
 import { LineChart } from "../components/Charts";
-import { CopyButton, ErrorMessage, HealthBadge, Labels, StatusBadge } from "../components/bits";
+import { CopyButton, ErrorMessage, HealthBadge, Labels, SimulatedTag, StatusBadge } from "../components/bits";
 import { DeleteDialog } from "../components/DeleteDialog";
 import { usePolling, useNow } from "../hooks";
 import { cpuPoints, gpuPoints, loadSamples, memoryPoints, WINDOWS, type Window } from "../metrics";
@@ -14,6 +14,10 @@ const OPERATIONS_SHOWN = 20;
 const MAX_LOG_LINES = 5000; // older lines are dropped from the page (the API keeps them)
 
 const path = (name: string) => `/instances/${encodeURIComponent(name)}`;
+
+// The statuses each power action starts from (the service refuses the others with a 409).
+const STOPPABLE = ["running", "failed"];
+const STARTABLE = ["stopped", "failed"];
 
 export function InstanceDetail({ name }: { name: string }) {
   const [instance, setInstance] = useState<Instance | null>(null);
@@ -59,7 +63,9 @@ export function InstanceDetail({ name }: { name: string }) {
       <div className="page-head">
         <h1 id="detail-title">{instance.name}</h1>
         <StatusBadge instance={instance} />
+        <SimulatedTag instance={instance} />
         <HealthBadge instance={instance} now={now} />
+        <PowerButtons instance={instance} onChange={() => load(new AbortController().signal)} />
         <button type="button" className="danger" onClick={() => setDeleting(true)}
           disabled={instance.status === "deleting" || instance.status === "deleted"}>
           Delete instance
@@ -111,6 +117,34 @@ export function InstanceDetail({ name }: { name: string }) {
           }} />
       )}
     </section>
+  );
+}
+
+/** Stop and Start (POST .../stop|start); the service's refusal (409 busy or wrong status, 422 no
+ * power state on this cloud) is shown next to them. */
+function PowerButtons({ instance, onChange }: { instance: Instance; onChange: () => void }) {
+  const [error, setError] = useState<string | null>(null);
+  const [busy, setBusy] = useState(false);
+  const act = async (action: "stop" | "start") => {
+    setBusy(true);
+    setError(null);
+    try {
+      await api.post(`${path(instance.name)}/${action}`);
+      onChange();
+    } catch (e) {
+      setError(messageOf(e));
+    } finally {
+      setBusy(false);
+    }
+  };
+  return (
+    <div className="power" role="group" aria-label="Power">
+      <button type="button" onClick={() => act("stop")} disabled={busy || !STOPPABLE.includes(instance.status)}
+        aria-describedby={error ? "power-error" : undefined}>Stop</button>
+      <button type="button" onClick={() => act("start")} disabled={busy || !STARTABLE.includes(instance.status)}
+        aria-describedby={error ? "power-error" : undefined}>Start</button>
+      <ErrorMessage error={error} id="power-error" />
+    </div>
   );
 }
 

@@ -2,7 +2,7 @@ import { useCallback, useEffect, useRef, useState, type FormEvent } from "react"
 import { api, messageOf, query } from "../api/client";
 import type { Instance, InstancePage } from "../api/types";
 import { Sparkline } from "../components/Charts";
-import { CopyButton, ErrorMessage, HealthBadge, Labels, StatusBadge } from "../components/bits";
+import { CopyButton, ErrorMessage, HealthBadge, Labels, SimulatedTag, StatusBadge } from "../components/bits";
 import { age, percent, secondsSince } from "../format";
 import { usePolling, useNow } from "../hooks";
 import { cpuPoints, gpuAverage, gpuPoints, loadSamples } from "../metrics";
@@ -11,7 +11,7 @@ import type { Point } from "../components/Charts";
 import { Link, navigate } from "../router";
 
 export const PAGE_SIZE = 50;
-const STATUSES = ["pending", "provisioning", "configuring", "running", "updating", "failed", "deleting"];
+const STATUSES = ["pending", "provisioning", "configuring", "running", "updating", "stopping", "stopped", "starting", "failed", "deleting"];
 const SORTS = [
   { value: "name", label: "Name (A–Z)" },
   { value: "-name", label: "Name (Z–A)" },
@@ -227,7 +227,7 @@ function Row({ instance, now, from, spark, selected, onToggle }: RowProps) {
       </td>
       <td>
         <Link href={`/instances/${encodeURIComponent(instance.name)}`}>{instance.name}</Link>
-        {instance.simulated && <span className="tag">simulated</span>}
+        <SimulatedTag instance={instance} />
       </td>
       <td>{instance.cloud}</td>
       <td>{instance.region}{spec.zone ? ` / ${spec.zone}` : ""}</td>

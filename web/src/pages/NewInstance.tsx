@@ -166,7 +166,7 @@ export function NewInstance({ search }: { search: string }) {
               <Field label="Cloud" {...f("spec.cloud")}>
                 {(p) => (
                   <select {...p} value={form.cloud}
-                    onChange={(e) => update({ cloud: e.target.value, region: "", zone: "", machine_type: "", from_snapshot: "" })}>
+                    onChange={(e) => update({ cloud: e.target.value, region: "", zone: "", machine_type: "", allow_unlisted_machine_type: false, from_snapshot: "" })}>
                     {enabled.map((c) => <option key={c} value={c}>{c}</option>)}
                   </select>
                 )}
@@ -188,7 +188,7 @@ export function NewInstance({ search }: { search: string }) {
                 ) : <input {...p} value={form.zone} onChange={(e) => update({ zone: e.target.value })} />}
               </Field>
               <Field label="Machine type" {...f("spec.machine_type")}>
-                {(p) => cloudCatalog ? (
+                {(p) => cloudCatalog && !form.allow_unlisted_machine_type ? (
                   <select {...p} value={form.machine_type} onChange={(e) => update({ machine_type: e.target.value })}>
                     <option value="">the cloud's default</option>
                     {cloudCatalog.machine_types.map((m) => (
@@ -199,6 +199,22 @@ export function NewInstance({ search }: { search: string }) {
                   </select>
                 ) : <input {...p} value={form.machine_type} onChange={(e) => update({ machine_type: e.target.value })} />}
               </Field>
+              {form.cloud !== "docker" && (() => {
+                const id = fieldId("spec.allow_unlisted_machine_type");
+                const error = errors["spec.allow_unlisted_machine_type"];
+                return (
+                  <div className={error ? "field checkbox has-error" : "field checkbox"}>
+                    <input id={id} type="checkbox" checked={form.allow_unlisted_machine_type} aria-invalid={Boolean(error)}
+                      aria-describedby={error ? `${id}-hint ${id}-error` : `${id}-hint`}
+                      onChange={(e) => update({ allow_unlisted_machine_type: e.target.checked })} />
+                    <label htmlFor={id}>Allow a type the catalogue does not list</label>
+                    <small id={`${id}-hint`} className="muted">
+                      for a type newer than the catalogue: the machine type becomes free text, and the cloud checks it at apply
+                    </small>
+                    {error && <small id={`${id}-error`} className="field-error" data-testid={`error-${id}`}>{error}</small>}
+                  </div>
+                );
+              })()}
               <Field label="GPU type (optional)" hint="e.g. nvidia-t4; empty: none, or what the machine type carries" {...f("spec.gpu.type")}>
                 {(p) => <input {...p} value={form.gpu_type} onChange={(e) => update({ gpu_type: e.target.value })} />}
               </Field>
