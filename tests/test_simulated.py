@@ -310,7 +310,10 @@ def _ssh_banner(address: str, timeout_s: float = 30) -> bytes:
 
 @pytest.mark.timeout(120)
 def test_azure_and_gcp_instances_are_sandbox_hosts(tmp_path):
-    """An Azure VM (its address reserved by its PublicIPAddress) and a GCP instance are hosts; deleting removes them."""
+    """An Azure VM (its address reserved by its PublicIPAddress) and a GCP instance are hosts; deleting removes them.
+
+    An Azure VM from a snapshot of another boots with that one's disk.
+    """
     missing = missing_requirements()
     if missing:
         pytest.fail(f"the simulated mode's sandbox hosts need {', '.join(missing)}: run the suite with scripts/test")
@@ -326,13 +329,26 @@ def test_azure_and_gcp_instances_are_sandbox_hosts(tmp_path):
         token = _token(work, env)
         headers = {"Authorization": f"Bearer {token}"}
         base = f"http://127.0.0.1:{CLOUDS_PORT}"
-        key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIENbx5+Yq7JCLBGH7ZeEZZ905DkMzP6fIPg/LOPWe1gK alice@example"
-        for cloud, placement in CLOUD_INSTANCES.items():
-            doc = {"kind": "Instance", "name": f"{cloud}-1", "spec": {
-                "cloud": cloud, **placement, "image": "ubuntu-22.04", "disk_gb": 30, "configure": False,
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / "key")], check=True, timeout=30)
+        key = (work / "key.pub").read_text().strip()
+
+        def create(name: str, cloud: str, source: dict) -> None:
+            doc = {"kind": "Instance", "name": name, "spec": {
+                "cloud": cloud, **CLOUD_INSTANCES[cloud], **source, "disk_gb": 30, "configure": False,
                 "ssh_users": [{"name": "alice", "public_key": key}], "allowed_ssh_cidrs": [f"{SUBNET}.0/24"]}}
             created = httpx.post(f"{base}/api/v1/instances", json=doc, headers=headers, timeout=30)
             assert created.status_code == 202, created.text
+
+        def alice(address: str, command: str) -> str:
+            result = subprocess.run(
+                ["ssh", "-i", str(work / "key"), "-o", "BatchMode=yes", "-o", "UserKnownHostsFile=/dev/null",
+                 "-o", "StrictHostKeyChecking=no", f"alice@{address}", command],
+                env=env, capture_output=True, text=True, timeout=60)
+            assert result.returncode == 0, result.stderr
+            return result.stdout
+
+        for cloud in CLOUD_INSTANCES:
+            create(f"{cloud}-1", cloud, {"image": "ubuntu-22.04"})
         addresses = {}
         for cloud in CLOUD_INSTANCES:
             _wait_for(token, f"/api/v1/instances/{cloud}-1", "running", timeout_s=60, port=CLOUDS_PORT)
@@ -344,11 +360,24 @@ def test_azure_and_gcp_instances_are_sandbox_hosts(tmp_path):
         assert len(_sandbox_pids(work)) >= 2
         assert len([name for name in _links() if name.startswith("orchsim")]) == 2
 
-        for cloud in CLOUD_INSTANCES:
-            deleted = httpx.delete(f"{base}/api/v1/instances/{cloud}-1", headers=headers, timeout=30)
+        # An Azure image (a disk Snapshot, then an Image of it) copies the disk; a VM from it boots with it.
+        alice(addresses["azure"], "echo written on azure-1 > /var/tmp/marker")
+        snapshot = httpx.post(f"{base}/api/v1/instances/azure-1/snapshots", json={"name": "azure-1-disk"},
+                              headers=headers, timeout=30)
+        assert snapshot.status_code == 202, snapshot.text
+        _wait_for(token, "/api/v1/snapshots/azure-1-disk", "available", timeout_s=60, port=CLOUDS_PORT)
+        create("azure-2", "azure", {"from_snapshot": "azure-1-disk"})
+        _wait_for(token, "/api/v1/instances/azure-2", "running", timeout_s=60, port=CLOUDS_PORT)
+        restored = _api("/api/v1/instances/azure-2", token, CLOUDS_PORT)["public_ip"]
+        assert restored not in addresses.values()
+        assert alice(restored, "cat /var/tmp/marker").strip() == "written on azure-1"
+
+        names = [f"{cloud}-1" for cloud in CLOUD_INSTANCES] + ["azure-2"]
+        for name in names:
+            deleted = httpx.delete(f"{base}/api/v1/instances/{name}", headers=headers, timeout=30)
             assert deleted.status_code == 202, deleted.text
-        for cloud in CLOUD_INSTANCES:
-            _wait_for(token, f"/api/v1/instances/{cloud}-1", "deleted", timeout_s=60, port=CLOUDS_PORT)
+        for name in names:
+            _wait_for(token, f"/api/v1/instances/{name}", "deleted", timeout_s=60, port=CLOUDS_PORT)
         assert not list((work / ".orch" / "sandboxes" / "hosts").glob("*")), "deleting the instances removed the hosts"
         assert not any(name.startswith("orchsim") for name in _links())
         assert _sandbox_pids(work) == []
