@@ -114,8 +114,8 @@ def _simulation_settings(port: int) -> tuple[bool, str]:
                        "instances are created without configuration (configure is skipped)")
     # The agents in the sandboxes reach the service at the bridge's address.
     os.environ.setdefault("ORCH_PUBLIC_URL", f"http://{BRIDGE_ADDRESS}:{port}")
-    return True, (f"SIMULATED clouds: no cloud is called; each AWS/GCP instance is a sandbox host on this machine "
-                  f"(bridge {BRIDGE}, {SUBNET}.0/24, no route out)")
+    return True, (f"SIMULATED clouds: no cloud is called; each AWS/GCP/Azure instance is a sandbox host on this "
+                  f"machine (bridge {BRIDGE}, {SUBNET}.0/24, no route out)")
 
 
 def serve(host: str, port: int, simulate: bool = False) -> int:

@@ -10,7 +10,8 @@ command after installing the virtualenv). Each block's lines run in one shell, s
 The walk-through's instance is a sandbox host (orchestrator/sandbox): the test checks that it
 is configured, that its agent reports real figures, that `ssh` logs in, and that deleting it
 leaves no sandbox; an instance from its snapshot boots with its disk. Then a `kill -9` of the service leaves a sandbox and the bridge behind,
-which its next start removes; a clean stop removes everything.
+which its next start removes; a clean stop removes everything. An Azure VM (whose address is
+its PublicIPAddress's) and a GCP instance are hosts too, on a port of their own.
 """
 
 from __future__ import annotations
@@ -65,10 +66,10 @@ def _env(work: Path) -> dict[str, str]:
     return env
 
 
-def _start(work: Path, env: dict[str, str]) -> subprocess.Popen:
+def _start(work: Path, env: dict[str, str], port: int = README_PORT) -> subprocess.Popen:
     log = open(work / "serve.log", "a")  # noqa: SIM115 (the process keeps it)
     process = subprocess.Popen(
-        [str(REPO / ".venv" / "bin" / "orch"), "serve", "--simulate", "--port", str(README_PORT)],
+        [str(REPO / ".venv" / "bin" / "orch"), "serve", "--simulate", "--port", str(port)],
         cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + SERVICE_START_TIMEOUT_S
@@ -76,7 +77,7 @@ def _start(work: Path, env: dict[str, str]) -> subprocess.Popen:
         if process.poll() is not None:
             pytest.fail(f"orch serve --simulate exited {process.returncode}: {(work / 'serve.log').read_text()}")
         try:
-            if httpx.get(f"http://127.0.0.1:{README_PORT}/healthz", timeout=2).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
                 return process
         except httpx.HTTPError:
             pass
@@ -98,8 +99,8 @@ def _run_block(block: str, work: Path, env: dict[str, str]) -> str:
     return result.stdout
 
 
-def _api(path: str, token: str) -> dict:
-    answer = httpx.get(f"http://127.0.0.1:{README_PORT}{path}", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+def _api(path: str, token: str, port: int = README_PORT) -> dict:
+    answer = httpx.get(f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert answer.status_code == 200, answer.text
     return answer.json()
 
@@ -229,10 +230,10 @@ def _yaml(text: str) -> dict:
     return yaml.safe_load(text)
 
 
-def _wait_for(token: str, path: str, status: str, timeout_s: float = 120) -> None:
+def _wait_for(token: str, path: str, status: str, timeout_s: float = 120, port: int = README_PORT) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        record = _api(path, token)
+        record = _api(path, token, port)
         if record["status"] in (status, "failed"):
             assert record["status"] == status, json.dumps(record)
             return
@@ -282,3 +283,106 @@ def test_simulate_refuses_a_broker(monkeypatch):
     monkeypatch.setenv("ORCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
     with pytest.raises(SettingsError, match="unset ORCH_AMQP_URL"):
         server._simulation_settings(README_PORT)
+
+
+# Not the README's port: this test does not run the README's commands.
+CLOUDS_PORT = 8017
+CLOUD_INSTANCES = {
+    "azure": {"region": "eastus", "zone": "1", "machine_type": "Standard_D2s_v5"},
+    "gcp": {"region": "us-central1", "zone": "us-central1-a", "machine_type": "e2-medium"},
+}
+
+
+def _ssh_banner(address: str, timeout_s: float = 30) -> bytes:
+    """The first bytes port 22 at `address` sends (an SSH server's identification line)."""
+    import socket
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((address, 22), timeout=5) as connection:
+                return connection.recv(64)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+@pytest.mark.timeout(120)
+def test_azure_and_gcp_instances_are_sandbox_hosts(tmp_path):
+    """An Azure VM (its address reserved by its PublicIPAddress) and a GCP instance are hosts; deleting removes them.
+
+    An Azure VM from a snapshot of another boots with that one's disk.
+    """
+    missing = missing_requirements()
+    if missing:
+        pytest.fail(f"the simulated mode's sandbox hosts need {', '.join(missing)}: run the suite with scripts/test")
+    if port_holder(CLOUDS_PORT) is not None or CLOUDS_PORT in _listening():
+        pytest.fail(f"port {CLOUDS_PORT} is in use")
+    assert BRIDGE not in _links(), f"{BRIDGE} exists already: another simulated service runs on this machine"
+    work = tmp_path / "repo"
+    work.mkdir()
+    _link_tree(work)
+    env = _env(work)
+    service = _start(work, env, CLOUDS_PORT)
+    try:
+        token = _token(work, env)
+        headers = {"Authorization": f"Bearer {token}"}
+        base = f"http://127.0.0.1:{CLOUDS_PORT}"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / "key")], check=True, timeout=30)
+        key = (work / "key.pub").read_text().strip()
+
+        def create(name: str, cloud: str, source: dict) -> None:
+            doc = {"kind": "Instance", "name": name, "spec": {
+                "cloud": cloud, **CLOUD_INSTANCES[cloud], **source, "disk_gb": 30, "configure": False,
+                "ssh_users": [{"name": "alice", "public_key": key}], "allowed_ssh_cidrs": [f"{SUBNET}.0/24"]}}
+            created = httpx.post(f"{base}/api/v1/instances", json=doc, headers=headers, timeout=30)
+            assert created.status_code == 202, created.text
+
+        def alice(address: str, command: str) -> str:
+            result = subprocess.run(
+                ["ssh", "-i", str(work / "key"), "-o", "BatchMode=yes", "-o", "UserKnownHostsFile=/dev/null",
+                 "-o", "StrictHostKeyChecking=no", f"alice@{address}", command],
+                env=env, capture_output=True, text=True, timeout=60)
+            assert result.returncode == 0, result.stderr
+            return result.stdout
+
+        for cloud in CLOUD_INSTANCES:
+            create(f"{cloud}-1", cloud, {"image": "ubuntu-22.04"})
+        addresses = {}
+        for cloud in CLOUD_INSTANCES:
+            _wait_for(token, f"/api/v1/instances/{cloud}-1", "running", timeout_s=60, port=CLOUDS_PORT)
+            addresses[cloud] = _api(f"/api/v1/instances/{cloud}-1", token, CLOUDS_PORT)["public_ip"]
+        assert all(a.startswith(f"{SUBNET}.") for a in addresses.values()), addresses
+        assert len(set(addresses.values())) == 2, addresses
+        for cloud, address in addresses.items():
+            assert _ssh_banner(address).startswith(b"SSH-2.0-"), f"{cloud}'s public IP {address} is a sandbox host"
+        assert len(_sandbox_pids(work)) >= 2
+        assert len([name for name in _links() if name.startswith("orchsim")]) == 2
+
+        # An Azure image (a disk Snapshot, then an Image of it) copies the disk; a VM from it boots with it.
+        alice(addresses["azure"], "echo written on azure-1 > /var/tmp/marker")
+        snapshot = httpx.post(f"{base}/api/v1/instances/azure-1/snapshots", json={"name": "azure-1-disk"},
+                              headers=headers, timeout=30)
+        assert snapshot.status_code == 202, snapshot.text
+        _wait_for(token, "/api/v1/snapshots/azure-1-disk", "available", timeout_s=60, port=CLOUDS_PORT)
+        create("azure-2", "azure", {"from_snapshot": "azure-1-disk"})
+        _wait_for(token, "/api/v1/instances/azure-2", "running", timeout_s=60, port=CLOUDS_PORT)
+        restored = _api("/api/v1/instances/azure-2", token, CLOUDS_PORT)["public_ip"]
+        assert restored not in addresses.values()
+        assert alice(restored, "cat /var/tmp/marker").strip() == "written on azure-1"
+
+        names = [f"{cloud}-1" for cloud in CLOUD_INSTANCES] + ["azure-2"]
+        for name in names:
+            deleted = httpx.delete(f"{base}/api/v1/instances/{name}", headers=headers, timeout=30)
+            assert deleted.status_code == 202, deleted.text
+        for name in names:
+            _wait_for(token, f"/api/v1/instances/{name}", "deleted", timeout_s=60, port=CLOUDS_PORT)
+        assert not list((work / ".orch" / "sandboxes" / "hosts").glob("*")), "deleting the instances removed the hosts"
+        assert not any(name.startswith("orchsim") for name in _links())
+        assert _sandbox_pids(work) == []
+    finally:
+        if service.poll() is None:
+            service.send_signal(signal.SIGTERM)
+            service.wait(timeout=60)
+    _assert_nothing_left(work)

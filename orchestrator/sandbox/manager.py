@@ -3,7 +3,9 @@
 The Pulumi stand-in (a short-lived process per pulumi command) asks it over a unix socket
 (`ORCH_SANDBOX_SOCKET`, one JSON request and one JSON answer per connection) to make a host
 when it creates a compute resource, to remove it when it deletes one, and to copy a host's
-disk when it creates an image from it. Everything it makes is recorded in its state dir
+disk when it creates an image from it. A cloud whose public address is a resource of its own,
+created before the machine (Azure's PublicIPAddress), first `reserve`s an address and names that
+reservation when it creates the host; `release` frees it. Everything it makes is recorded in its state dir
 first, so a later start finds and removes what a killed run left (processes, veths, the
 bridge, cgroups); `close` removes it all on shutdown.
 
@@ -89,6 +91,8 @@ class SandboxManager:
         self.socket_path = state_dir / "manager.sock"
         self._lock = threading.Lock()
         self._sandboxes: dict[int, Sandbox] = {}
+        # Reserved addresses (index -> keys): a number only, nothing exists for them until a host runs there.
+        self._reservations: dict[int, list[str]] = {}
         self._server: socketserver.ThreadingUnixStreamServer | None = None
         self._bridge_made = False
 
@@ -128,6 +132,7 @@ class SandboxManager:
             self._server = None
         with self._lock:
             sandboxes, self._sandboxes = list(self._sandboxes.values()), {}
+            self._reservations = {}
         for sandbox in sandboxes:
             self._remove(sandbox)
         if self._bridge_made:
@@ -164,17 +169,25 @@ class SandboxManager:
 
     # --- hosts -------------------------------------------------------------------------------
 
-    def create(self, keys: list[str], hostname: str, users: list[HostUser], candidates: list[str]) -> str:
-        """A host known by `keys` (its URN, its ids); its disk from the first candidate naming a snapshot."""
+    def create(self, keys: list[str], hostname: str, users: list[HostUser], candidates: list[str],
+               reservation: str | None = None) -> str:
+        """A host known by `keys` (its URN, its ids); its disk from the first candidate naming a snapshot.
+
+        With `reservation`, the host gets the address reserved under that key (`reserve`).
+        """
         base = next((self._snapshot_path(c) for c in candidates if self._snapshot_path(c).exists()), None)
         with self._lock:
             existing = self._find(keys[0])
             if existing is not None:  # the same resource created again (a retried command): the same host
                 return existing.address
-            used = set(self._sandboxes)
-            index = next((i for i in range(FIRST_HOST, LAST_HOST + 1) if i not in used), None)
-            if index is None:
-                raise SandboxError(f"all {LAST_HOST - FIRST_HOST + 1} sandbox addresses of {SUBNET}.0/24 are in use")
+            if reservation is not None:
+                index = self._reserved_index(reservation)
+                if index is None:
+                    raise SandboxError(f"no address is reserved for {reservation}")
+                if index in self._sandboxes:
+                    raise SandboxError(f"the address reserved for {reservation} has a host already")
+            else:
+                index = self._free_index()
             work = self.hosts_dir / str(index)
             work.mkdir(parents=True)
             # Placeholder until the host runs: the index is taken, and a crash leaves a record.
@@ -202,9 +215,41 @@ class SandboxManager:
         return f"{SUBNET}.{index}"
 
     def address(self, key: str) -> str | None:
+        """The address of the host `key` names, or the address reserved under `key`."""
         with self._lock:
             sandbox = self._find(key)
-            return sandbox.address if sandbox is not None and sandbox.host is not None else None
+            if sandbox is not None and sandbox.host is not None:
+                return sandbox.address
+            index = self._reserved_index(key)
+            return f"{SUBNET}.{index}" if index is not None else None
+
+    def reserve(self, keys: list[str]) -> str:
+        """An address kept for a host created later (`create(reservation=...)`), known by `keys`."""
+        with self._lock:
+            index = self._reserved_index(keys[0])
+            if index is None:  # not a retried command
+                index = self._free_index()
+                self._reservations[index] = list(keys)
+        log.info("sandbox address %s reserved for %s", f"{SUBNET}.{index}", keys[0])
+        return f"{SUBNET}.{index}"
+
+    def release(self, key: str) -> bool:
+        """Free the address reserved under `key`; a host still on it is removed with it."""
+        with self._lock:
+            index = self._reserved_index(key)
+            if index is None:
+                return False
+            del self._reservations[index]
+            sandbox = self._sandboxes.get(index)
+            if sandbox is not None and sandbox.host is not None:
+                del self._sandboxes[index]
+            else:
+                sandbox = None
+        if sandbox is not None:
+            self._remove(sandbox)
+            log.info("sandbox host %s removed with its address's reservation (%s)", sandbox.address, key)
+        log.info("sandbox address %s released (%s)", f"{SUBNET}.{index}", key)
+        return True
 
     def destroy(self, key: str) -> bool:
         with self._lock:
@@ -217,17 +262,24 @@ class SandboxManager:
         return True
 
     def snapshot(self, key: str, candidates: list[str]) -> bool:
-        """Copy the disk of the host the first candidate names, as snapshot `key`; False if none does."""
+        """Copy the disk of the host the first candidate names, as snapshot `key`; else that of the
+        first candidate naming a snapshot (an image made from a disk snapshot); False if none does."""
         with self._lock:
             sandbox = next((s for c in candidates if (s := self._find(c)) is not None and s.host is not None), None)
-        if sandbox is None:
+        source = None if sandbox is not None else next(
+            (self._snapshot_path(c) for c in candidates if c != key and self._snapshot_path(c).exists()), None)
+        if sandbox is None and source is None:
             return False
         destination = self._snapshot_path(key)
         shutil.rmtree(destination, ignore_errors=True)
         destination.mkdir(parents=True)
         (destination / "key").write_text(key)
-        sandbox.host.copy_upper_layer(destination / "upper")
-        log.info("snapshot %s: the disk of %s copied", key, sandbox.address)
+        if sandbox is not None:
+            sandbox.host.copy_upper_layer(destination / "upper")
+            log.info("snapshot %s: the disk of %s copied", key, sandbox.address)
+        else:
+            shutil.copytree(source / "upper", destination / "upper", symlinks=True)
+            log.info("snapshot %s: copied from snapshot %s", key, (source / "key").read_text())
         return True
 
     def delete_snapshot(self, key: str) -> None:
@@ -239,6 +291,17 @@ class SandboxManager:
 
     def _find(self, key: str) -> Sandbox | None:
         return next((s for s in self._sandboxes.values() if key in s.keys), None)
+
+    def _reserved_index(self, key: str) -> int | None:
+        return next((index for index, keys in self._reservations.items() if key in keys), None)
+
+    def _free_index(self) -> int:
+        """An address neither a host nor a reservation holds (under the lock)."""
+        used = set(self._sandboxes) | set(self._reservations)
+        index = next((i for i in range(FIRST_HOST, LAST_HOST + 1) if i not in used), None)
+        if index is None:
+            raise SandboxError(f"all {LAST_HOST - FIRST_HOST + 1} sandbox addresses of {SUBNET}.0/24 are in use")
+        return index
 
     def _snapshot_path(self, key: str) -> Path:
         return self.snapshots_dir / _snapshot_dir_name(key)
@@ -274,7 +337,14 @@ class SandboxManager:
         if op == "create":
             users = [HostUser(name=u["name"], keys=tuple(u["keys"]), sudo=bool(u["sudo"])) for u in request["users"]]
             keys = [str(k) for k in request["keys"]]
-            return {"address": self.create(keys, str(request["hostname"]), users, [str(c) for c in request["candidates"]])}
+            reservation = request.get("reservation")
+            candidates = [str(c) for c in request["candidates"]]
+            return {"address": self.create(keys, str(request["hostname"]), users, candidates,
+                                           str(reservation) if reservation is not None else None)}
+        if op == "reserve":
+            return {"address": self.reserve([str(k) for k in request["keys"]])}
+        if op == "release":
+            return {"released": self.release(str(request["key"]))}
         if op == "address":
             return {"address": self.address(str(request["key"]))}
         if op == "destroy":
