@@ -111,6 +111,8 @@ def captured_extravars_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ext
         return Finished()
 
     monkeypatch.setattr(ansible_runner, "run", fake_run)
+    # No SSH server here: only the file handed to Ansible matters, not reaching the host.
+    monkeypatch.setattr(configure, "wait_for_ssh_port", lambda *args: None)
     configure.configure_instance(
         host="127.0.0.1", port=22, ssh_user="root", private_key_pem="not a key", extravars=extravars,
         on_log=lambda line: None, workdir=tmp_path / "runs", attempts=1,
