@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
@@ -78,6 +79,10 @@ class RecordingMocks(pulumi.runtime.Mocks):
 def run_program(program, monkeypatch) -> tuple[RecordingMocks, dict]:
     """Run an inline program under mocks; return the mocks and its resolved exports."""
     mocks = RecordingMocks()
+    # Pulumi's mocks make futures on the main thread's current event loop, which an earlier
+    # asyncio.run() in this process (the benchmarks' load generator) leaves unset.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
     pulumi.runtime.set_mocks(mocks, project="orch", stack="test", preview=False)
     exported: dict = {}
     monkeypatch.setattr(pulumi, "export", lambda name, value: exported.__setitem__(name, value))
