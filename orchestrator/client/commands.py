@@ -298,6 +298,15 @@ class Applier:
             )
 
 
+def _followed(api, operations: "Operations", wait: bool) -> int:
+    """With --wait: follow the started operations, then refresh ~/.orch/ssh_config; the exit code."""
+    if not wait:
+        return ExitCode.OK
+    succeeded = operations.finish_all()
+    _refresh_ssh_config(api)
+    return ExitCode.OK if succeeded else ExitCode.FAILED
+
+
 @_handles_errors
 def apply_command(args: argparse.Namespace) -> int:
     with _api(args) as api:
@@ -306,12 +315,7 @@ def apply_command(args: argparse.Namespace) -> int:
         applier = Applier(api, operations)
         for item in parsed:
             applier.apply(item)
-        if args.wait:
-            succeeded = operations.finish_all()
-            _refresh_ssh_config(api)
-            if not succeeded:
-                return ExitCode.FAILED
-    return ExitCode.OK
+        return _followed(api, operations, args.wait)
 
 
 # ---------------------------------------------------------------- diff
@@ -540,12 +544,7 @@ def _power_command(args: argparse.Namespace, verb: str) -> int:
             result = api.post(f"/instances/{name}/{verb}", None)
             _started(f"instance/{name}", "stopping" if verb == "stop" else "starting", result["operation"])
             operations.add(f"instance/{name}", result["operation"]["id"])
-        if args.wait:
-            succeeded = operations.finish_all()
-            _refresh_ssh_config(api)
-            if not succeeded:
-                return ExitCode.FAILED
-    return ExitCode.OK
+        return _followed(api, operations, args.wait)
 
 
 @_handles_errors
