@@ -15,6 +15,8 @@ from typing import Deque, Dict, List, Optional
 from . import __version__
 from .client import AuthError, SendError, ServiceClient, format_ts, local_token_problem, token_claims
 from .metrics import CpuSampler, collect_report
+from .notices import Notices
+from .preemption import METADATA_URL, POLL_INTERVAL_S, PreemptionWatch
 
 DEFAULT_CONFIG = "/etc/orch-agent/config.json"
 DEFAULT_INTERVAL_S = 30
@@ -43,6 +45,10 @@ class Config:
         self.token: str = data["token"]
         self.instance: str = data["instance"]
         self.interval_s = float(data.get("interval") or DEFAULT_INTERVAL_S)
+        # A spot machine watches the cloud's metadata for a preemption notice (agent/preemption.py).
+        self.spot = data.get("spot") is True
+        self.cloud: str = data.get("cloud") or ""
+        self.metadata_url: str = data.get("metadata_url") or METADATA_URL
 
     def store_token(self, token: str) -> None:
         """Replace the token in the config file atomically, keeping it readable by root only."""
@@ -79,9 +85,20 @@ class Agent:
         self.cpu = CpuSampler()
         self.unsent: Deque[Dict[str, object]] = collections.deque(maxlen=MAX_BUFFERED_REPORTS)
         self.backoff_s = FIRST_BACKOFF_S
+        self.notices = Notices()
+        self.preemption = PreemptionWatch(config.cloud, config.metadata_url) if config.spot else None
 
     def report(self) -> Dict[str, object]:
         return collect_report(self.config.instance, self.cpu)
+
+    def preemption_report(self) -> Optional[Dict[str, object]]:
+        """A report carrying the cloud's preemption notice, the first time one is seen; else None."""
+        notice = self.preemption.check() if self.preemption else None
+        if notice is None:
+            return None
+        report = self.report()
+        report["preemption"] = notice
+        return report
 
     def renew_token_if_due(self) -> None:
         if not renewal_due(self.client.token, time.time()):
@@ -100,7 +117,7 @@ class Agent:
         while self.unsent:
             batch: List[Dict[str, object]] = [self.unsent[i] for i in range(min(MAX_BATCH, len(self.unsent)))]
             try:
-                self.client.send_reports(batch)
+                answer = self.client.send_reports(batch)
             except SendError as error:
                 if not error.retryable:
                     log.error("dropping %d report(s): %s", len(batch), error)
@@ -112,6 +129,7 @@ class Agent:
                 return False
             for _ in batch:
                 self.unsent.popleft()
+            self.notices.show(answer.get("notices"))
             if len(batch) > 1:
                 log.info("delivered %d buffered reports", len(batch))
         return True
@@ -124,8 +142,15 @@ class Agent:
             log.warning("%s", problem)
         next_report = time.monotonic()
         next_send = next_report
+        next_watch = next_report if self.preemption else float("inf")
         while True:
             now = time.monotonic()
+            if now >= next_watch:
+                notice = self.preemption_report()
+                if notice is not None:  # sent now, ahead of any backoff: the machine has seconds left
+                    self.unsent.append(notice)
+                    next_send = now
+                next_watch = now + POLL_INTERVAL_S
             if now >= next_report:
                 self.unsent.append(self.report())
                 next_report = now + self.config.interval_s
@@ -137,21 +162,22 @@ class Agent:
                 else:
                     next_send = now + self.backoff_s
                     self.backoff_s = min(self.backoff_s * 2, MAX_BACKOFF_S)
-            wake = min(next_report, next_send) if self.unsent else next_report
+            wake = min(next_report, next_send, next_watch) if self.unsent else min(next_report, next_watch)
             time.sleep(max(0.0, wake - time.monotonic()))
 
     def run_once(self) -> int:
-        report = self.report()
+        report = self.preemption_report() or self.report()
         print(json.dumps(report, indent=2))
         self.renew_token_if_due()
         try:
-            self.client.send_reports([report])
+            answer = self.client.send_reports([report])
         except AuthError as error:
             log.error("auth failed: %s", error)
             return 1
         except SendError as error:
             log.error("send failed: %s", error)
             return 1
+        self.notices.show(answer.get("notices"))
         return 0
 
 

@@ -100,8 +100,9 @@ class ServiceClient:
         retryable = error.code >= 500 or error.code in (408, 429)
         return SendError(f"{path} answered {error.code}: {detail}", retryable=retryable)
 
-    def send_reports(self, reports: List[Dict[str, object]]) -> None:
-        self._post(REPORT_PATH, {"reports": reports})
+    def send_reports(self, reports: List[Dict[str, object]]) -> Dict[str, object]:
+        """The service's answer: `accepted`, and `notices` for the instance's users when there are any."""
+        return self._post(REPORT_PATH, {"reports": reports})
 
     def renew_token(self) -> str:
         answer = self._post(TOKEN_PATH, {})

@@ -25,6 +25,7 @@ import mongoengine
 from bson import ObjectId
 
 from benchmarks.loadgen import build_request, run_at_rate, run_load
+from benchmarks.store import start_store, stop_store
 from orchestrator.auth import mint_agent_token, token_hash
 from orchestrator.models import Instance, MetricBatch
 from tests.live import JWT_SECRET, free_port, start_service
@@ -104,19 +105,20 @@ def run(agents: int = 1000, reports: int = 20000, concurrency: int = 64, batch: 
         store_timeout_s: float = 60) -> dict:
     """Ingest counted to storage: a report is done when the store holds it (counted back)."""
     with tempfile.TemporaryDirectory(prefix="orch-bench-") as tmp:
-        store = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.embedded_store", "--path", f"{tmp}/store.sqlite"],
-            stdout=subprocess.PIPE, text=True, cwd=REPO,
-        )
-        mongo_url = store.stdout.readline().strip()
+        store, mongo_url = start_store(Path(tmp) / "store.sqlite")
         live = start_service(Path(tmp), mongo_url)
         bare, bare_port = start_bare_app()
         try:
             seeded = seed_agents(live.env["ORCH_MONGODB_URL"], agents)
             port = int(live.url.rsplit(":", 1)[1])
+            # The baseline first, while the service is idle: afterwards its upkeep thread is still writing
+            # the agents' first reports to their instances, which would slow the baseline down.
+            run_load("127.0.0.1", bare_port, build_requests(bare_port, seeded, agents, 1), concurrency)
+            baseline = run_load(
+                "127.0.0.1", bare_port, build_requests(bare_port, seeded, reports, batch), concurrency
+            )
             # Warm-up: fills the service's token cache for every agent, as a steady state would.
             run_load("127.0.0.1", port, build_requests(port, seeded, agents, 1), concurrency)
-            run_load("127.0.0.1", bare_port, build_requests(bare_port, seeded, agents, 1), concurrency)
             expected, _ = wait_stored(agents, store_timeout_s)
 
             requests = build_requests(port, seeded, reports, batch)
@@ -125,9 +127,6 @@ def run(agents: int = 1000, reports: int = 20000, concurrency: int = 64, batch: 
             expected += len(requests) * batch
             stored, stored_at = wait_stored(expected, store_timeout_s)
             to_storage_s = stored_at - started
-            baseline = run_load(
-                "127.0.0.1", bare_port, build_requests(bare_port, seeded, reports, batch), concurrency
-            )
             at_rate_requests = build_requests(port, seeded, reports, batch)
             service_at_rate = run_at_rate("127.0.0.1", port, at_rate_requests, rate / batch, concurrency)
             expected += len(at_rate_requests) * batch
@@ -136,7 +135,7 @@ def run(agents: int = 1000, reports: int = 20000, concurrency: int = 64, batch: 
         finally:
             bare.terminate()
             live.stop()
-            store.terminate()
+            stop_store(store)
     sent = len(requests) * batch
     return {
         "agents": agents, "reports": sent, "batch": batch, "concurrency": concurrency, "rate": rate,

@@ -16,15 +16,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import urlencode
 
 import httpx
 
 from benchmarks.loadgen import LoadResult, build_request, run_load
+from benchmarks.store import start_store, stop_store
 from orchestrator.db import url_with_database
 from orchestrator.models import Instance, claim_key
-from tests.live import start_service
+from tests.live import free_port, start_service
 
 REPO = Path(__file__).resolve().parent.parent
 LIST_DB = "orch_list_bench"
@@ -46,9 +48,11 @@ def _records(records: int, user_share: float) -> list[dict]:
                 spec={"cloud": "aws"}, cloud=("aws", "gcp")[i % 2],
                 region="us-east-1", status="deleted" if deleted else "running", labels={"team": f"t{i % 5}"},
                 public_ip=f"198.51.{i // 256 % 256}.{i % 256}", created_at=BASE_TIME + dt.timedelta(seconds=i),
-            ).to_mongo().to_dict()
+            )
         )
-    return rows
+    for row in rows:
+        row.set_list_keys()  # as save() does
+    return [row.to_mongo().to_dict() for row in rows]
 
 
 def seed(sqlite_path: Path, records: int, user_share: float) -> None:
@@ -56,7 +60,7 @@ def seed(sqlite_path: Path, records: int, user_share: float) -> None:
 
     Cached under ~/.cache/orch-bench by size (building 10,000 takes about half a minute).
     """
-    cached = Path.home() / ".cache" / "orch-bench" / f"list-v2-{records}-{user_share}.sqlite"
+    cached = Path.home() / ".cache" / "orch-bench" / f"list-v3-{records}-{user_share}.sqlite"
     if not cached.exists():
         from mongoeco import MongoClient
         from mongoeco.engines.sqlite import SQLiteEngine
@@ -66,12 +70,26 @@ def seed(sqlite_path: Path, records: int, user_share: float) -> None:
         partial.unlink(missing_ok=True)
         with MongoClient(SQLiteEngine(str(partial))) as client:
             collection = client[LIST_DB][Instance._get_collection_name()]
-            collection.insert_many(_records(records, user_share))
+            # Indexes first: building a unique index over existing documents compares every pair,
+            # while an insert checks uniqueness through the index.
             for spec in Instance._meta["index_specs"]:
                 options = {key: value for key, value in spec.items() if key != "fields"}
                 collection.create_index(spec["fields"], **options)
+            collection.insert_many(_records(records, user_share))
         partial.rename(cached)
     shutil.copyfile(cached, sqlite_path)
+
+
+def wait_answering(url: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url} did not answer within {timeout_s} s") from None
+            time.sleep(0.1)
 
 
 def run(records: int = 10_000, clients: int = 20, requests: int = 400, deep: int = 1000, user_share: float = 0.2) -> dict:
@@ -79,12 +97,8 @@ def run(records: int = 10_000, clients: int = 20, requests: int = 400, deep: int
     with tempfile.TemporaryDirectory(prefix="orch-bench-list-") as tmp_name:
         tmp = Path(tmp_name)
         seed(tmp / "store.sqlite", records, user_share)
-        store = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.embedded_store", "--path", f"{tmp}/store.sqlite"],
-            stdout=subprocess.PIPE, text=True, cwd=REPO,
-        )
+        store, mongo_url = start_store(Path(tmp) / "store.sqlite")
         try:
-            mongo_url = store.stdout.readline().strip()
             (tmp / "svc").mkdir()
             live = start_service(tmp / "svc", mongo_url, ORCH_MONGODB_URL=url_with_database(mongo_url, LIST_DB))
             try:
@@ -100,6 +114,7 @@ def run(records: int = 10_000, clients: int = 20, requests: int = 400, deep: int
                                                                   **({"cursor": cursor} if cursor else {})}).json()
                         walked += len(page["items"])
                         cursor = page["next_cursor"]
+                    first_page = c.get("/api/v1/instances", params={"limit": PAGE}).content
                 shapes = {
                     "first page": {"limit": PAGE},
                     "label + status filter": {"limit": PAGE, "label": "team=t1", "status": "running"},
@@ -114,11 +129,26 @@ def run(records: int = 10_000, clients: int = 20, requests: int = 400, deep: int
                     results[label] = run_load("127.0.0.1", port, [request] * requests, clients, ok={200})
             finally:
                 live.stop()
+            # The floor on this machine: a bare Litestar endpoint answering the first page's bytes.
+            (tmp / "page.json").write_bytes(first_page)
+            bare_port = free_port()
+            bare = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "bare_app.py"), str(bare_port),
+                                     str(tmp / "page.json")], cwd=REPO)
+            try:
+                wait_answering(f"http://127.0.0.1:{bare_port}/api/v1/instances")
+                request = build_request("GET", "127.0.0.1", bare_port, "/api/v1/instances", b"", {})
+                run_load("127.0.0.1", bare_port, [request] * clients, clients, ok={200})
+                bare_result = run_load("127.0.0.1", bare_port, [request] * requests, clients, ok={200})
+            finally:
+                bare.terminate()
+                bare.wait(timeout=10)
         finally:
-            store.terminate()
-            store.wait(timeout=10)
+            stop_store(store)
     return {
         "records": records, "clients": clients, "user_instances": total, "deep_rows": walked,
+        "bare": {"p50_ms": bare_result.percentile(50), "p99_ms": bare_result.percentile(99),
+                 "requests": bare_result.requests, "errors": bare_result.errors, "rate": bare_result.rate,
+                 "page_bytes": len(first_page)},
         "shapes": {
             label: {"p50_ms": r.percentile(50), "p99_ms": r.percentile(99), "requests": r.requests, "errors": r.errors,
                     "rate": r.rate}
@@ -139,6 +169,9 @@ def main() -> None:
     for label, shape in figures["shapes"].items():
         print(f"GET /instances ({label}): p50 {shape['p50_ms']:.1f} ms, p99 {shape['p99_ms']:.1f} ms, "
               f"{shape['rate']:.0f}/s, {shape['errors']} errors over {shape['requests']} requests")
+    bare = figures["bare"]
+    print(f"bare Litestar answering the same page ({bare['page_bytes']} bytes): p50 {bare['p50_ms']:.1f} ms, "
+          f"p99 {bare['p99_ms']:.1f} ms, {bare['rate']:.0f}/s")
 
 
 if __name__ == "__main__":

@@ -12,27 +12,20 @@ in the same run).
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import mongoengine
 
+from benchmarks.broker import broker_vhost
 from benchmarks.ingest import build_requests, seed_agents, stored_count, wait_stored
 from benchmarks.loadgen import LoadResult, run_load
+from benchmarks.store import start_store, stop_store
 from orchestrator.db import url_with_database
 from orchestrator.models import Operation
 from tests.live import instance_doc, start_service, wait_operation
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
 
 
 def _load_both(ports: list[int], seeded, reports: int, concurrency: int) -> tuple[float, int, int]:
@@ -55,21 +48,15 @@ def _load_both(ports: list[int], seeded, reports: int, concurrency: int) -> tupl
 
 def run(agents: int = 500, reports: int = 5000, operations: int = 6, concurrency: int = 32,
         store_timeout_s: float = 60) -> dict:
-    vhost = f"orch-bench-{uuid.uuid4().hex[:8]}"
-    _rabbitmqctl("add_vhost", vhost)
-    _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
     services = []
-    with tempfile.TemporaryDirectory(prefix="orch-bench-multi-") as tmp_name:
+    with broker_vhost() as amqp_url, tempfile.TemporaryDirectory(prefix="orch-bench-multi-") as tmp_name:
         tmp = Path(tmp_name)
-        store = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.embedded_store", "--path", f"{tmp}/store.sqlite"],
-            stdout=subprocess.PIPE, text=True, cwd=REPO,
-        )
+        store, store_url = start_store(Path(tmp) / "store.sqlite")
         try:
-            mongo_url = url_with_database(store.stdout.readline().strip(), "orch_multi")
+            mongo_url = url_with_database(store_url, "orch_multi")
             shared = {
                 "ORCH_MONGODB_URL": mongo_url,
-                "ORCH_AMQP_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+                "ORCH_AMQP_URL": amqp_url,
                 # One data dir (the Pulumi project's stack settings) and one backend, as two
                 # processes on one machine share them.
                 "ORCH_DATA_DIR": str(tmp / "data"),
@@ -122,9 +109,7 @@ def run(agents: int = 500, reports: int = 5000, operations: int = 6, concurrency
             for service in services:
                 service.stop()
             mongoengine.disconnect_all()
-            store.terminate()
-            store.wait(timeout=10)
-            _rabbitmqctl("delete_vhost", vhost)
+            stop_store(store)
     return {
         "agents": agents, "reports_each_load": both_sent, "expected_stored": expected, "stored": stored,
         "lost": max(0, expected - stored), "stored_twice": max(0, stored - expected),

@@ -1,10 +1,14 @@
 """Provisioning benchmark: creates and deletes through the service vs the direct Automation API.
 
-1. Creates N instances at once through the REST API (in-process workers, the
-   Pulumi CLI stand-in with a fixed latency per resource) and times until all
-   are running.
+1. Creates N instances at once through the REST API (N concurrent POSTs to `orch serve`,
+   which records each operation in the store and publishes it to RabbitMQ; an `orch worker`
+   process runs at most `concurrency` at a time under the instance's lock; the Pulumi CLI
+   stand-in with a fixed latency per resource) and times until all are running; then deletes
+   them the same way.
 2. In the same run, drives the same N stacks directly through the Automation
-   API with the same concurrency and the same programs, and times that.
+   API with the same concurrency: the same programs and the same stack config (the
+   instance's document as a secret value, which every CLI call that reads the stack's
+   config decrypts), and times that.
 (The list's latency is benchmarks/listing.py.)
 
     .venv/bin/python -m benchmarks.provision [--instances 50] [--concurrency 8] [--latency-ms 200]
@@ -15,8 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +27,9 @@ from pathlib import Path
 
 from pulumi import automation as auto
 
+from benchmarks.broker import broker_vhost
+from benchmarks.store import start_store, stop_store
+from orchestrator.engine import StackEngine
 from orchestrator.settings import load_settings
 from orchestrator.sshkeys import generate_keypair
 from stacks import instance_program
@@ -72,30 +77,38 @@ def _wait_all(client, ops: list[str]) -> tuple[int, dict]:
     return failed, phases
 
 
-def orchestrated(tmp: Path, mongo_url: str, count: int, concurrency: int, latency_ms: int) -> dict:
-    """Wall time until every create finished, then every delete, through the REST API; failures counted."""
+def _request_all(client, method: str, paths_and_bodies: list[tuple[str, dict | None]]) -> list[str]:
+    """The requests at once, as that many clients would send them; their operations' ids, in order."""
+
+    def send(path_and_body: tuple[str, dict | None]) -> str:
+        path, body = path_and_body
+        response = client.request(method, path, json=body)
+        response.raise_for_status()
+        return response.json()["operation"]["id"]
+
+    with ThreadPoolExecutor(max_workers=len(paths_and_bodies)) as pool:
+        return list(pool.map(send, paths_and_bodies))
+
+
+def orchestrated(tmp: Path, mongo_url: str, amqp_url: str, count: int, concurrency: int, latency_ms: int) -> dict:
+    """Wall time until every create finished, then every delete, through the REST API, the broker and
+    an `orch worker`; failures counted."""
     live = start_service(
-        tmp, mongo_url, ORCH_MAX_PARALLEL_OPERATIONS=str(concurrency), PULUMI_STANDIN_LATENCY_MS=str(latency_ms),
+        tmp, mongo_url, ORCH_AMQP_URL=amqp_url, ORCH_MAX_PARALLEL_OPERATIONS=str(concurrency),
+        PULUMI_STANDIN_LATENCY_MS=str(latency_ms),
         # The service's defaults, not the test suite's short lease (a heartbeat write every 2 s per operation).
         ORCH_OPERATION_LEASE_S=str(DEFAULT_LEASE_S), ORCH_REDISPATCH_AFTER_S=str(DEFAULT_REDISPATCH_S),
     )
     names = [f"bench-{i:03d}" for i in range(count)]
     try:
+        live.start_worker()
         with live.client("bench") as client:
             started = time.perf_counter()
-            ops = []
-            for name in names:
-                response = client.post("/api/v1/instances", json=instance_doc(name, "aws"))
-                response.raise_for_status()
-                ops.append(response.json()["operation"]["id"])
+            ops = _request_all(client, "POST", [("/api/v1/instances", instance_doc(name, "aws")) for name in names])
             create_failed, create_phases = _wait_all(client, ops)
             create_s = time.perf_counter() - started
             started = time.perf_counter()
-            ops = []
-            for name in names:
-                response = client.delete(f"/api/v1/instances/{name}")
-                response.raise_for_status()
-                ops.append(response.json()["operation"]["id"])
+            ops = _request_all(client, "DELETE", [(f"/api/v1/instances/{name}", None) for name in names])
             delete_failed, delete_phases = _wait_all(client, ops)
             delete_s = time.perf_counter() - started
         return {"create_s": create_s, "create_failed": create_failed, "create_phases_s": create_phases,
@@ -105,8 +118,8 @@ def orchestrated(tmp: Path, mongo_url: str, count: int, concurrency: int, latenc
 
 
 def direct(tmp: Path, count: int, concurrency: int, latency_ms: int) -> dict:
-    """The same stacks straight through the Automation API, same concurrency: creates, then deletes
-    (destroy and remove the stack, as the service does)."""
+    """The same stacks straight through the Automation API, same concurrency: creates (the program and
+    the stack's config), then deletes (destroy and remove the stack, as the service does)."""
     backend = tmp / "direct-backend"
     project = tmp / "direct-project"
     backend.mkdir()
@@ -126,6 +139,7 @@ def direct(tmp: Path, count: int, concurrency: int, latency_ms: int) -> dict:
         instance = parse_instance(instance_doc(f"bench-{i:03d}", "aws"))
         program = instance_program(instance, admin_public_key=admin_key)
         stack = auto.create_or_select_stack(f"instance-{instance.name}", project_name="orch", program=program, opts=opts)
+        stack.set_all_config(StackEngine.instance_config(instance, admin_key, None))
         stack.up(on_output=lambda line: None)
 
     def remove(i: int) -> None:
@@ -145,20 +159,15 @@ def direct(tmp: Path, count: int, concurrency: int, latency_ms: int) -> dict:
 def run(instances: int = 50, concurrency: int = 8, latency_ms: int = 200) -> dict:
     """Orchestrated vs direct creates of the same stacks, same concurrency, in one run."""
     os.environ.pop("PULUMI_STANDIN_FAIL", None)
-    with tempfile.TemporaryDirectory(prefix="orch-bench-") as tmp_name:
+    with broker_vhost() as amqp_url, tempfile.TemporaryDirectory(prefix="orch-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        store = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.embedded_store", "--path", f"{tmp}/store.sqlite"],
-            stdout=subprocess.PIPE, text=True, cwd=REPO,
-        )
-        mongo_url = store.stdout.readline().strip()
+        store, mongo_url = start_store(Path(tmp) / "store.sqlite")
         try:
             (tmp / "orchestrated").mkdir()
-            service = orchestrated(tmp / "orchestrated", mongo_url, instances, concurrency, latency_ms)
+            service = orchestrated(tmp / "orchestrated", mongo_url, amqp_url, instances, concurrency, latency_ms)
             baseline = direct(tmp, instances, concurrency, latency_ms)
         finally:
-            store.terminate()
-            store.wait(timeout=10)
+            stop_store(store)
     return {"instances": instances, "concurrency": concurrency, "latency_ms": latency_ms,
             "service": service, "direct": baseline}
 

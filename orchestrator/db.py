@@ -8,7 +8,10 @@ import mongoengine
 from pymongo.errors import PyMongoError
 
 from orchestrator.embedded_store import EmbeddedStore
-from orchestrator.models import Instance, Lock, MetricBatch, Operation, SigninCode, Snapshot, UserToken, upgrade_names
+from orchestrator.models import (
+    Instance, Lock, MetricBatch, MetricBucket, MetricRollup, Operation, SigninCode, Snapshot, UserToken,
+    upgrade_list_keys, upgrade_names,
+)
 from orchestrator.secretfield import ENCRYPTED_PREFIX, install_store_key
 from orchestrator.settings import Settings, SettingsError, redact_url
 
@@ -46,9 +49,10 @@ def connect(settings: Settings) -> EmbeddedStore | None:
     )
     try:
         mongoengine.get_db().command("ping")
-        for document in (Instance, Snapshot, Operation, Lock, MetricBatch, UserToken, SigninCode):
+        for document in (Instance, Snapshot, Operation, Lock, MetricBatch, MetricBucket, MetricRollup, UserToken, SigninCode):
             document.ensure_indexes()
         upgrade_names()
+        upgrade_list_keys()
         encrypt_plaintext_secrets()
     except PyMongoError as error:
         raise SettingsError(

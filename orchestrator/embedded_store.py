@@ -39,6 +39,34 @@ def _create_private_file(path: Path) -> None:
             existing.chmod(PRIVATE_FILE_MODE)
 
 
+def _index_id_uniqueness_check(engine_class: type) -> None:
+    """Make an insert check its `_id` by the primary key alone when that is exact.
+
+    mongoeco 4.11 answers every insert that arrives over the wire (and every upsert that
+    inserts) by loading and decoding every document of the collection, to compare `_id`s
+    by BSON equality (`scan_payload_id=True`), after it has already looked the `_id` up by
+    its storage key. For an `_id` that is a string or an ObjectId the storage key lookup is
+    exact (the key is the value with its type), so the scan only costs time in proportion
+    to the collection: a new metrics bucket among 24,000 took seconds. Numeric and
+    composite `_id`s (where 1 == 1.0 must collide) keep mongoeco's scan.
+    """
+    from bson import ObjectId
+
+    original = engine_class._validate_document_against_unique_indexes
+    if getattr(original, "_orch_exact_id_check", False):
+        return
+
+    def validate(self, db_name, coll_name, document, *, exclude_storage_key=None, skip_id_check=False,
+                 scan_payload_id=False):
+        if scan_payload_id and isinstance(document.get("_id"), (str, ObjectId)):
+            scan_payload_id = False
+        return original(self, db_name, coll_name, document, exclude_storage_key=exclude_storage_key,
+                        skip_id_check=skip_id_check, scan_payload_id=scan_payload_id)
+
+    validate._orch_exact_id_check = True
+    engine_class._validate_document_against_unique_indexes = validate
+
+
 class EmbeddedStore:
     """Runs mongoeco's wire server on its own event loop in a daemon thread."""
 
@@ -89,13 +117,18 @@ class EmbeddedStore:
             self._ready.set()
 
     async def _serve(self) -> None:
-        from mongoeco.engines.sqlite import SQLiteEngine
         from mongoeco.wire.auth import WireAuthUser
         from mongoeco.wire.proxy import AsyncMongoEcoProxyServer
 
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        engine = SQLiteEngine(str(self.sqlite_path), executor_workers=1)
+        from orchestrator.listing.key_range_engine import KeyRangeSQLiteEngine
+
+        # mongoeco's SQLite engine, plus a read plan that serves a string key range (a listing
+        # page) from the key's index (orchestrator/listing/key_range_engine.py), and inserts that
+        # check a string or ObjectId `_id` by its key alone (above).
+        _index_id_uniqueness_check(KeyRangeSQLiteEngine)
+        engine = KeyRangeSQLiteEngine(str(self.sqlite_path), executor_workers=1)
         user = WireAuthUser(
             STORE_USER, self._password, source=AUTH_SOURCE, mechanisms=(AUTH_MECHANISM,),
             roles=({"role": "root", "db": AUTH_SOURCE},),

@@ -167,6 +167,29 @@ class PreviewStep:
     diff: list[str]
 
 
+@dataclass(frozen=True)
+class RefreshedResource:
+    """One resource as `pulumi refresh` found it: the result of its refresh step.
+
+    `op` is `same`, `update` (the inputs read differ from those in the state: `diffs` names them,
+    `expected` holds their values in the state, `actual` those read) or `delete` (it is gone).
+    `outputs` are those read (empty when gone); an output-only change is a `same` with new outputs.
+    """
+
+    op: str
+    urn: str
+    type: str
+    name: str
+    diffs: list[str]
+    expected: dict
+    actual: dict
+    outputs: dict
+
+
+def _op_name(op) -> str:
+    return str(op.value if hasattr(op, "value") else op)
+
+
 class StackEngine:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -271,9 +294,10 @@ class StackEngine:
         return config
 
     @classmethod
-    def _instance_config(
+    def instance_config(
         cls, instance: InstanceDoc, admin_public_key: str, base_image_id: str | None
     ) -> dict[str, auto.ConfigValue]:
+        """The config an instance's stack carries (its document a secret): what `pulumi config` shows."""
         return cls._config(
             "instance", instance.to_dict(), admin_public_key=admin_public_key, base_image_id=base_image_id
         )
@@ -287,14 +311,58 @@ class StackEngine:
         base_image_id: str | None,
         on_output: LogFn,
         refresh: bool = False,
+        on_step: Callable[[str, str], None] | None = None,
     ) -> dict:
-        """`refresh`: re-read every resource first (what changed in the cloud, e.g. an address after a start)."""
+        """`refresh`: re-read every resource first (what changed in the cloud, e.g. an address after a start).
+        `on_step(op, type)` is told each finished step (`create`, `update`, `same`, ...) of the update."""
         program = instance_program(instance, admin_public_key=admin_public_key, base_image_id=base_image_id)
         stack = self._stack(stack_name, program)
-        config = self._instance_config(instance, admin_public_key, base_image_id)
+        config = self.instance_config(instance, admin_public_key, base_image_id)
         self._retrying(lambda: stack.set_all_config(config))
-        result = self._retrying(lambda: stack.up(on_output=on_output, color="never", refresh=refresh), on_output)
+
+        def on_event(event: auto.events.EngineEvent) -> None:
+            done = event.res_outputs_event
+            if done is not None and on_step is not None:
+                on_step(_op_name(done.metadata.op), done.metadata.type)
+
+        result = self._retrying(
+            lambda: stack.up(on_output=on_output, on_event=on_event, color="never", refresh=refresh), on_output
+        )
         return {key: value.value for key, value in result.outputs.items()}
+
+    def refresh_instance(self, stack_name: str, *, on_output: LogFn) -> list[RefreshedResource]:
+        """`pulumi refresh` of an existing stack (StackNotFound when absent): the state takes what the
+        cloud has now, and each cloud resource's refresh step is returned (providers and the stack's
+        own resource never change on a refresh and are left out). The program does not run."""
+        stack = self._existing_stack(stack_name)
+        found: dict[str, RefreshedResource] = {}
+        lock = threading.Lock()
+
+        def on_event(event: auto.events.EngineEvent) -> None:
+            done = event.res_outputs_event
+            if done is None:
+                return
+            meta = done.metadata
+            if meta.type == "pulumi:pulumi:Stack" or meta.type.startswith("pulumi:providers:"):
+                return
+            old_inputs = (meta.old.inputs if meta.old else None) or {}
+            new_inputs = (meta.new.inputs if meta.new else None) or {}
+            diffs = list(meta.diffs or [])
+            resource = RefreshedResource(
+                op=_op_name(meta.op),
+                urn=meta.urn,
+                type=meta.type,
+                name=meta.urn.rsplit("::", 1)[-1],
+                diffs=diffs,
+                expected={key: old_inputs.get(key) for key in diffs},
+                actual={key: new_inputs.get(key) for key in diffs},
+                outputs=dict((meta.new.outputs if meta.new else None) or {}),
+            )
+            with lock:
+                found[meta.urn] = resource
+
+        self._retrying(lambda: stack.refresh(on_output=on_output, on_event=on_event, color="never"), on_output)
+        return list(found.values())
 
     @contextmanager
     def _scratch_project(self, stack_name: str) -> Iterator[Path]:
@@ -373,7 +441,7 @@ class StackEngine:
     ) -> tuple[dict[str, int], list[PreviewStep]]:
         """Preview the instance's program and config on the stack open_stack(program) gives."""
         program = instance_program(instance, admin_public_key=admin_public_key, base_image_id=base_image_id)
-        config = self._instance_config(instance, admin_public_key, base_image_id)
+        config = self.instance_config(instance, admin_public_key, base_image_id)
         steps: list[PreviewStep] = []
         lock = threading.Lock()
 

@@ -2,9 +2,11 @@
 
 A report is authenticated and validated on the request path, then buffered;
 a flusher thread stores each flush's reports as compressed batch documents
-and keeps the latest report per instance in memory, writing it to the
-instance documents at a bounded rate. Storage cost is paid per batch rather
-than per report.
+and keeps the latest report per instance in memory. An upkeep thread writes
+those to the instance documents at a bounded rate, marks announced preemptions
+and refreshes stale token checks: that work (health writes cost the embedded
+store milliseconds each) never delays the next flush. Storage cost is paid per
+batch rather than per report.
 
 Nothing one agent sends can stop ingestion for the others: the body is capped
 before it is parsed, every value is range-checked into a fixed schema (so what
@@ -15,14 +17,13 @@ what it can and counting (and logging) what it has to drop.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import threading
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from bson import Binary, ObjectId
@@ -32,23 +33,31 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 
 from orchestrator.auth import TokenError, bearer_token, decode_agent_token, mint_agent_token, token_hash
 from orchestrator.models import Instance, MetricBatch, utcnow
+from orchestrator.operations.preemption import NOTICE_SOURCES, mark_preempted
 from orchestrator.settings import Settings
 
 log = logging.getLogger("orch.ingest")
 
 # How long a token check is trusted. An agent reporting after that is still answered
-# from the cache while its check is refreshed in the background (in bulk, next flush),
+# from the cache while its check is refreshed in the background (in bulk, next upkeep pass),
 # so reports never wait on MongoDB for a known token, and a revocation takes effect
-# within TOKEN_CACHE_S plus a flush interval.
+# within TOKEN_CACHE_S plus an upkeep interval.
 TOKEN_CACHE_S = 5.0
 # Instance ids per bulk token refresh query.
 TOKEN_REFRESH_CHUNK = 200
-FLUSH_INTERVAL_S = 0.5
-# Instance documents updated with their latest report per flush (see _persist_health).
-HEALTH_WRITES_PER_FLUSH = 100
+# Agent tokens whose signature this process has verified (by their hash, with their instance and
+# expiry): an agent's next report skips the JWT decode (the largest single cost of a report).
+# At most this many, oldest forgotten first (about 60,000 agents report every 30 s).
+MAX_VERIFIED_TOKENS = 100_000
+# Flushes start this often (a long one is followed by the next at once).
+FLUSH_INTERVAL_S = 0.25
+# Upkeep passes (health writes, preemptions, token refreshes) start this often.
+UPKEEP_INTERVAL_S = 1.0
+# Instance documents updated with their latest report per upkeep pass (see _persist_health).
+HEALTH_WRITES_PER_PASS = 100
 MAX_BUFFER = 200_000
 # Ingest is failing when reports wait this many flush intervals without a flush finishing.
-STALLED_FLUSH_INTERVALS = 20
+STALLED_FLUSH_INTERVALS = 40
 # JSON (before zlib) per batch document, well under MongoDB's 16 MiB document limit.
 MAX_BATCH_JSON_BYTES = 8 * 1024 * 1024
 # /healthz shows the last storage error cut to this length.
@@ -76,6 +85,8 @@ MAX_LOAD_VALUES = 3
 # The agent lists every mounted filesystem, an overlay mount per container on a docker host.
 MAX_DISKS = 256
 MAX_GPUS = 64
+# [spot] Instances with a preemption notice waiting for the next upkeep pass (each is one instance's).
+MAX_PENDING_PREEMPTIONS = 10_000
 
 
 class ReportRejected(Exception):
@@ -135,6 +146,13 @@ class _Gpu(msgspec.Struct):
     temperature_c: Temperature | None
 
 
+class _Preemption(msgspec.Struct):
+    """[spot] The agent read from the cloud's metadata that the machine is being taken back."""
+
+    source: Literal[NOTICE_SOURCES]  # type: ignore[valid-type]
+    detail: Text = ""
+
+
 class _Report(msgspec.Struct):
     instance: Text
     ts: Annotated[str, msgspec.Meta(max_length=MAX_TS_CHARS)] | float
@@ -145,6 +163,7 @@ class _Report(msgspec.Struct):
     disk: Annotated[list[_Disk], msgspec.Meta(max_length=MAX_DISKS)]
     gpus: Annotated[list[_Gpu], msgspec.Meta(max_length=MAX_GPUS)]
     agent_version: Text
+    preemption: _Preemption | None = None
 
 
 def report_time(value: str | float) -> dt.datetime:
@@ -209,7 +228,10 @@ def validate_report(
     for position, disk in enumerate(checked.disk):
         if disk.used > disk.total:
             raise ReportRejected(422, f"{named(f'disk[{position}].used')}: more than its total")
-    return msgspec.to_builtins(checked), ts
+    stored = msgspec.to_builtins(checked)
+    if stored.get("preemption") is None:  # only a spot machine's notice carries one
+        stored.pop("preemption", None)
+    return stored, ts
 
 
 def decode_body(raw: bytes) -> object:
@@ -224,10 +246,18 @@ def decode_body(raw: bytes) -> object:
         raise ReportRejected(400, f"body: not valid JSON: {error}") from None
 
 
+def declared_length(content_length: str | None) -> int | None:
+    """A Content-Length header's value; None when absent or not ASCII digits (str.isdigit() also takes "²",
+    latin-1 0xb2, which int() refuses)."""
+    length = content_length.strip() if content_length is not None else ""
+    return int(length) if length.isascii() and length.isdigit() else None
+
+
 async def read_body(chunks: AsyncIterator[bytes], content_length: str | None) -> bytes:
     """The request body, refused (413) as soon as it is known to exceed MAX_BODY_BYTES."""
     too_large = f"body: over the limit of {MAX_BODY_BYTES} bytes per request"
-    if content_length is not None and content_length.strip().isdigit() and int(content_length) > MAX_BODY_BYTES:
+    length = declared_length(content_length)
+    if length is not None and length > MAX_BODY_BYTES:
         raise ReportRejected(413, too_large)
     body = bytearray()
     async for chunk in chunks:
@@ -238,9 +268,14 @@ async def read_body(chunks: AsyncIterator[bytes], content_length: str | None) ->
 
 
 class AgentIngest:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, dispatch: Callable[[str], bool] | None = None):
         self.settings = settings
+        # [spot] Sends the operation a preemption's action records (orchestrator/operations/preemption.py).
+        self._dispatch = dispatch
+        # [spot] Preemption notices (instance, report time, notice) for the flush thread, one per instance.
+        self._preemptions: dict[str, tuple[dt.datetime, dict]] = {}
         self._tokens: dict[str, _TokenState] = {}
+        self._verified: dict[str, tuple[str, float]] = {}  # token hash -> (instance id, expiry, epoch s)
         self._stale_tokens: set[str] = set()
         self._buffer: list[tuple[str, dict, dt.datetime, dt.datetime]] = []
         # Rows (instance, ts, report) taken from the buffer and not yet stored: those of the
@@ -255,11 +290,14 @@ class AgentIngest:
         self._errors = 0
         self._last_error: str | None = None
         self._last_flush_ok = True
+        self._last_upkeep_ok = True
         self._last_flush_at: dt.datetime | None = None
         self._last_flush_monotonic = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._flush_loop, name="ingest-flush", daemon=True)
+        self._upkeep_thread = threading.Thread(target=self._upkeep_loop, name="ingest-upkeep", daemon=True)
         self._thread.start()
+        self._upkeep_thread.start()
 
     # -- authentication ---------------------------------------------------
 
@@ -274,11 +312,10 @@ class AgentIngest:
         """
         try:
             token = bearer_token(authorization)
-            claims = decode_agent_token(self.settings.jwt_secret, token)
+            digest = token_hash(token)
+            instance = self._verified_instance(digest, token)
         except TokenError as error:
             raise ReportRejected(401, str(error)) from None
-        instance = claims["sub"]
-        digest = token_hash(token)
         state = self._tokens.get(instance)
         if state is None or state.token_hash != digest:
             # Not cached, or not the cached token (a newer one: renewed, or minted by
@@ -296,6 +333,17 @@ class AgentIngest:
         if state.token_hash != digest:
             raise ReportRejected(401, f"token revoked: a newer token was issued for instance {instance!r}")
         return instance, token
+
+    def _verified_instance(self, digest: str, token: str) -> str:
+        """The token's instance id: from the tokens verified before while unexpired, else decoded (TokenError)."""
+        verified = self._verified.get(digest)
+        if verified is not None and time.time() < verified[1]:
+            return verified[0]
+        claims = decode_agent_token(self.settings.jwt_secret, token)
+        if len(self._verified) >= MAX_VERIFIED_TOKENS:
+            self._verified.pop(next(iter(self._verified)), None)
+        self._verified[digest] = (claims["sub"], float(claims["exp"]))
+        return claims["sub"]
 
     def _token_state(self, instance: str) -> _TokenState:
         return self._fetch_token_states([instance])[instance]
@@ -363,20 +411,39 @@ class AgentIngest:
             if len(self._buffer) + self._held + len(checked) > MAX_BUFFER:
                 raise ReportRejected(503, "ingest buffer is full; retry later")
             self._buffer.extend((instance, report, ts, now) for report, ts in checked)
+            for report, ts in checked:
+                if report.get("preemption") and len(self._preemptions) < MAX_PENDING_PREEMPTIONS:
+                    self._preemptions.setdefault(instance, (ts, report["preemption"]))
         return len(checked)
 
-    def _flush_loop(self) -> None:
-        while not self._stop.wait(FLUSH_INTERVAL_S):
+    def _every(self, interval_s: float, work: Callable[[], None], what: str, failed: Callable[[], None]) -> None:
+        """Run `work` every `interval_s` (from start to start) until stopped; it outlives any error."""
+        next_start = time.monotonic() + interval_s
+        while not self._stop.wait(max(0.0, next_start - time.monotonic())):
+            next_start = time.monotonic() + interval_s
             try:
-                self.flush()
-                self._refresh_stale_tokens()
-            except Exception as error:  # the loop outlives any error: every instance's ingestion depends on it
-                log.exception("agent report flush failed")
-                self._failed(f"flush failed: {error!r}")
-                self._last_flush_ok = False
+                work()
+            except Exception as error:  # every instance's ingestion depends on this loop
+                log.exception("agent report %s failed", what)
+                self._failed(f"{what} failed: {error!r}")
+                failed()
+
+    def _flush_loop(self) -> None:
+        self._every(FLUSH_INTERVAL_S, self.flush, "flush", lambda: setattr(self, "_last_flush_ok", False))
+
+    def _upkeep_loop(self) -> None:
+        self._every(UPKEEP_INTERVAL_S, self.upkeep, "upkeep", lambda: setattr(self, "_last_upkeep_ok", False))
+
+    def upkeep(self) -> None:
+        """Write some instances' latest health, mark announced preemptions, refresh stale token checks."""
+        errors_before = self._errors
+        self._persist_health()
+        self._mark_preempted()
+        self._refresh_stale_tokens()
+        self._last_upkeep_ok = self._errors == errors_before
 
     def flush(self) -> None:
-        """Store the buffered reports in batches, then persist some of the latest health."""
+        """Store the buffered reports in batches; keep the newest report per instance in memory."""
         with self._flush_lock:
             errors_before = self._errors
             with self._lock:
@@ -397,7 +464,6 @@ class AgentIngest:
                 if id(report) not in dropped_ids and (current is None or ts >= current.ts):
                     written = current.first_written if current else False
                     self._latest[instance] = _Latest(ts, received, report, persisted=False, first_written=written)
-            self._persist_health()
             self._last_flush_ok = self._errors == errors_before
             self._last_flush_at = utcnow()
             self._last_flush_monotonic = time.monotonic()
@@ -471,21 +537,22 @@ class AgentIngest:
         self._failed(f"dropped the agent report of {instance} at {ts.isoformat()}: it cannot be stored: {error!r}")
 
     def _failed(self, message: str) -> None:
-        self._last_error = f"{utcnow().isoformat()}Z {message}"[:MAX_ERROR_CHARS]
-        self._errors += 1
+        with self._lock:  # the flush and upkeep threads both count errors
+            self._last_error = f"{utcnow().isoformat()}Z {message}"[:MAX_ERROR_CHARS]
+            self._errors += 1
 
     def _persist_health(self) -> None:
         """Write the newest report of some instances to their documents, first reports first.
 
         Reads in this process see every report at once (latest()); what is
         written here is for other processes (workers waiting for a first
-        report, other API replicas), capped per flush so storage keeps up.
+        report, other API replicas), capped per pass so storage keeps up.
         """
         pending = [(name, entry) for name, entry in list(self._latest.items()) if not entry.persisted]
         if not pending:
             return
         pending.sort(key=lambda item: (item[1].first_written, item[1].received_at))
-        chosen = pending[:HEALTH_WRITES_PER_FLUSH]
+        chosen = pending[:HEALTH_WRITES_PER_PASS]
         updates = [
             (
                 {"_id": _object_id(name)},
@@ -496,7 +563,7 @@ class AgentIngest:
         try:
             Instance._get_collection().bulk_write([UpdateOne(*update) for update in updates], ordered=False)
         except ConnectionFailure as error:
-            log.error("could not store the health of %d instances (retried next flush): %s", len(chosen), error)
+            log.error("could not store the health of %d instances (retried next pass): %s", len(chosen), error)
             self._failed(f"could not store the health of {len(chosen)} instances: {error}")
             return
         except Exception:
@@ -518,25 +585,47 @@ class AgentIngest:
             entry.first_written = True
 
     def health(self) -> dict:
-        """Whether ingestion works: the flush thread runs, its last flush stored everything, none is overdue."""
+        """Whether ingestion works: both threads run, the last flush stored everything and the last upkeep
+        pass wrote what it took, no flush is overdue."""
         with self._lock:
             buffered = len(self._buffer) + self._held
-        alive = self._thread.is_alive()
+        alive = self._thread.is_alive() and self._upkeep_thread.is_alive()
         overdue = time.monotonic() - self._last_flush_monotonic > STALLED_FLUSH_INTERVALS * FLUSH_INTERVAL_S
         last_error = self._last_error
         if not alive:
-            last_error = "the flush thread is not running"
+            last_error = "the flush or upkeep thread is not running"
         elif buffered and overdue:
             waited = STALLED_FLUSH_INTERVALS * FLUSH_INTERVAL_S
             last_error = f"no flush for over {waited:g} s with {buffered} report(s) waiting"
         return {
-            "ok": alive and self._last_flush_ok and not (buffered and overdue),
+            "ok": alive and self._last_flush_ok and self._last_upkeep_ok and not (buffered and overdue),
             "last_error": last_error,
             "last_flush_at": f"{self._last_flush_at.isoformat()}Z" if self._last_flush_at else None,
             "stored": self._stored,
             "dropped": self._dropped,
             "buffered": buffered,
         }
+
+    def _mark_preempted(self) -> None:
+        """[spot] Each instance whose agent announced a preemption is marked (off the request path, once)."""
+        with self._lock:
+            pending, self._preemptions = self._preemptions, {}
+        for instance_id, (ts, notice) in pending.items():
+            oid = _object_id(instance_id)
+            instance = Instance.objects(id=oid).first() if oid else None
+            # A notice from before the last preemption (an agent's backlog) is that one's, already handled.
+            if instance is None or (instance.preempted_at is not None and ts <= instance.preempted_at):
+                continue
+            try:
+                mark_preempted(
+                    instance,
+                    notice["source"],
+                    detail=notice.get("detail", ""),
+                    dispatch=self._dispatch,
+                    grace_s=self.settings.preemption_grace_s,
+                )
+            except Exception:  # the next pass goes on; the agent repeats a notice that still holds
+                log.exception("marking instance %s preempted failed", instance_id)
 
     def latest(self, instance: str) -> tuple[dt.datetime, dict] | None:
         """(received_at, report) of the newest report this process has seen for the instance (by id)."""
@@ -546,7 +635,9 @@ class AgentIngest:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        self._upkeep_thread.join(timeout=5)
         self.flush()
+        self.upkeep()
 
 
 def _object_id(instance: str) -> ObjectId | None:
@@ -555,24 +646,6 @@ def _object_id(instance: str) -> ObjectId | None:
         return ObjectId(instance)
     except (InvalidId, TypeError):
         return None
-
-
-def read_samples(instance: str, since: dt.datetime | None, until: dt.datetime | None, limit: int) -> list[dict]:
-    """The instance's (by id) reports with since <= ts <= until, oldest first, at most `limit` (the newest)."""
-    query: dict = {"instances": instance}
-    if since:
-        query["ts_max__gte"] = since
-    if until:
-        query["ts_min__lte"] = until
-    found: list[tuple[str, dict]] = []
-    since_iso = since.isoformat() if since else None
-    until_iso = until.isoformat() if until else None
-    for batch in MetricBatch.objects(**query).only("data"):
-        for name, ts, report in json.loads(zlib.decompress(batch.data)):
-            if name == instance and (since_iso is None or ts >= since_iso) and (until_iso is None or ts <= until_iso):
-                found.append((ts, report))
-    found.sort(key=lambda item: item[0])
-    return [report for _, report in found[-limit:]]
 
 
 def health_state(last_report_at: dt.datetime | None, interval_s: int, now: dt.datetime | None = None) -> str:

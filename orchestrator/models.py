@@ -5,7 +5,10 @@ from __future__ import annotations
 import datetime as dt
 
 import mongoengine as me
+from bson import ObjectId
+from pymongo import UpdateOne
 
+from orchestrator.listing.keyset import KEY_FIELDS, incarnations_range, list_key
 from orchestrator.secretfield import EncryptedStringField
 
 
@@ -22,14 +25,25 @@ INSTANCE_TRANSITIONS: dict[str, set[str]] = {
     "pending": {"provisioning", "failed", "deleting"},
     "provisioning": {"configuring", "running", "failed", "pending"},
     "configuring": {"running", "failed", "provisioning"},
-    "running": {"updating", "deleting", "running", "stopping"},
-    "updating": {"running", "failed", "updating"},
-    "failed": {"updating", "deleting", "pending", "stopping", "starting"},
+    "running": {"updating", "deleting", "running", "stopping", "refreshing", "preempted"},
+    # An update (and a reconcile, orchestrator/operations/reconcile.py) ends as the spec says: running or stopped.
+    "updating": {"running", "stopped", "failed", "updating"},
+    "failed": {"updating", "deleting", "pending", "stopping", "starting", "refreshing", "preempted"},
     # Stop and start (orchestrator/operations/power.py): the stack stays, the machine is powered off.
     "stopping": {"stopped", "failed", "stopping"},
-    "stopped": {"starting", "deleting", "stopped"},
+    "stopped": {"starting", "deleting", "stopped", "refreshing"},
     "starting": {"running", "failed", "starting"},
     "deleting": {"deleted", "failed", "deleting"},
+    # Drift (orchestrator/operations/refresh.py, reconcile.py): a refresh goes back to where it came
+    # from, or finds the resources changed (drifted) or the machine gone (lost) outside orch, or a
+    # spot machine taken (preempted, orchestrator/operations/preemption.py). Drifted and lost are
+    # reconciled by an update (`pulumi up` of the spec: a lost machine is created again) or deleted.
+    "refreshing": {"running", "stopped", "failed", "drifted", "lost", "preempted", "refreshing"},
+    "drifted": {"updating", "deleting", "refreshing"},
+    "lost": {"updating", "deleting"},
+    # [spot] The cloud took a spot instance (orchestrator/operations/preemption.py): restarted (starting),
+    # deleted, or kept as it is; a refresh (drift's) may look at it again.
+    "preempted": {"starting", "deleting", "refreshing", "preempted"},
     # Final: creating the name again makes a new document.
     "deleted": set(),
 }
@@ -52,6 +66,22 @@ class Health(me.EmbeddedDocument):
     # The state (healthy / unreachable) is derived from last_report_at when read.
     last_report_at = me.DateTimeField()
     last_report = me.DictField()
+
+
+class AutostopState(me.EmbeddedDocument):
+    """What the idle checker (orchestrator/autostop) last found: shown on the instance, kept across passes."""
+
+    checked_at = me.DateTimeField()
+    # The start of the current run of idle reports (None while busy or unknown).
+    idle_since = me.DateTimeField()
+    # Why reports are not counted as idle (missing, gaps, no GPU figures): shown on the instance.
+    warning = me.StringField()
+    # The notice sent to the instance's users before acting (its id is what the agent remembers).
+    warned_at = me.DateTimeField()
+    notice_id = me.StringField()
+    notice_message = me.StringField()
+    # When it started the stop or delete (the operation's id is the instance's operation_id).
+    decided_at = me.DateTimeField()
 
 
 def claim_key(owner: str, name: str) -> str:
@@ -93,22 +123,80 @@ class Instance(me.Document):
     updated_at = me.DateTimeField(default=utcnow)
     # Made by `orch serve --simulate`: its cloud resources are simulated (a sandbox host at most).
     simulated = me.BooleanField(default=False)
+    # Idle autostop's findings (spec.autostop): unset on an instance without it.
+    autostop_state = me.EmbeddedDocumentField(AutostopState)
+    # Zone failover (orchestrator/operations/failover.py): the zone of a zone list (spec.zones or
+    # spec.any_zone) its create is trying or landed in, and each place tried: {region, zone, outcome,
+    # error}. With region failover (spec.regions) `region` above is likewise the one tried, then landed in.
+    zone = me.StringField()
+    zone_attempts = me.ListField(me.DictField())
+    # The last refresh's findings (orchestrator/operations/refresh.py): {checked_at, differences:
+    # [{resource, property, expected, actual}], lost}; None until refreshed, and again once reconciled.
+    drift = me.DictField(default=None, null=True)
+    # When the periodic refresh last requested a refresh of it: the claim that two service processes share.
+    refresh_requested_at = me.DateTimeField()
+    # [spot] When the cloud last took this spot instance, and who said so (an agent's notice or a refresh).
+    preempted_at = me.DateTimeField()
+    preemption_source = me.StringField()
+    # [spot] The on_preemption action's operation, {operation_id, kind, params}, from the moment the
+    # instance is marked preempted until that operation is recorded (a crash in between is finished
+    # by the recovery sweep: orchestrator/operations/preemption.py, record_unrecorded_actions).
+    preemption_action = me.DictField(default=None, null=True)
+    # A user's listing in name and in created_at order, one indexed string each (listing/keyset.py,
+    # "owner state value id"): set on every save from owner, status, name, created_at and the id,
+    # so those fields change only through save() (a raw update would leave the keys stale).
+    list_key_name = me.StringField()
+    list_key_created = me.StringField()
 
     meta = {
         "collection": "instances",
         # The listing's filters then its keyset sort (name or created_at, ties by _id), for a
-        # user's own (owner first) and an admin's (status first); (owner, name, -created_at)
-        # finds a name's newest incarnation. Label keys are free-form: a label filter is
-        # served by the owner/status prefix and checked on those rows.
+        # user's own (owner first) and an admin's (status first); a name's incarnations are
+        # a range of the name key (newest_incarnation). Label keys are free-form:
+        # a label filter is served by the owner/status prefix and checked on those rows.
         "indexes": [
-            ("owner", "name", "-created_at"),
             ("owner", "status", "name", "_id"),
             ("owner", "status", "created_at", "_id"),
             ("owner", "cloud", "status", "name", "_id"),
             ("status", "name", "_id"),
             ("status", "created_at", "_id"),
+            # The periodic refresh's pass: refreshable statuses, oldest request first.
+            ("status", "refresh_requested_at"),
+            *KEY_FIELDS.values(),
         ],
     }
+
+    def list_keys(self) -> dict[str, str]:
+        deleted = self.status == "deleted"
+        return {
+            key_field: list_key(self.owner, deleted, getattr(self, sort_field), self.id)
+            for sort_field, key_field in KEY_FIELDS.items()
+        }
+
+    def set_list_keys(self) -> None:
+        """What save() does first (and what a seed writing documents straight into a store must do)."""
+        if self.id is None:
+            self.id = ObjectId()  # the keys end with it
+        for key_field, key in self.list_keys().items():
+            setattr(self, key_field, key)
+
+    def save(self, *args, **kwargs):
+        self.set_list_keys()
+        return super().save(*args, **kwargs)
+
+    @classmethod
+    def newest_incarnation(cls, owner: str, name: str) -> Instance | None:
+        """The instance `owner` calls `name`: the live one, else the newest deleted one, else None.
+
+        Each is a range of the name key ("owner state name id", newest id last), which one index
+        serves here and on a MongoDB server (the embedded store answers an (owner, name) query
+        sorted by created_at with a scan of the collection).
+        """
+        for deleted in (False, True):
+            found = cls.objects(__raw__=incarnations_range(owner, name, deleted)).order_by("-list_key_name").first()
+            if found is not None:
+                return found
+        return None
 
     @property
     def stack_name(self) -> str:
@@ -124,9 +212,26 @@ class Instance(me.Document):
         """The `sub` of its agent tokens and the `instance` of its agent's reports (unique per incarnation)."""
         return str(self.id)
 
-    def document(self) -> dict:
-        """The instance document as the user wrote it (kind, name, labels, spec)."""
-        return {"kind": "Instance", "name": self.name, "labels": dict(self.labels or {}), "spec": dict(self.spec)}
+    def document(self, *, placed: bool = True) -> dict:
+        """The instance document as the user wrote it (kind, name, labels, spec).
+
+        `placed`: a spec with a zone list (zone failover) names the zone this instance is in
+        instead, once it has one, so every later `pulumi up` keeps it where it landed; a spec with
+        a region list (region failover) names the record's region (the one tried, then landed in).
+        """
+        spec = dict(self.spec)
+        lists_zones = spec.get("zones") or spec.get("any_zone")
+        if placed and lists_zones and self.zone:
+            spec.update(zone=self.zone, zones=None, any_zone=False)
+            if spec.get("regions"):
+                spec.update(region=self.region, regions=None)
+        elif placed and spec.get("regions") and not lists_zones:  # each region in its default zone
+            spec.update(region=self.region, regions=None, zone=None)
+        return {"kind": "Instance", "name": self.name, "labels": dict(self.labels or {}), "spec": spec}
+
+    def has_place(self) -> bool:
+        """Placed by an earlier operation (a machine's outputs, or a zone): failover does not move it."""
+        return bool(self.zone or self.outputs)
 
     def move_to(self, status: str, reason: str | None = None) -> None:
         _check(INSTANCE_TRANSITIONS, "instance", self.name, self.status, status)
@@ -197,14 +302,39 @@ def upgrade_names() -> None:
             collection.update_one({"_id": row["_id"]}, {"$set": {"claim": claim_key(row["owner"], row["name"])}})
 
 
+# Documents per round trip when backfilling listing keys.
+UPGRADE_BATCH = 500
+
+
+def upgrade_list_keys() -> int:
+    """Give each instance written before the listing keys its keys (idempotent); returns how many."""
+    collection = Instance._get_collection()
+    fields = {"owner": 1, "status": 1, "name": 1, "created_at": 1}
+    missing = collection.find({"$or": [{key: {"$exists": False}} for key in KEY_FIELDS.values()]}, fields)
+    count, updates = 0, []
+    for row in missing:
+        keys = Instance(id=row["_id"], **{field: row.get(field) for field in fields}).list_keys()
+        updates.append(UpdateOne({"_id": row["_id"]}, {"$set": keys}))
+        if len(updates) == UPGRADE_BATCH:
+            count += collection.bulk_write(updates, ordered=False).modified_count
+            updates = []
+    if updates:
+        count += collection.bulk_write(updates, ordered=False).modified_count
+    return count
+
+
 class Step(me.EmbeddedDocument):
     name = me.StringField(required=True)
     status = me.StringField(default="running", choices=("running", "succeeded", "failed", "skipped"))
     started_at = me.DateTimeField(default=utcnow)
     finished_at = me.DateTimeField()
+    # What a finished step found, e.g. the cloud's error of a zone failover attempt.
+    detail = me.StringField()
 
 
-OPERATION_KINDS = ("create", "update", "delete", "snapshot_create", "snapshot_delete", "stop", "start")
+OPERATION_KINDS = (
+    "create", "update", "delete", "snapshot_create", "snapshot_delete", "stop", "start", "refresh", "reconcile",
+)
 
 
 class Operation(me.Document):
@@ -269,6 +399,35 @@ class MetricBatch(me.Document):
             {"fields": ["flushed_at"], "expireAfterSeconds": 7 * 24 * 3600},
         ],
     }
+
+
+class MetricBucket(me.Document):
+    """One instance's raw samples in one time bucket (orchestrator/metrics/store.py).
+
+    `_id` is "<instance id>:<bucket start, epoch s>", so a read finds an instance's
+    buckets by key alone. `data` is length-prefixed zlib frames of [ts, report] rows,
+    few fields per document on purpose (the embedded store copies every value on update).
+    """
+
+    id = me.StringField(primary_key=True)
+    instance = me.StringField(required=True)
+    start = me.DateTimeField(required=True)
+    count = me.IntField(required=True)
+    rolled = me.BooleanField(default=False)
+    data = me.BinaryField(required=True)
+
+    meta = {"collection": "metric_buckets", "indexes": ["start"]}
+
+
+class MetricRollup(me.Document):
+    """One instance's rollup points (min/avg/max per rollup width) of one day; `_id` "<instance id>:<day, epoch s>"."""
+
+    id = me.StringField(primary_key=True)
+    instance = me.StringField(required=True)
+    day = me.DateTimeField(required=True)
+    data = me.BinaryField(required=True)  # zlib(JSON {slot epoch s: point})
+
+    meta = {"collection": "metric_rollups", "indexes": ["day"]}
 
 
 class UserToken(me.Document):

@@ -6,9 +6,12 @@ import logging
 import threading
 
 from orchestrator import db
+from orchestrator.autostop.checker import AutostopService
 from orchestrator.dispatch import AmqpPublisher, InProcessDispatcher
 from orchestrator.engine import StackEngine
 from orchestrator.ingest import AgentIngest
+from orchestrator.operations.periodic_refresh import PeriodicRefresh
+from orchestrator.metrics.store import MetricsMaintenance
 from orchestrator.services import Orchestrator
 from orchestrator.settings import Settings, SettingsError
 from orchestrator.tokens import RevokedTokens
@@ -66,15 +69,28 @@ class Runtime:
         else:
             self.dispatcher = InProcessDispatcher(self.worker, settings.max_parallel_operations)
         self.orchestrator = Orchestrator(settings, self.engine, self.dispatcher.dispatch)
-        self.ingest = AgentIngest(settings)
+        self.ingest = AgentIngest(settings, dispatch=self.dispatcher.dispatch)
+        self.metrics_maintenance = MetricsMaintenance(
+            settings.metrics_raw_retention_s, settings.metrics_rollup_retention_s, settings.metrics_rollup_s
+        )
         self.revoked_tokens = RevokedTokens()
         self.sweeper = Sweeper(self.dispatcher.dispatch, redispatch_after_s=settings.redispatch_after_s)
         self.sweeper.start()
+        self.autostop = AutostopService(settings, self.dispatcher.dispatch)
+        self.autostop.start()
+        self.periodic_refresh: PeriodicRefresh | None = None
+        if settings.refresh_interval_s:  # drift detection on a timer (off by default)
+            self.periodic_refresh = PeriodicRefresh(self.orchestrator, settings.refresh_interval_s)
+            self.periodic_refresh.start()
 
     def close(self) -> None:
+        self.autostop.stop()
         self.sweeper.stop()
+        if self.periodic_refresh is not None:
+            self.periodic_refresh.stop()
         self.dispatcher.close()
         self.ingest.close()
+        self.metrics_maintenance.close()
         if self.store is not None:
             self.store.stop()
         if self.sandboxes is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import gc
 import logging
 import os
 import signal
@@ -123,6 +124,7 @@ def serve(host: str, port: int, simulate: bool = False) -> int:
 
     import uvicorn
 
+    from orchestrator.api.agent_report_path import AgentReportPath
     from orchestrator.api.app import create_app
     from orchestrator.runtime import Runtime
 
@@ -163,9 +165,10 @@ def serve(host: str, port: int, simulate: bool = False) -> int:
     log.info("orch serving on http://%s:%d (MongoDB: %s; operations: %s; Pulumi backend: %s)",
              host, port, store, mode, redact_url(settings.pulumi_backend_url))
     _announce_page(settings, host, port)
-    config = uvicorn.Config(create_app(runtime), host=host, port=port, log_level="warning", access_log=False,
+    config = uvicorn.Config(AgentReportPath(create_app(runtime), runtime), host=host, port=port, log_level="warning", access_log=False,
                             http="orchestrator.api.http_protocol:HeaderLimitedHttpToolsProtocol")
     server = uvicorn.Server(config)
+    gc.freeze()  # what startup built lives as long as the process: full collections need not scan it
     server.run(sockets=[sock, *extra_sockets])
     # As uvicorn.run: an application whose startup failed exits 3.
     return 0 if server.started else STARTUP_FAILED

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,13 +19,23 @@ from mongoengine.errors import NotUniqueError
 from orchestrator import locks
 from orchestrator.auth import USER_NAME, USER_NAME_RULE, Principal
 from orchestrator.engine import EngineError, StackBusy, StackEngine, StackNotFound
-from orchestrator.ingest import read_samples
 from orchestrator.listing.keyset import DEFAULT_SORT, MAX_QUERY_CHARS, SORTS, CursorError, Keyset, name_contains
-from orchestrator.metrics.windows import WINDOWS, window_since
+from orchestrator.metrics.store import read_rollups, read_samples
+from orchestrator.metrics.windows import ROLLUP_WINDOWS, WINDOWS, window_since
 from orchestrator.models import Instance, Operation, Snapshot, claim_key, utcnow
 from orchestrator.settings import Settings
 from orchestrator.sshkeys import generate_keypair
-from stacks.spec import LABEL_KEY_PATTERN, LABEL_VALUE_PATTERN, InstanceDoc, SpecError, parse_instance, parse_snapshot
+from stacks.spec import (
+    LABEL_KEY_PATTERN,
+    LABEL_VALUE_PATTERN,
+    InstanceDoc,
+    SpecError,
+    parse_instance,
+    parse_snapshot,
+    Placement,
+    placed,
+    placements,
+)
 
 log = logging.getLogger("orch.services")
 
@@ -34,10 +43,10 @@ MAX_PAGE = 500
 # GET /instances/{name}/operations: the default and the largest page.
 OPERATIONS_PAGE = 20
 MAX_OPERATIONS_PAGE = 100
-# Clouds whose Pulumi program expresses an instance's power state (docs/lifecycle.md).
-POWER_STATE_CLOUDS = ("aws", "gcp", "docker")
+# Statuses a refresh may start from (orchestrator/operations/refresh.py), and those reconcile fixes.
+REFRESHABLE_STATUSES = ("running", "stopped", "failed", "drifted", "preempted")
+RECONCILABLE_STATUSES = ("drifted", "lost")
 # A preview renews the instance's lock this many times per lease while it runs.
-PREVIEW_LOCK_RENEWALS_PER_LEASE = 3
 DEFAULT_PAGE = 50
 
 
@@ -112,12 +121,26 @@ class Page:
 
 
 # The instance fields a listing shows: never the secrets, not the agent token's hash.
-INSTANCE_LIST_EXCLUDES = ("admin_private_key", "admin_public_key", "agent_token_hash", "claim")
+INSTANCE_LIST_EXCLUDES = (
+    "admin_private_key", "admin_public_key", "agent_token_hash", "claim", "list_key_name", "list_key_created",
+)
+
+
+def _count(queryset) -> int:
+    """How many documents match, with the `count` command.
+
+    mongoengine's count() sends count_documents' aggregate pipeline ($match, $group), which the
+    embedded store runs as a scan of the collection; it serves the `count` command with the plan
+    a find of the same filter gets (a listing's key range: from the index). A MongoDB server
+    answers either from the index.
+    """
+    collection = queryset._document._get_collection()
+    return int(collection.database.command("count", collection.name, query=queryset._query)["n"])
 
 
 def _keyset_page(queryset, keyset: Keyset, cursor: str | None, limit: int, excludes: tuple[str, ...] = ()) -> Page:
     """One page of `queryset` in the keyset's order, after `cursor` (a 422 naming it when it is not ours)."""
-    total = queryset.count()
+    total = _count(queryset)
     if cursor:
         try:
             after = keyset.after(cursor)
@@ -126,6 +149,20 @@ def _keyset_page(queryset, keyset: Keyset, cursor: str | None, limit: int, exclu
         queryset = queryset.filter(__raw__=after)
     # One row more than the page says whether another page follows.
     rows = list(queryset.exclude(*excludes).order_by(*keyset.order()).limit(limit + 1))
+    next_cursor = keyset.encode(rows[limit - 1]) if len(rows) > limit else None
+    return Page(items=rows[:limit], total=total, limit=limit, next_cursor=next_cursor)
+
+
+def _key_range_page(
+    queryset, keyset: Keyset, owner: str, deleted: bool, cursor: str | None, limit: int, excludes: tuple[str, ...]
+) -> Page:
+    """_keyset_page for one owner's instances, as a range of their listing key (one index serves it)."""
+    total = _count(queryset.filter(__raw__=keyset.key_range(owner, deleted)))
+    try:
+        page_range = keyset.key_range(owner, deleted, cursor)
+    except CursorError as error:
+        raise Invalid(str(error), field="cursor") from None
+    rows = list(queryset.filter(__raw__=page_range).exclude(*excludes).order_by(keyset.key_order()).limit(limit + 1))
     next_cursor = keyset.encode(rows[limit - 1]) if len(rows) > limit else None
     return Page(items=rows[:limit], total=total, limit=limit, next_cursor=next_cursor)
 
@@ -176,23 +213,34 @@ class Orchestrator:
     def _instance(self, principal: Principal, name: str, owner: str | None = None) -> Instance:
         """The newest incarnation of `name` in the addressed namespace (a deleted one while none is newer)."""
         namespace = self._namespace(principal, owner, "instance", name)
-        instance = Instance.objects(owner=namespace, name=name).order_by("-created_at").first()
+        instance = Instance.newest_incarnation(namespace, name)
         if instance is None:
             raise NotFound(f"instance {name!r} not found")
         return instance
 
     def _snapshot(self, principal: Principal, name: str, owner: str | None = None) -> Snapshot:
         namespace = self._namespace(principal, owner, "snapshot", name)
-        snapshot = Snapshot.objects(owner=namespace, name=name).order_by("-created_at").first()
+        # The live one by its claim (a unique index), else the newest deleted one.
+        snapshot = Snapshot.objects(claim=claim_key(namespace, name)).first() or (
+            Snapshot.objects(owner=namespace, name=name).order_by("-created_at").first()
+        )
         if snapshot is None:
             raise NotFound(f"snapshot {name!r} not found")
         return snapshot
 
     def _parse(self, document: dict) -> InstanceDoc:
         try:
-            return parse_instance(document, enabled_clouds=self.settings.clouds)
+            parsed = parse_instance(document, enabled_clouds=self.settings.clouds)
         except SpecError as error:
             raise spec_error(error) from None
+        autostop = parsed.spec.autostop
+        if autostop is not None and autostop.idle_minutes < self.settings.autostop_min_idle_minutes:
+            raise Invalid(
+                f"spec.autostop.idle_minutes: must be at least {self.settings.autostop_min_idle_minutes:g} "
+                "(ORCH_AUTOSTOP_MIN_IDLE_MINUTES)",
+                field="spec.autostop.idle_minutes",
+            )
+        return parsed
 
     def _check_base_snapshot(self, owner: str, parsed: InstanceDoc) -> None:
         """An instance's base snapshot is one of its owner's."""
@@ -302,6 +350,20 @@ class Orchestrator:
         if canonical["spec"].get("cloud") != instance.cloud:
             raise Invalid("spec.cloud: cannot move an instance to another cloud", field="spec.cloud")
         if canonical["spec"] == instance.spec and (canonical.get("labels") or {}) == (instance.labels or {}):
+            if instance.status in RECONCILABLE_STATUSES:  # applying the spec again puts it back to the spec
+                return self.reconcile_instance(principal, name, owner)
+            return instance, None
+        if {**canonical["spec"], "autostop": None} == {**instance.spec, "autostop": None} and (
+            canonical.get("labels") or {}
+        ) == (instance.labels or {}):
+            # Autostop is the service's, not the stack's: changed in place, no operation; its findings
+            # (and a warning given) start over under the new settings.
+            if instance.status in ("deleting", "deleted"):
+                raise Conflict(f"instance {name!r} is {instance.status}")
+            instance.spec = canonical["spec"]
+            instance.autostop_state = None
+            instance.updated_at = utcnow()
+            instance.save()
             return instance, None
         wanted_state = canonical["spec"]["state"]
         if wanted_state != instance.spec.get("state", "running"):
@@ -315,13 +377,25 @@ class Orchestrator:
                     field="spec.state",
                 )
             return self.set_power_state(principal, name, wanted_state, owner)
-        if instance.status not in ("running", "failed", "updating"):
+        if instance.status not in ("running", "failed", "updating", "drifted"):
             raise Conflict(f"instance {name!r} is {instance.status}; it can be updated once it is running or failed")
+        # A drifted instance's update is a `pulumi up` of the new spec over the refreshed state: it fixes the drift too.
+        instance.drift = None
         self._check_base_snapshot(instance.owner, parsed)
         previous = instance.spec
         instance.spec = canonical["spec"]
         instance.labels = canonical.get("labels") or {}
-        instance.region = parsed.spec.region
+        regions = parsed.spec.regions
+        if regions is not None and instance.has_place():
+            # Region failover places a create; an update keeps the instance where it is (or is refused).
+            if instance.region not in regions:
+                raise Invalid(
+                    f"spec.regions: instance {name!r} is in {instance.region}, which the list leaves out: an update "
+                    "does not move an instance into a region list (add its region, or delete it and create it again)",
+                    field="spec.regions",
+                )
+        else:
+            instance.region = parsed.spec.region
         instance.generation += 1
         instance.updated_at = utcnow()
         op = self._record(
@@ -342,16 +416,10 @@ class Orchestrator:
         """Stop (state "stopped") or start ("running") an instance: an operation of its own, after no other."""
         instance = self._instance(principal, name, owner)
         kind = "stop" if state == "stopped" else "start"
-        if instance.cloud not in POWER_STATE_CLOUDS:
-            raise Invalid(
-                f"spec.state: {kind} is not available on {instance.cloud} (docs/lifecycle.md; clouds with it: "
-                f"{', '.join(POWER_STATE_CLOUDS)})",
-                field="spec.state",
-            )
         busy = Operation.objects(lock_key=instance.lock_key, status__in=("queued", "running")).first()
         if busy is not None:
             raise Conflict(f"instance {name!r} has a {busy.kind} operation {busy.status} ({busy.id}); {kind} it after")
-        allowed = ("running", "failed") if kind == "stop" else ("stopped", "failed")
+        allowed = ("running", "failed") if kind == "stop" else ("stopped", "failed", "preempted")
         if instance.status not in allowed:
             raise Conflict(f"instance {name!r} is {instance.status}; only a {' or '.join(allowed)} instance can {kind}")
         previous = instance.spec
@@ -362,6 +430,54 @@ class Orchestrator:
             principal, kind, instance, instance.lock_key, {"previous_spec": previous, "generation": instance.generation}
         )
         instance.operation_id = str(op.id)
+        instance.save()
+        self._send(op)
+        return instance, op
+
+    def _check_idle(self, instance: Instance, what: str) -> None:
+        busy = Operation.objects(lock_key=instance.lock_key, status__in=("queued", "running")).first()
+        if busy is not None:
+            raise Conflict(
+                f"instance {instance.name!r} has a {busy.kind} operation {busy.status} ({busy.id}); {what} it after"
+            )
+
+    def refresh_instance(self, principal: Principal, name: str, owner: str | None = None) -> tuple[Instance, Operation]:
+        """`pulumi refresh` of the instance's stack: what changed outside orch (drift), as an operation."""
+        instance = self._instance(principal, name, owner)
+        self._check_idle(instance, "refresh")
+        if instance.status not in REFRESHABLE_STATUSES:
+            raise Conflict(
+                f"instance {name!r} is {instance.status}; only a {', '.join(REFRESHABLE_STATUSES)} instance is refreshed"
+            )
+        return instance, self.request_refresh(principal.name, instance)
+
+    def request_refresh(self, requested_by: str, instance: Instance) -> Operation:
+        """Record and dispatch a refresh (the caller checked the instance's status and that it is idle)."""
+        op = Operation(
+            kind="refresh", target=instance.name, target_id=str(instance.id), lock_key=instance.lock_key,
+            owner=instance.owner, requested_by=requested_by,
+            params={"from_status": instance.status, "from_reason": instance.status_reason},
+        )  # fmt: skip
+        op.save()
+        instance.operation_id = str(op.id)
+        instance.save()
+        self._send(op)
+        return op
+
+    def reconcile_instance(
+        self, principal: Principal, name: str, owner: str | None = None
+    ) -> tuple[Instance, Operation]:
+        """Put a drifted or lost instance back to its spec (a `pulumi up`; a lost machine is created again)."""
+        instance = self._instance(principal, name, owner)
+        self._check_idle(instance, "reconcile")
+        if instance.status not in RECONCILABLE_STATUSES:
+            raise Conflict(
+                f"instance {name!r} is {instance.status}: nothing to reconcile (only a drifted or lost instance is; "
+                "refresh it to look for drift)"
+            )
+        op = self._record(principal, "reconcile", instance, instance.lock_key, {"from_status": instance.status})
+        instance.operation_id = str(op.id)
+        instance.updated_at = utcnow()
         instance.save()
         self._send(op)
         return instance, op
@@ -393,6 +509,7 @@ class Orchestrator:
         sort: str = DEFAULT_SORT,
         limit: int = DEFAULT_PAGE,
         cursor: str | None = None,
+        region: str | None = None,
     ) -> Page:
         """Deleted instances stay as history documents; a listing hides them unless `include_deleted`
         (or a `status` filter asks for them), so it does not grow forever."""
@@ -401,17 +518,26 @@ class Orchestrator:
         query = self._owner_filter(principal, owner)
         if query is None:
             return Page(items=[], total=0, limit=limit, next_cursor=None)
+        # One owner's listing, deleted instances or the others: a range of its listing key.
+        keyed_owner = query.get("owner") if (status is not None or not include_deleted) else None
         if cloud:
             query["cloud"] = cloud
-        if status:
+        if region:  # where it runs (region failover: where it landed); an equality match on the string
+            query["region"] = region
+        if status and not (keyed_owner and status == "deleted"):
             query["status"] = status
-        elif not include_deleted:
+        elif not include_deleted and not keyed_owner:
             query["status__ne"] = "deleted"
+        if keyed_owner:
+            del query["owner"]  # in the key
         queryset = Instance.objects(**query)
         if label is not None:  # an empty filter is a malformed one, not "no filter"
             queryset = queryset.filter(__raw__=_label_filter(label))
         if (text := _query_text(q)) is not None:
             queryset = queryset.filter(__raw__=text)
+        if keyed_owner:
+            return _key_range_page(queryset, keyset, keyed_owner, status == "deleted", cursor, limit,
+                                   INSTANCE_LIST_EXCLUDES)
         return _keyset_page(queryset, keyset, cursor, limit, INSTANCE_LIST_EXCLUDES)
 
     def stack(self, principal: Principal, name: str, owner: str | None = None) -> dict:
@@ -431,19 +557,10 @@ class Orchestrator:
         lease_s = self.settings.operation_lease_s
         if not locks.acquire(lock_key, holder, lease_s):
             raise Conflict(busy)
-        done = threading.Event()
-
-        def renew() -> None:
-            while not done.wait(lease_s / PREVIEW_LOCK_RENEWALS_PER_LEASE):
-                locks.acquire(lock_key, holder, lease_s)
-
-        renewer = threading.Thread(target=renew, name=thread_name, daemon=True)
-        renewer.start()
         try:
-            yield
+            with locks.renewed(lambda: locks.acquire(lock_key, holder, lease_s), lease_s, thread_name):
+                yield
         finally:
-            done.set()
-            renewer.join()
             locks.release(lock_key, holder)
 
     def preview(self, principal: Principal, name: str, document: dict, owner: str | None = None) -> dict:
@@ -453,7 +570,8 @@ class Orchestrator:
         """
         instance = self._instance(principal, name, owner)
         document = {"kind": "Instance", "name": name, "labels": instance.labels, **document}
-        parsed = self._parse(document)
+        # An instance placed by zone or region failover stays there: the preview is of the program there.
+        parsed = placed(self._parse(document), Placement(instance.region, instance.zone) if instance.has_place() else None)
         self._check_base_snapshot(instance.owner, parsed)
         base_image_id = None
         if parsed.spec.from_snapshot:
@@ -502,8 +620,11 @@ class Orchestrator:
         busy = f"a preview of a new instance named {parsed.name!r} is running; try again once it has finished"
         with self._preview_lock(f"preview-new:{instance.lock_key}", busy, f"preview-new-{parsed.name}"):
             try:
+                # With a zone or region list, the first attempt's place: what the create tries first.
+                places = placements(parsed.spec)
                 summary, steps = self.engine.preview_new_instance(
-                    instance.stack_name, parsed, admin_public_key=public_key, base_image_id=base_image_id
+                    instance.stack_name, placed(parsed, places[0] if places else None), admin_public_key=public_key,
+                    base_image_id=base_image_id,
                 )
             except EngineError as error:
                 raise engine_error(error) from None
@@ -534,13 +655,25 @@ class Orchestrator:
         limit: int = 1000,
         owner: str | None = None,
         window: str | None = None,
-    ) -> list[dict]:
-        """The instance's samples (read by its id: a deleted namesake's are not its own), oldest first."""
+        *,
+        as_stored: bool = False,
+    ) -> list:
+        """The instance's samples (read by its id: a deleted namesake's are not its own), oldest first.
+
+        Windows in ROLLUP_WINDOWS answer rollup points (min/avg/max per ORCH_METRICS_ROLLUP_S), the others raw reports;
+        with `as_stored`, those reports are their stored JSON texts (msgspec.Raw), for an answer to pass through.
+        """
         if window is not None and window not in WINDOWS:
             raise Invalid(f"window: {window!r} is not one of {', '.join(WINDOWS)}", field="window")
         instance = self._instance(principal, name, owner)
         since = window_since(window, since, utcnow())
-        return read_samples(instance.agent_identity, since, until, max(1, min(limit, 10000)))
+        limit = max(1, min(limit, 10000))
+        if window in ROLLUP_WINDOWS:
+            return read_rollups(instance.agent_identity, since, until, limit)
+        # An Orchestrator without settings (the store-level tests') reads with read_samples' defaults.
+        timing = {} if self.settings is None else {"retention_s": self.settings.metrics_raw_retention_s,
+                                                   "interval_s": self.settings.agent_report_interval_s}
+        return read_samples(instance.agent_identity, since, until, limit, raw=as_stored, **timing)
 
     # -- snapshots --------------------------------------------------------
 

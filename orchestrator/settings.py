@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 from orchestrator.auth import SigningSecrets
+from stacks.spec import MAX_IDLE_MINUTES, MIN_IDLE_MINUTES_SCHEMA
 
 KNOWN_CLOUDS = ("aws", "gcp", "azure", "docker")
 MIN_JWT_SECRET_BYTES = 32
@@ -84,6 +85,23 @@ class Settings:
     # the engine; with sandbox_hosts (root), instances are sandbox hosts, else they are not configured.
     simulated: bool = False
     sandbox_hosts: bool = False
+    # Idle autostop (orchestrator/autostop): how often the checker looks, how long before acting it
+    # warns the instance's users, and the shortest idle window a spec may ask for (tests lower it).
+    autostop_check_s: int = 60
+    autostop_warn_s: int = 300
+    autostop_min_idle_minutes: float = 5.0
+    # Periodic drift detection (orchestrator/operations/refresh.py): each instance is refreshed
+    # (`pulumi refresh`) about this often; 0 turns it off.
+    refresh_interval_s: int = 0
+    # [spot] How long a restart after an agent's preemption notice waits for the preemption itself
+    # (AWS gives two minutes' notice; GCP and Azure about 30 s), so it does not start a machine that is
+    # still running and about to be taken (orchestrator/operations/preemption.py).
+    preemption_grace_s: int = 120
+    # Agent samples (orchestrator/metrics/store.py): raw samples are kept this long, rollups
+    # (min/avg/max per metrics_rollup_s) this long; the rollup width divides an hour.
+    metrics_raw_retention_s: int = 86400
+    metrics_rollup_retention_s: int = 30 * 86400
+    metrics_rollup_s: int = 300
 
     @property
     def goofys_playbook_vars(self) -> dict[str, str]:
@@ -123,6 +141,19 @@ def _int_setting(env: dict, name: str, default: int, minimum: int = 1) -> int:
         raise SettingsError(f"{name}={raw!r} is not an integer") from None
     if value < minimum:
         raise SettingsError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _float_setting(env: dict, name: str, default: float, minimum: float, maximum: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if not minimum <= value <= maximum:
+        raise SettingsError(f"{name}={raw} must be between {minimum:g} and {maximum:g}")
     return value
 
 
@@ -317,4 +348,22 @@ def load_settings(env: dict | None = None, *, service: bool = True) -> Settings:
         signin_code_ttl_s=_int_setting(env, "ORCH_SIGNIN_CODE_TTL_S", DEFAULT_SIGNIN_CODE_TTL_S, minimum=60),
         feature_sidebar=_flag_setting(env, "ORCH_FEATURE_SIDEBAR", False),
         ssh_reach_timeout_s=_int_setting(env, "ORCH_SSH_REACH_TIMEOUT_S", DEFAULT_SSH_REACH_TIMEOUT_S),
+        autostop_check_s=_int_setting(env, "ORCH_AUTOSTOP_CHECK_S", 60),
+        autostop_warn_s=_int_setting(env, "ORCH_AUTOSTOP_WARN_S", 300, minimum=0),
+        autostop_min_idle_minutes=_float_setting(
+            env, "ORCH_AUTOSTOP_MIN_IDLE_MINUTES", 5.0, MIN_IDLE_MINUTES_SCHEMA, MAX_IDLE_MINUTES
+        ),
+        refresh_interval_s=_int_setting(env, "ORCH_REFRESH_INTERVAL_S", 0, minimum=0),
+        preemption_grace_s=_int_setting(env, "ORCH_PREEMPTION_GRACE_S", 120, minimum=0),
+        metrics_raw_retention_s=_int_setting(env, "ORCH_METRICS_RAW_RETENTION_S", 86400, minimum=3600),
+        metrics_rollup_retention_s=_int_setting(env, "ORCH_METRICS_ROLLUP_RETENTION_S", 30 * 86400, minimum=3600),
+        metrics_rollup_s=_rollup_width(env),
     )
+
+
+def _rollup_width(env: dict) -> int:
+    """ORCH_METRICS_ROLLUP_S: 60..3600 s and a divisor of an hour (a raw bucket holds whole rollup slots)."""
+    value = _int_setting(env, "ORCH_METRICS_ROLLUP_S", 300, minimum=60)
+    if value > 3600 or 3600 % value:
+        raise SettingsError(f"ORCH_METRICS_ROLLUP_S={value} must divide an hour (3600 s): 60, 300, 600, 900, 3600...")
+    return value

@@ -28,7 +28,9 @@ from orchestrator import locks
 from orchestrator.auth import mint_agent_token, token_hash
 from orchestrator.engine import EngineError, StackEngine
 from orchestrator.models import IllegalTransition, Instance, Operation, Snapshot, Step, claim_key, utcnow
-from orchestrator.operations import OPERATION_UNITS
+from orchestrator.operations import OPERATION_UNITS, failover
+from orchestrator.operations.preemption import record_unrecorded_actions
+from orchestrator.operations.refresh import refresh_failed
 from orchestrator.settings import Settings
 from orchestrator.sshkeys import generate_keypair
 from stacks.spec import parse_instance, parse_snapshot
@@ -46,7 +48,7 @@ MAX_LOG_LINE_CHARS = 4000
 SKIPPED_CONFIGURE_STEP = "configure: skipped (simulated, no sandbox host)"
 # Log lines arriving this close together are written in one update (see OperationLog).
 LOG_BATCH_S = 0.5
-CONFIGURE_FIELDS = ("ssh_users", "mounts", "bootstrap_script", "configure")
+CONFIGURE_FIELDS = ("ssh_users", "mounts", "bootstrap_script", "configure", "spot")
 
 
 class Outcome(Enum):
@@ -166,24 +168,15 @@ class Worker:
             is not None
         )
 
-    @contextmanager
     def _heartbeat(self, op: Operation):
-        stop = threading.Event()
-        interval = max(1.0, self.settings.operation_lease_s / 3)
+        lease_s = self.settings.operation_lease_s
 
         def beat() -> None:
-            while not stop.wait(interval):
-                lease = utcnow() + dt.timedelta(seconds=self.settings.operation_lease_s)
-                Operation.objects(id=op.id, worker=self.worker_id).update_one(set__lease_expires_at=lease)
-                locks.acquire(op.lock_key, str(op.id), self.settings.operation_lease_s)
+            lease = utcnow() + dt.timedelta(seconds=lease_s)
+            Operation.objects(id=op.id, worker=self.worker_id).update_one(set__lease_expires_at=lease)
+            locks.acquire(op.lock_key, str(op.id), lease_s)
 
-        thread = threading.Thread(target=beat, name=f"lease-{op.id}", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
+        return locks.renewed(beat, lease_s, f"lease-{op.id}")
 
     # -- execution --------------------------------------------------------
 
@@ -232,7 +225,7 @@ class Worker:
         index = len(Operation.objects(id=op.id).only("steps").first().steps)
         Operation.objects(id=op.id).update_one(push__steps=Step(name=name))
         try:
-            yield
+            yield index
         except BaseException:
             Operation.objects(id=op.id).update_one(
                 **{f"set__steps__{index}__status": "failed", f"set__steps__{index}__finished_at": utcnow()}
@@ -256,9 +249,13 @@ class Worker:
                 # Its resources are gone: no address or outputs of theirs is shown as if it were live.
                 instance.public_ip = None
                 instance.outputs = {}
+                instance.zone = None
+                instance.region = instance.spec["region"]  # region failover: its first region, as before it began
             instance.move_to("failed", reason + (f"; rollback failed: {rollback_error}" if rollback_error else ""))
             instance.save()
-        elif op.kind in ("update", "delete", "stop", "start"):
+        elif op.kind == "refresh":
+            refresh_failed(op, reason)
+        elif op.kind in ("update", "delete", "stop", "start", "reconcile"):
             instance = Instance.objects.get(id=op.target_id)
             instance.move_to("failed", reason)
             instance.save()
@@ -302,35 +299,43 @@ class Worker:
             )
         Operation.objects(id=op.id).update_one(**{f"set__params__{CREATED_STACK}": True})
 
+    def _take(self, op: Operation, status: str, reason: str | None = None) -> Instance:
+        """The operation's instance, moved to `status` (a resumed attempt finds it there already);
+        on a retry, the stack's update that the killed attempt left is cancelled first."""
+        instance = Instance.objects.get(id=op.target_id)
+        if instance.status != status:
+            instance.move_to(status, reason)
+            instance.save()
+        if op.attempts > 1:
+            self.engine.cancel(instance.stack_name)
+        return instance
+
     # -- kinds ------------------------------------------------------------
 
     def _op_create(self, op: Operation, log_line: OperationLog) -> None:
-        instance = Instance.objects.get(id=op.target_id)
-        if instance.status != "provisioning":
-            instance.move_to("provisioning")
-            instance.save()
-        if op.attempts > 1:
-            self.engine.cancel(instance.stack_name)
+        instance = self._take(op, "provisioning")
         self._claim_stack(op, instance.stack_name)
-        self._provision(op, instance, log_line, configure=True)
+        # A spec with a zone list tries its zones in turn (zone failover); any other is one `pulumi up`.
+        failover.provision(self, op, instance, log_line, configure=True)
 
     def _op_update(self, op: Operation, log_line: OperationLog) -> None:
-        instance = Instance.objects.get(id=op.target_id)
+        instance = self._take(op, "updating")
         previous = op.params.get("previous_spec") or {}
-        if instance.status != "updating":
-            instance.move_to("updating")
-            instance.save()
-        if op.attempts > 1:
-            self.engine.cancel(instance.stack_name)
         # Configured again when the configuration of the generation before this one is not
         # known to be in place (a create or update that failed, e.g. before or during Ansible).
         previous_configured = instance.configured_generation == _generation(op, instance) - 1
         reconfigure = not previous_configured or any(
             previous.get(key) != instance.spec.get(key) for key in CONFIGURE_FIELDS
         )
-        self._provision(op, instance, log_line, configure=reconfigure)
+        # An instance whose create found no zone with capacity has none yet: the update tries its zones again.
+        failover.provision(self, op, instance, log_line, configure=reconfigure)
 
     def _provision(self, op: Operation, instance: Instance, log_line: OperationLog, *, configure: bool) -> None:
+        document, outputs = self._up(op, instance, log_line)
+        self._settle(op, instance, document, outputs, log_line, configure=configure)
+
+    def _up(self, op: Operation, instance: Instance, log_line: OperationLog):
+        """`pulumi up` of the instance's program; the record takes its outputs. Returns (document, outputs)."""
         document = parse_instance(instance.document())
         if instance.admin_public_key is None:  # its create failed and was rolled back: a new key pair
             instance.admin_private_key, instance.admin_public_key = generate_keypair(f"orch@{instance.name}")
@@ -354,8 +359,17 @@ class Worker:
         instance.reload()
         instance.outputs = outputs
         instance.public_ip = outputs.get("public_ip")
+        # Where it runs now (the spec's zone, else the one the cloud chose): a zone list added to
+        # the spec later keeps it there (Instance.document).
+        instance.zone = document.spec.zone or outputs.get("zone") or None
         instance.updated_at = utcnow()
         instance.save()
+        return document, outputs
+
+    def _settle(
+        self, op: Operation, instance: Instance, document, outputs: dict, log_line: OperationLog, *, configure: bool
+    ) -> None:
+        """After a successful up: configure the instance when asked, then it is running."""
         if configure and document.spec.configure and self.settings.simulated and not self.settings.sandbox_hosts:
             # Simulated without sandbox hosts: the address answers nothing, so there is nothing to configure.
             with self._step(op, SKIPPED_CONFIGURE_STEP):
@@ -387,6 +401,8 @@ class Worker:
             "orch_agent_token": token,
             "orch_agent_instance": instance.agent_identity,
             "orch_agent_interval": self.settings.agent_report_interval_s,
+            "orch_agent_spot": spec.spot,
+            "orch_agent_cloud": spec.cloud,
             **self.settings.goofys_playbook_vars,
         }
         with self._step(op, "configure: ansible"):
@@ -420,7 +436,7 @@ class Worker:
     def _destroy(self, op: Operation, record: Instance | Snapshot, step: str, log_line: OperationLog) -> None:
         """Destroy and remove the stack of an instance or snapshot, which is `deleting` meanwhile."""
         if record.status != "deleting":
-            record.move_to("deleting")
+            record.move_to("deleting", op.params.get("status_reason"))
             record.save()
         if op.attempts > 1:
             self.engine.cancel(record.stack_name)
@@ -435,7 +451,7 @@ class Worker:
         instance.agent_token_hash = None
         instance.admin_private_key = None
         instance.public_ip = None
-        instance.move_to("deleted")
+        instance.move_to("deleted", op.params.get("status_reason"))
         # The record stays as history; its name is free for a new create.
         instance.claim = None
         instance.save()
@@ -476,7 +492,8 @@ def recover(dispatch: Callable[[str], bool], redispatch_after_s: float = 30.0) -
     worker stopped renewing it), and a queued one last dispatched (or, never dispatched,
     created) more than `redispatch_after_s` ago, so one that was just requested or
     dispatched is never sent twice. Each is taken with a conditional update, so two
-    sweeps (the service's and a worker's) never both send it. Returns how many were dispatched.
+    sweeps (the service's and a worker's) never both send it. Also records the on_preemption action
+    of a preemption whose marker stopped before recording it. Returns how many were dispatched.
     """
     now = utcnow()
     count = 0
@@ -490,6 +507,7 @@ def recover(dispatch: Callable[[str], bool], redispatch_after_s: float = 30.0) -
             lost.flush()
             dispatch(str(op.id))
             count += 1
+    count += record_unrecorded_actions(dispatch, redispatch_after_s)
     stale = now - dt.timedelta(seconds=redispatch_after_s)
     for op in Operation.objects(status="queued").only("id", "dispatched_at", "created_at"):
         if (op.dispatched_at or op.created_at) >= stale:

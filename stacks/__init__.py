@@ -2,7 +2,8 @@
 
 Each cloud module (`stacks/<cloud>.py`) defines
 `instance_program(instance, *, admin_public_key, base_image_id)`,
-`snapshot_program(snapshot, *, source)` and `SDK_MODULES` (the SDK submodules it uses); adding a cloud is adding a module
+`snapshot_program(snapshot, *, source)`, `classify_error(message)` (capacity, quota or credentials: zone
+failover) and `SDK_MODULES` (the SDK submodules it uses); adding a cloud is adding a module
 (and its entry in `stacks.catalog`). Modules are imported on first use, so a
 process only loads the SDKs of the clouds it drives.
 """
@@ -46,3 +47,14 @@ def snapshot_program(snapshot: SnapshotDoc, *, source: dict) -> Callable[[], Non
     """The inline program of a snapshot's stack; `source` is the instance stack's outputs."""
     module = cloud_module(source["cloud"])
     return lambda: module.snapshot_program(snapshot, source=source)
+
+
+def classify_error(cloud: str, message: str):
+    """What a failed update's message says, as the cloud module classifies it (stacks.common.CloudError or None).
+
+    Only the cloud's module is imported (its SDK's submodules load on first use), so this is cheap
+    in a process that has not run the cloud's program.
+    """
+    if cloud not in CLOUDS:
+        raise ValueError(f"unknown cloud {cloud!r} (one of {', '.join(CLOUDS)})")
+    return importlib.import_module(f"stacks.{cloud}").classify_error(message)

@@ -64,6 +64,17 @@ def instance_program(instance: InstanceDoc, *, admin_public_key: str, base_image
         opts=opts,
     )
     ami = base_image_id if base_image_id else _lookup_ami(instance, provider)
+    spot_settings: dict = {}
+    if spec.spot:
+        keep = common.spot_keeps_machine(instance)
+        spot_options: dict = {
+            # A stopped spot instance is started again by its request: a stop needs a persistent one.
+            "instance_interruption_behavior": "stop" if keep else "terminate",
+            "spot_instance_type": "persistent" if keep else "one-time",
+        }
+        if spec.max_price_per_hour is not None:
+            spot_options["max_price"] = _price(spec.max_price_per_hour)
+        spot_settings["instance_market_options"] = {"market_type": "spot", "spot_options": spot_options}
     ec2 = aws.ec2.Instance(
         instance.name,
         ami=ami,
@@ -82,6 +93,7 @@ def instance_program(instance: InstanceDoc, *, admin_public_key: str, base_image
         },
         metadata_options={"http_tokens": "required", "http_endpoint": "enabled"},
         tags={**tags, "Name": instance.name},
+        **spot_settings,
         # The lookup finds a newer AMI whenever the distribution publishes one:
         # that must not replace a running instance on its next update.
         opts=opts.merge(pulumi.ResourceOptions(ignore_changes=["ami"])),
@@ -104,6 +116,11 @@ def instance_program(instance: InstanceDoc, *, admin_public_key: str, base_image
     )
 
 
+def _price(usd_per_hour: float) -> str:
+    """EC2's max_price is a decimal string ("0.0153"), not a float."""
+    return f"{usd_per_hour:.6f}".rstrip("0").rstrip(".")
+
+
 def snapshot_program(snapshot: SnapshotDoc, *, source: dict) -> None:
     provider = _provider(source["region"])
     # An AMI with the root volume's EBS snapshot; deregistering it (stack destroy) deletes both.
@@ -115,3 +132,25 @@ def snapshot_program(snapshot: SnapshotDoc, *, source: dict) -> None:
         opts=pulumi.ResourceOptions(provider=provider),
     )
     common.export_snapshot(cloud="aws", source=source, image_id=image.id)
+
+
+# How EC2 says it (the provider passes the API's code on: "api error <Code>: <message>").
+# InstanceLimitExceeded is a quota (running instances), not capacity; `Unsupported` is a type
+# not offered in the requested zone, which another zone may offer.
+ERROR_RULES = (
+    (common.QUOTA, "VcpuLimitExceeded", r"\bVcpuLimitExceeded\b"),
+    (common.QUOTA, "InstanceLimitExceeded", r"\bInstanceLimitExceeded\b"),
+    (common.QUOTA, "MaxSpotInstanceCountExceeded", r"\bMaxSpotInstanceCountExceeded\b"),
+    (common.AUTH, "AuthFailure", r"\bAuthFailure\b"),
+    (common.AUTH, "UnauthorizedOperation", r"\bUnauthorizedOperation\b"),
+    (common.AUTH, "InvalidClientTokenId", r"\bInvalidClientTokenId\b"),
+    (common.AUTH, "ExpiredToken", r"\bExpiredToken\b"),
+    (common.AUTH, "no valid credential sources", r"no valid credential sources"),
+    (common.CAPACITY, "InsufficientInstanceCapacity", r"\bInsufficientInstanceCapacity\b"),
+    (common.CAPACITY, "Unsupported", r"\bUnsupported\b.*not supported in your requested Availability Zone"),
+)
+
+
+def classify_error(message: str) -> common.CloudError | None:
+    """Whether a failed update's message is EC2's no-capacity, quota or credentials error."""
+    return common.classify(message, ERROR_RULES)

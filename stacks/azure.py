@@ -13,6 +13,7 @@ import pulumi_azure_native.network as network
 import pulumi_azure_native.resources as resources
 
 from stacks import common
+from stacks.azure_power import VirtualMachinePowerState
 from stacks.catalog import AZURE
 from stacks.spec import InstanceDoc, SnapshotDoc
 
@@ -115,6 +116,15 @@ def instance_program(instance: InstanceDoc, *, admin_public_key: str, base_image
         opts=opts,
     )
     cloud_config = common.cloud_init(instance, admin_public_key, ssh_user)
+    spot_settings: dict = {}
+    if spec.spot:
+        spot_settings = {
+            "priority": "Spot",
+            # Deallocate keeps the VM and its disk (stopped, as `orch stop` leaves it); Delete removes both.
+            "eviction_policy": "Deallocate" if common.spot_keeps_machine(instance) else "Delete",
+            # -1: up to the on-demand price, never evicted for price.
+            "billing_profile": {"max_price": spec.max_price_per_hour if spec.max_price_per_hour is not None else -1},
+        }
     vm = compute.VirtualMachine(
         instance.name,
         resource_group_name=group.name,
@@ -147,13 +157,18 @@ def instance_program(instance: InstanceDoc, *, admin_public_key: str, base_image
         network_profile={"network_interfaces": [{"id": nic.id, "primary": True}]},
         zones=zones,
         tags=tags,
+        **spot_settings,
         opts=opts,
     )
+    # The power state (docs/lifecycle.md): azure-native has no property for it, so a dynamic resource
+    # deallocates or starts the VM. The public IP is Static, so a start keeps the address.
+    VirtualMachinePowerState(instance.name, vm_id=vm.id, state=spec.state)
     common.export_instance(
         cloud="azure",
         instance=instance,
         instance_id=vm.id,
-        public_ip=public_ip.ip_address,
+        # A deallocated VM is not reachable: the record shows no address while it is stopped.
+        public_ip=None if spec.state == "stopped" else public_ip.ip_address,
         private_ip=nic.ip_configurations.apply(lambda configs: configs[0].private_ip_address if configs else None),
         ssh_user=ssh_user,
         image_id=base_image_id or ":".join((*common.catalog_image(AZURE, instance).ref, "latest")),
@@ -193,3 +208,22 @@ def snapshot_program(snapshot: SnapshotDoc, *, source: dict) -> None:
         opts=opts,
     )
     common.export_snapshot(cloud="azure", source=source, image_id=image.id)
+
+
+# How Azure Resource Manager says it (the provider shows `Code="<Code>" Message="..."`).
+# OperationNotAllowed is a quota only when its message says so (it also means other refusals).
+ERROR_RULES = (
+    (common.QUOTA, "QuotaExceeded", r"\bQuotaExceeded\b"),
+    (common.QUOTA, "OperationNotAllowed", r"\bOperationNotAllowed\b.*\bquota\b"),
+    (common.AUTH, "AuthorizationFailed", r"\bAuthorizationFailed\b"),
+    (common.AUTH, "AuthenticationFailed", r"\bAuthenticationFailed\b|\bInvalidAuthenticationToken\b|\bAADSTS\d+"),
+    (common.CAPACITY, "SkuNotAvailable", r"\bSkuNotAvailable\b"),
+    (common.CAPACITY, "ZonalAllocationFailed", r"\bZonalAllocationFailed\b"),
+    (common.CAPACITY, "AllocationFailed", r"\bAllocationFailed\b"),
+    (common.CAPACITY, "OverconstrainedAllocationRequest", r"\bOverconstrained(Zonal)?AllocationRequest\b"),
+)
+
+
+def classify_error(message: str) -> common.CloudError | None:
+    """Whether a failed update's message is Azure's no-capacity, quota or credentials error."""
+    return common.classify(message, ERROR_RULES)

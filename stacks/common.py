@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import re
+from dataclasses import dataclass
 
 import pulumi
 import yaml
@@ -117,3 +119,46 @@ def export_snapshot(*, cloud: str, source: dict, image_id: pulumi.Input[str]) ->
     pulumi.export("region", source["region"])
     pulumi.export("image_id", image_id)
     pulumi.export("source_instance_id", source["instance_id"])
+
+
+# ---------------------------------------------------------------- error classes
+# What a failed `pulumi up` says about where to go next (docs/lifecycle.md, "Zone failover"):
+# no capacity in the zone (another zone may have it), or a quota or credentials problem,
+# which no other zone solves. Each cloud module lists its codes and phrases (ERROR_RULES).
+CAPACITY = "capacity"
+QUOTA = "quota"
+AUTH = "auth"
+
+
+@dataclass(frozen=True)
+class CloudError:
+    kind: str  # CAPACITY, QUOTA or AUTH
+    code: str  # the cloud's error code that says so
+    text: str  # the cloud's words: its message's line from where the code (or phrase) was found
+
+    def summary(self, limit: int) -> str:
+        """`CODE: the cloud's words`, at most `limit` characters."""
+        words = self.text.removeprefix(self.code).lstrip(' ":').removeprefix('Message="').rstrip('"')
+        line = f"{self.code}: {words}" if words else self.code
+        return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def classify(message: str, rules: tuple[tuple[str, str, str], ...]) -> CloudError | None:
+    """The first (kind, code, regex) rule whose regex is found in the message; None when none is.
+
+    Rules are tried in order, so a cloud lists quota and credentials first: a quota message
+    that also mentions capacity is not retried.
+    """
+    for kind, code, pattern in rules:
+        found = re.search(pattern, message)
+        if found:
+            end = message.find("\n", found.start())
+            return CloudError(kind=kind, code=code, text=message[found.start() : None if end < 0 else end].strip())
+    return None
+def spot_keeps_machine(instance: InstanceDoc) -> bool:
+    """Whether a spot eviction stops the machine (its disk kept) rather than deleting it.
+
+    `on_preemption: delete` lets the cloud delete it (orch then deletes the instance); `restart` and
+    `keep` need the machine and its disk afterwards, so the cloud only stops it.
+    """
+    return instance.spec.on_preemption != "delete"

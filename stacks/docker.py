@@ -181,3 +181,8 @@ class CommittedImage(pulumi.dynamic.Resource):
 def snapshot_program(snapshot: SnapshotDoc, *, source: dict) -> None:
     image = CommittedImage(snapshot.name, container_id=source["root_disk_id"], tag=f"orch-snapshot/{snapshot.name}:latest")
     common.export_snapshot(cloud="docker", source=source, image_id=image.id)
+
+
+def classify_error(message: str) -> common.CloudError | None:
+    """The docker target has one location: no error is one another zone would avoid."""
+    return None

@@ -85,12 +85,22 @@ def instance_program(instance: InstanceDoc, *, admin_public_key: str, base_image
         labels=labels,
         opts=opts,
     )
-    gpu_settings: dict = {}
+    machine_settings: dict = {}
     if spec.gpu is not None:
-        gpu_settings = {
+        machine_settings = {
             "guest_accelerators": [{"type": GCP_ACCELERATOR_TYPES[spec.gpu.type], "count": spec.gpu.count}],
             # GPU instances cannot live-migrate.
             "scheduling": {"on_host_maintenance": "TERMINATE", "automatic_restart": True},
+        }
+    if spec.spot:
+        # A Spot VM: it cannot live-migrate or restart itself either, and the cloud stops it (its boot
+        # disk kept) or deletes it when it takes it back. GCP takes no maximum price.
+        machine_settings["scheduling"] = {
+            "provisioning_model": "SPOT",
+            "preemptible": True,
+            "automatic_restart": False,
+            "on_host_maintenance": "TERMINATE",
+            "instance_termination_action": "STOP" if common.spot_keeps_machine(instance) else "DELETE",
         }
     vm = gcp.compute.Instance(
         instance.name,
@@ -108,7 +118,7 @@ def instance_program(instance: InstanceDoc, *, admin_public_key: str, base_image
         allow_stopping_for_update=True,
         # The power state (docs/lifecycle.md): TERMINATED is GCP's stopped, which keeps the disk.
         desired_status="TERMINATED" if spec.state == "stopped" else "RUNNING",
-        **gpu_settings,
+        **machine_settings,
         opts=opts,
     )
     interface = vm.network_interfaces[0]
@@ -144,3 +154,19 @@ def snapshot_program(snapshot: SnapshotDoc, *, source: dict) -> None:
         opts=opts,
     )
     common.export_snapshot(cloud="gcp", source=source, image_id=image.id)
+
+
+# How Compute Engine says it. The provider often passes only the message on ("The zone
+# '...' does not have enough resources available to fulfill the request."), not the code.
+ERROR_RULES = (
+    (common.QUOTA, "QUOTA_EXCEEDED", r"\bQUOTA_EXCEEDED\b|\bquotaExceeded\b|Quota '[A-Z0-9_]+' exceeded"),
+    (common.AUTH, "PERMISSION_DENIED", r"\bPERMISSION_DENIED\b|googleapi: Error 403\b|\bforbidden\b"),
+    (common.AUTH, "UNAUTHENTICATED", r"\bUNAUTHENTICATED\b|googleapi: Error 401\b|could not find default credentials"),
+    (common.CAPACITY, "ZONE_RESOURCE_POOL_EXHAUSTED", r"\bZONE_RESOURCE_POOL_EXHAUSTED(_WITH_DETAILS)?\b"),
+    (common.CAPACITY, "ZONE_RESOURCE_POOL_EXHAUSTED", r"does not have enough resources available"),
+)
+
+
+def classify_error(message: str) -> common.CloudError | None:
+    """Whether a failed update's message is Compute Engine's no-capacity, quota or credentials error."""
+    return common.classify(message, ERROR_RULES)

@@ -54,6 +54,10 @@ MAX_MOUNTS = 16
 MAX_BOOTSTRAP_SCRIPT_LENGTH = 64 * 1024
 MAX_MOUNT_PATH_LENGTH = 1024
 MAX_IDENTIFIER_LENGTH = 128  # region, zone, machine type, image, GPU type, a CIDR
+# Zones a create tries in turn when one has no capacity (docs/lifecycle.md, "Zone failover").
+MAX_ZONES = 16
+# Regions a create tries in turn (region failover, spec.regions): each is its own attempt (or its zones are).
+MAX_REGIONS = 8
 # Mount points: absolute, made of these characters only (no whitespace, control characters,
 # backslashes or '#': nothing that could change an /etc/fstab line or add one).
 MOUNT_PATH_PATTERN = r"^(/[A-Za-z0-9._+@-]+)+$"
@@ -74,6 +78,11 @@ SSH_KEY_TYPES = frozenset(
 MIN_RSA_BITS = 2048
 DEFAULT_DISK_GB = 30
 MAX_DISK_GB = 16384
+# [spot] The highest spot price a spec may name, USD per hour (the largest GPU machines list under 100).
+MAX_PRICE_PER_HOUR = 1000.0
+# [spot] Clouds with spot capacity, and those of them where a spot request names a maximum price.
+SPOT_CLOUDS = ("aws", "gcp", "azure")
+MAX_PRICE_CLOUDS = ("aws", "azure")
 
 Name = Annotated[
     str,
@@ -124,9 +133,33 @@ class Mount(_Model, kw_only=True):
     ]
 
 
+# Idle autostop (orchestrator/autostop): the longest idle window, and the smallest one the schema
+# takes; the service's own floor is ORCH_AUTOSTOP_MIN_IDLE_MINUTES (5 unless a deployment lowers it).
+MAX_IDLE_MINUTES = 1440
+MIN_IDLE_MINUTES_SCHEMA = 0.05  # 3 s: only a lowered service floor (tests) lets a window this short through
+
+
+class Autostop(_Model, kw_only=True):
+    """Stop (or delete) the instance once its agent's reports show it idle for idle_minutes."""
+
+    idle_minutes: Annotated[
+        float,
+        Meta(ge=MIN_IDLE_MINUTES_SCHEMA, le=MAX_IDLE_MINUTES,
+             description="minutes every report must be idle for (the service takes at least ORCH_AUTOSTOP_MIN_IDLE_MINUTES, 5 by default)"),
+    ]
+    metric: Annotated[
+        Literal["gpu", "cpu", "any"],
+        Meta(description="gpu: every GPU's utilization; cpu: the CPU's; any: both CPU and every GPU (idle only when all are)"),
+    ] = "gpu"
+    below_percent: Annotated[float, Meta(ge=0, le=100, description="idle means under this utilization")] = 5.0
+    action: Literal["stop", "delete"] = "stop"
+
+
 class InstanceSpec(_Model, kw_only=True):
     cloud: Literal[tuple(CLOUDS)]  # type: ignore[valid-type]  # the clouds in stacks.catalog
-    region: Identifier
+    # Required unless spec.regions is given (then it may be left out, or be one of them).
+    region: Annotated[str, Meta(min_length=1, max_length=MAX_IDENTIFIER_LENGTH,
+                                description="the region; required unless regions is given (then one of them, or left out)")] | None = None
     zone: Identifier | None = None
     machine_type: Identifier | None = None
     allow_unlisted_machine_type: Annotated[
@@ -152,6 +185,51 @@ class InstanceSpec(_Model, kw_only=True):
         Literal["running", "stopped"],
         Meta(description="the power state apply converges to: stopped keeps the disk and stack, not the machine"),
     ] = "running"
+    autostop: Autostop | None = None
+    # Zone failover: a create tries these zones in order, the next one when a zone has no capacity.
+    zones: (
+        Annotated[
+            list[Identifier],
+            Meta(
+                min_length=1,
+                max_length=MAX_ZONES,
+                description="zones of the region to try in order when one has no capacity (instead of zone)",
+            ),
+        ]
+        | None
+    ) = None
+    any_zone: Annotated[
+        bool,
+        Meta(description="try every zone of the region the catalogue lists, in its order, until one has capacity"),
+    ] = False
+    # [spot] docs/lifecycle.md, "Spot".
+    spot: Annotated[
+        bool, Meta(description="a spot machine (AWS spot, GCP Spot VM, Azure Spot priority): cheaper, and the cloud may take it back")
+    ] = False
+    max_price_per_hour: (
+        Annotated[
+            float,
+            Meta(gt=0, le=MAX_PRICE_PER_HOUR, description="the most a spot machine may cost, USD per hour (AWS and Azure; GCP has none)"),
+        ]
+        | None
+    ) = None
+    on_preemption: Annotated[
+        Literal["restart", "delete", "keep"],
+        Meta(description="what orch does when the cloud takes the spot machine: start it again, delete the instance, or keep it preempted"),
+    ] = "keep"
+    # Region failover (docs/lifecycle.md, "Zone and region failover"): regions tried in this order.
+    regions: (
+        Annotated[
+            list[Identifier],
+            Meta(
+                min_length=1,
+                max_length=MAX_REGIONS,
+                description="regions to try in order when one has no capacity (each in its default zone, "
+                "or in the zones of it that zones lists, or in all its zones with any_zone)",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class InstanceDoc(_Model, kw_only=True):
@@ -163,7 +241,13 @@ class InstanceDoc(_Model, kw_only=True):
     spec: InstanceSpec
 
     def to_dict(self) -> dict:
-        return msgspec.to_builtins(self)
+        data = msgspec.to_builtins(self)
+        autostop = data["spec"].get("autostop")
+        if autostop:  # whole numbers as written (60, not 60.0): the stored spec reads as the document did
+            for key in ("idle_minutes", "below_percent"):
+                if float(autostop[key]).is_integer():
+                    autostop[key] = int(autostop[key])
+        return data
 
 
 class SnapshotDoc(_Model, kw_only=True):
@@ -268,6 +352,18 @@ def _check_shape(value: Any, info: mi.Type, path: str, errors: list[FieldError])
             errors.append(FieldError(where, f"must be at least {info.ge}"))
         elif info.le is not None and value > info.le:
             errors.append(FieldError(where, f"must be at most {info.le}"))
+    elif isinstance(info, mi.FloatType):
+        # JSON and YAML write 2 for 2.0: an integer is a number too (not a boolean).
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            errors.append(FieldError(where, f"expected a number, got {_describe(value)}"))
+        elif value != value or value in (float("inf"), float("-inf")):
+            errors.append(FieldError(where, "must be a finite number"))
+        elif info.ge is not None and value < info.ge:
+            errors.append(FieldError(where, f"must be at least {info.ge:g}"))
+        elif info.gt is not None and value <= info.gt:
+            errors.append(FieldError(where, f"must be more than {info.gt:g}"))
+        elif info.le is not None and value > info.le:
+            errors.append(FieldError(where, f"must be at most {info.le:g}"))
     elif isinstance(info, mi.ListType):
         if not isinstance(value, list):
             errors.append(FieldError(where, f"expected a list, got {_describe(value)}"))
@@ -376,13 +472,145 @@ def _did_you_mean(value: str, known) -> str:
 
 
 def _check_location(cloud: Cloud, spec: InstanceSpec, errors: list[FieldError]) -> None:
+    if spec.region is None:
+        if spec.regions is None:
+            errors.append(FieldError("spec.region", "required (or list spec.regions to try in turn)"))
+        return
     if spec.region not in cloud.regions:
         errors.append(
             FieldError("spec.region", f"unknown {cloud.name} region {spec.region!r}{_did_you_mean(spec.region, cloud.regions)}")
         )
+    elif spec.regions is not None and spec.region not in spec.regions:
+        errors.append(FieldError(
+            "spec.region",
+            f"{spec.region!r} is not in spec.regions ({', '.join(spec.regions)}): leave spec.region out, "
+            "or make it one of them (the regions are tried in spec.regions' order)",
+        ))
     elif spec.zone is not None and not cloud.zone_belongs(spec.region, spec.zone):
         hint = _did_you_mean(spec.zone, cloud.zones(spec.region)) or f" (e.g. {', '.join(cloud.zones(spec.region))})"
         errors.append(FieldError("spec.zone", f"zone {spec.zone!r} is not in region {spec.region!r}{hint}"))
+
+
+def _same_zone(cloud: Cloud, zone: str) -> str:
+    """A zone's one spelling: Azure's `eastus-2` is zone `2`."""
+    return zone.rsplit("-", 1)[-1] if cloud.name == "azure" else zone
+
+
+def _check_regions(cloud: Cloud, spec: InstanceSpec, errors: list[FieldError]) -> bool:
+    """regions: region failover's candidates, each a catalogue region, none twice, not with zone or
+    from_snapshot. True when they are all valid (the zones can then be checked against them)."""
+    if spec.regions is None:
+        return True
+    if cloud.name == "docker":
+        errors.append(FieldError("spec.regions", "the docker target has a single location (local): no region to fail over to"))
+        return False
+    if spec.from_snapshot is not None:
+        errors.append(FieldError(
+            "spec.regions",
+            "an instance from a snapshot is made where the snapshot's image is (one region): "
+            "give spec.region, not spec.regions, with spec.from_snapshot",
+        ))
+    if spec.zone is not None:
+        errors.append(FieldError("spec.zone", "give spec.zones (zones of the listed regions), not spec.zone, with spec.regions"))
+    valid = True
+    for index, region in enumerate(spec.regions):
+        where = f"spec.regions[{index}]"
+        if region not in cloud.regions:
+            errors.append(FieldError(where, f"unknown {cloud.name} region {region!r}{_did_you_mean(region, cloud.regions)}"))
+            valid = False
+        elif region in spec.regions[:index]:
+            errors.append(FieldError(where, f"region {region!r} is listed twice"))
+            valid = False
+    return valid
+
+
+def _zone_region(cloud: Cloud, regions: list[str], zone: str) -> str | None:
+    """The region of `regions` that `zone` is in, or None."""
+    return next((region for region in regions if cloud.zone_belongs(region, zone)), None)
+
+
+def _check_zones(cloud: Cloud, spec: InstanceSpec, errors: list[FieldError]) -> None:
+    """zones / any_zone: zone failover's candidates, each in the region (or one of spec.regions), none
+    twice, not with zone; with spec.regions each listed region has a zone in spec.zones."""
+    if spec.zones is None and not spec.any_zone:
+        return
+    field = "spec.zones" if spec.zones is not None else "spec.any_zone"
+    if spec.zone is not None and spec.regions is None:
+        errors.append(FieldError(field, f"give either spec.zone or {field}, not both"))
+    if spec.zones is not None and spec.any_zone:
+        errors.append(FieldError("spec.any_zone", "give either spec.zones or spec.any_zone, not both"))
+    if cloud.name == "docker":
+        errors.append(FieldError(field, "the docker target has a single location (local): no zone to fail over to"))
+        return
+    if spec.regions is None and spec.region not in cloud.regions:
+        return  # reported on spec.region
+    regions = spec.regions if spec.regions is not None else [spec.region]
+    seen: set[tuple[str, str]] = set()
+    for index, zone in enumerate(spec.zones or []):
+        where = f"spec.zones[{index}]"
+        region = _zone_region(cloud, regions, zone)
+        if region is None:
+            known = [z for r in regions for z in cloud.zones(r)]
+            hint = _did_you_mean(zone, known) or f" (e.g. {', '.join(known[:6])})"
+            place = f"region {regions[0]!r}" if len(regions) == 1 else f"any of spec.regions ({', '.join(regions)})"
+            errors.append(FieldError(where, f"zone {zone!r} is not in {place}{hint}"))
+            continue
+        if len(regions) > 1 and cloud.name == "azure" and "-" not in zone:
+            errors.append(FieldError(where, f"zone {zone!r} could be in any of spec.regions: write it {region}-{zone} (region-number)"))
+            continue
+        if (region, _same_zone(cloud, zone)) in seen:
+            errors.append(FieldError(where, f"zone {zone!r} is listed twice"))
+        seen.add((region, _same_zone(cloud, zone)))
+    if spec.zones is not None and spec.regions is not None:
+        for index, region in enumerate(spec.regions):
+            if not any(zone_region == region for zone_region, _ in seen):
+                errors.append(FieldError(
+                    f"spec.regions[{index}]",
+                    f"no zone of {region!r} in spec.zones: list one (e.g. {cloud.zones(region)[0]}), drop the region, "
+                    "or leave spec.zones out to try each region in its default zone",
+                ))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One attempt of a create with failover: a region, and a zone of it (None: the cloud chooses)."""
+
+    region: str
+    zone: str | None
+
+
+def placements(spec: InstanceSpec) -> list[Placement] | None:
+    """The places a create tries in turn (zone and region failover), or None when the spec names one
+    place only. Region by region in spec.regions' order; in a region, the zones of spec.zones in it
+    (in their order), or every catalogue zone (any_zone), or the cloud's default zone."""
+    if spec.zones is None and not spec.any_zone and spec.regions is None:
+        return None
+    cloud = CLOUDS[spec.cloud]
+    tried: list[Placement] = []
+    for region in spec.regions if spec.regions is not None else [spec.region]:
+        if spec.zones is not None:
+            zones = [zone for zone in spec.zones if cloud.zone_belongs(region, zone)]
+        elif spec.any_zone:
+            # Azure numbers its zones: `eastus-1` says which region's zone 1 an attempt is in.
+            zones = [f"{region}-{zone}" if cloud.name == "azure" else zone for zone in cloud.zones(region)]
+        else:
+            zones = [default_zone(cloud, region)]
+        tried.extend(Placement(region, zone) for zone in zones)
+    return tried
+
+
+def placed(instance: InstanceDoc, place: Placement | None) -> InstanceDoc:
+    """The document as its stack's program runs it in `place`: a zone or region list (failover) gives way to it."""
+    spec = instance.spec
+    if place is None or (spec.zones is None and not spec.any_zone and spec.regions is None):
+        return instance
+    if spec.zones is None and not spec.any_zone:  # regions only: the region's default zone, as parse fills it
+        return msgspec.structs.replace(instance, spec=msgspec.structs.replace(
+            spec, region=place.region, regions=None, zone=default_zone(CLOUDS[spec.cloud], place.region)))
+    zone = place.zone if place.zone is not None else spec.zone
+    return msgspec.structs.replace(
+        instance, spec=msgspec.structs.replace(spec, region=place.region, regions=None, zone=zone, zones=None, any_zone=False)
+    )
 
 
 def _check_listed_machine_type(cloud: Cloud, spec: InstanceSpec, errors: list[FieldError]) -> bool:
@@ -554,6 +782,31 @@ def _check_mounts(mounts: list[Mount], users: list[SshUser], errors: list[FieldE
             errors.append(FieldError(f"{where}.path", problem))
 
 
+def _check_autostop(autostop: Autostop | None, gpu: Gpu | None, errors: list[FieldError]) -> None:
+    """A GPU metric needs a GPU: an instance without one would never look idle (nor busy) by it."""
+    if autostop is not None and autostop.metric == "gpu" and gpu is None:
+        errors.append(FieldError(
+            "spec.autostop.metric",
+            "gpu: the instance has no GPU (spec.gpu or a GPU machine type); use metric cpu or any",
+        ))
+def _check_spot(spec: InstanceSpec, errors: list[FieldError]) -> None:
+    if spec.spot and spec.cloud not in SPOT_CLOUDS:
+        errors.append(FieldError("spec.spot", f"{spec.cloud} has no spot machines (spot is for {', '.join(SPOT_CLOUDS)})"))
+    if spec.max_price_per_hour is not None:
+        if not spec.spot:
+            errors.append(FieldError("spec.max_price_per_hour", "a maximum price is for spot machines: set spot: true"))
+        elif spec.cloud in SPOT_CLOUDS and spec.cloud not in MAX_PRICE_CLOUDS:
+            errors.append(
+                FieldError(
+                    "spec.max_price_per_hour",
+                    f"Spot VMs on {spec.cloud} take no maximum price (they cost the current spot price); "
+                    f"leave it out (it is for {' and '.join(MAX_PRICE_CLOUDS)})",
+                )
+            )
+    if spec.on_preemption != "keep" and not spec.spot:
+        errors.append(FieldError("spec.on_preemption", "only a spot machine is preempted: set spot: true"))
+
+
 def parse_instance(doc: dict, *, enabled_clouds: Iterable[str] | None = None) -> InstanceDoc:
     """Validate an Instance document and return it with its defaults filled in; raises SpecError."""
     instance = _convert(doc, InstanceDoc)
@@ -565,16 +818,25 @@ def parse_instance(doc: dict, *, enabled_clouds: Iterable[str] | None = None) ->
         enabled = ", ".join(sorted(enabled_clouds)) or "none"
         errors.append(FieldError("spec.cloud", f"cloud {spec.cloud!r} is not enabled in this deployment (ORCH_CLOUDS enables: {enabled})"))
     _check_location(cloud, spec, errors)
+    if _check_regions(cloud, spec, errors):
+        _check_zones(cloud, spec, errors)
     gpu = _check_machine_and_gpu(cloud, spec, errors)
     image, disk_gb = _check_image_and_disk(cloud, spec, gpu, errors)
     _check_ssh_users(spec.ssh_users, errors)
     _check_cidrs(cloud, spec.allowed_ssh_cidrs, errors)
     _check_mounts(spec.mounts, spec.ssh_users, errors)
+    _check_autostop(spec.autostop, gpu, errors)
+    _check_spot(spec, errors)
     if errors:
         raise SpecError(errors)
     filled = msgspec.structs.replace(
         spec,
-        zone=spec.zone if spec.zone is not None else default_zone(cloud, spec.region),
+        # Region failover without a region: the first one of the list (the record's until it lands).
+        region=spec.region if spec.region is not None else spec.regions[0],
+        # A zone or region list (failover) has no default zone: each attempt is given its own.
+        zone=spec.zone
+        if spec.zone is not None or spec.zones is not None or spec.any_zone or spec.regions is not None
+        else default_zone(cloud, spec.region),
         gpu=gpu,
         image=None if spec.from_snapshot else image,
         disk_gb=disk_gb,

@@ -42,6 +42,8 @@ class ReportServer:
         self.reports: list[dict] = []
         self.reject_with: str | None = None
         self.renewed_token: str | None = None
+        # What report answers carry in `notices` (the service's messages for the instance's users).
+        self.notices: list = []
         self._lock = threading.Lock()
         server = self
 
@@ -58,7 +60,7 @@ class ReportServer:
                     reports = body["reports"] if "reports" in body else [body]
                     with server._lock:
                         server.reports.extend(reports)
-                    self._answer(202, {"accepted": len(reports)})
+                    self._answer(202, {"accepted": len(reports), "notices": server.notices})
                 elif self.path == TOKEN_PATH and server.renewed_token:
                     self._answer(200, {"token": server.renewed_token, "expires_at": "2099-01-01T00:00:00Z"})
                 else:

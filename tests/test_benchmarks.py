@@ -30,3 +30,8 @@ def test_every_benchmark_runs_and_gives_sane_figures(tmp_path, capsys):
     for kind in ("create", "delete"):
         assert raw["provision"]["service"][f"{kind}_failed"] == 0
         assert raw["provision"]["service"][f"{kind}_s"] > 0 and raw["provision"]["direct"][f"{kind}_s"] > 0
+    metrics = raw["metrics_read"]
+    for run, size in ((metrics["loaded"], "instances"), (metrics["baseline"], "baseline_instances")):
+        assert run["instances"] == small["metrics_read"][size] and run["errors"] == 0
+        assert run["samples"] == run["instances"] * small["metrics_read"]["hours"] * 3600 // run["interval_s"]
+        assert run["samples_per_answer"] > 0 and run["bytes_per_instance_day"] > 0

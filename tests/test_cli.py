@@ -198,7 +198,7 @@ def test_get_describe_stack_logs_metrics_match_the_api(orch, service, tmp_path, 
         filtered = orch("get", "instances", "--cloud", "docker", "-l", "team=b", "-o", "json", user=user)
         assert [item["name"] for item in json.loads(filtered.out)] == ["cli-json-b"]
         table = orch("get", "instances", "--status", "running", user=user).out.splitlines()
-        assert table[0].split() == ["NAME", "CLOUD", "REGION", "STATUS", "HEALTH", "PUBLIC-IP", "AGE"]
+        assert table[0].split() == ["NAME", "CLOUD", "REGION", "STATUS", "HEALTH", "PUBLIC-IP", "AGE", "AUTOSTOP"]
         rows = {line.split()[0]: line.split() for line in table[1:]}
         assert rows["cli-json-c"][1:6] == ["aws", "us-east-1", "running", "unknown", one_ip(client, "cli-json-c")]
         assert set(rows) == {"cli-json-a", "cli-json-b", "cli-json-c"}

@@ -33,8 +33,8 @@ from orchestrator.ingest import (
     MAX_REPORT_AGE,
     MAX_REPORT_BYTES,
     AgentIngest,
-    read_samples,
 )
+from orchestrator.metrics.store import read_samples
 from orchestrator.models import MetricBatch
 from orchestrator.settings import load_settings
 from tests.live import JWT_SECRET, instance_doc, start_service, wait_operation
@@ -423,6 +423,26 @@ def test_the_flush_loop_survives_any_error(ingest, monkeypatch):
     _buffer_unchecked(ingest, "good", report("good", time.time() + 1, cpu=2))
     _wait_until(lambda: _cpu_samples("good") == [1, 2], "reports after the error were not stored")
     _wait_until(lambda: ingest.health()["ok"], "ingest is not ok again after a good flush")
+
+
+def test_reports_are_stored_while_the_upkeep_is_stuck_on_the_store(ingest, monkeypatch):
+    """Health writes (each costs the embedded store milliseconds) run on their own thread: flushes go on."""
+    release = threading.Event()
+    started = threading.Event()
+    real = ingest._persist_health
+
+    def slow_health_writes() -> None:
+        started.set()
+        release.wait(30)
+        real()
+
+    monkeypatch.setattr(ingest, "_persist_health", slow_health_writes)
+    _buffer_unchecked(ingest, "good", report("good", time.time(), cpu=1))
+    assert started.wait(10), "no upkeep pass started"
+    _buffer_unchecked(ingest, "good", report("good", time.time() + 1, cpu=2))
+    _wait_until(lambda: _cpu_samples("good") == [1, 2], "reports were not stored while the upkeep pass waited")
+    assert ingest.health()["ok"]
+    release.set()
 
 
 def test_a_storage_outage_keeps_the_reports_for_the_next_flush(ingest, monkeypatch):

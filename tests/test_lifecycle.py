@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -218,8 +219,29 @@ def test_state_in_a_spec_file_and_orch_stop_start(service, tmp_path, capsys):
         assert re.search(r"^instance/power-gcp stopping \(operation \w+\)$", capsys.readouterr().out, re.M)
         assert _cli(service, "delete", "instance", "power-gcp", "--wait", user="file-user") == 0
 
-    azure = _create(service, "file-user", "power-azure", cloud="azure")
-    with service.client("file-user") as client:
-        refused = _post_power(client, azure["name"], "stop", expected=422)
-        assert "stop is not available on azure" in refused["detail"] and refused["extra"]["field"] == "spec.state"
+
+
+def test_azure_stop_deallocates_and_start_keeps_the_static_address(service):
+    """Azure's power state is a dynamic resource of the stack (stacks/azure_power.py), simulated by the stand-in."""
+    first = _create(service, "azure-user", "power-azure", cloud="azure")
+    with service.client("azure-user") as client:
+        assert wait_operation(client, _post_power(client, "power-azure", "stop")["operation"]["id"])["status"] == "succeeded"
+        stopped = client.get("/api/v1/instances/power-azure").json()
+        assert (stopped["status"], stopped["public_ip"]) == ("stopped", None)
+        vm_id = first["outputs"]["instance_id"]
+        resources = {r["type"]: r for r in client.get("/api/v1/instances/power-azure/stack").json()["resources"]}
+        assert resources["pulumi-python:dynamic/azure:VirtualMachinePowerState"]["id"] == f"{vm_id}/powerState"
+        assert _simulated_power(service, vm_id) == ["stopped", 0], "the simulated VM is deallocated"
+
+        assert wait_operation(client, _post_power(client, "power-azure", "start")["operation"]["id"])["status"] == "succeeded"
+        running = client.get("/api/v1/instances/power-azure").json()
+        assert running["status"] == "running"
+        assert running["public_ip"] == first["public_ip"], "a Static public IP keeps its address"
+        assert running["outputs"]["instance_id"] == vm_id, "the same VM"
+        assert _simulated_power(service, vm_id) == ["running", 1]
         assert client.delete("/api/v1/instances/power-azure").status_code == 202
+
+
+def _simulated_power(service, machine_id: str) -> list:
+    """[state, starts] of a machine in the stand-in's simulated cloud (tests/pulumi_standin/resource_types.py)."""
+    return json.loads((Path(service.env["PULUMI_HOME"]) / "standin-cloud" / "power.json").read_text())[machine_id]

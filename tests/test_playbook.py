@@ -182,7 +182,7 @@ def test_agent_runs_supervised_and_reports(configured):
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
     assert json.loads(config.read_text()) == {
         "url": server.url, "token": configured.extravars["orch_agent_token"],
-        "instance": "play-1", "interval": AGENT_INTERVAL_S,
+        "instance": "play-1", "interval": AGENT_INTERVAL_S, "spot": False, "cloud": "",
     }
     report = server.wait_for_reports(1, timeout_s=30)[-1]
     assert report["instance"] == "play-1" and report["agent_version"]

@@ -305,6 +305,16 @@ def test_azure_instance(monkeypatch):
     assert (outputs["public_ip"], outputs["private_ip"]) == ("198.51.100.30", "10.0.1.4")
     assert outputs["root_disk_id"] == "/subscriptions/s/disks/os"
     assert outputs["ssh_user"] == "azureuser" and outputs["zone"] == "2"
+    power = mocks.one("pulumi-python:dynamic/azure:VirtualMachinePowerState")
+    assert (power["vm_id"], power["state"]) == ("web-1-id", "running")
+
+
+def test_azure_stopped_instance_is_deallocated_by_its_power_state_resource(monkeypatch):
+    """azure-native has no power-state property: a dynamic resource deallocates the VM (stacks/azure_power.py)."""
+    mocks, outputs = run_instance(monkeypatch, "azure", state="stopped")
+    power = mocks.one("pulumi-python:dynamic/azure:VirtualMachinePowerState")
+    assert (power["vm_id"], power["state"]) == ("web-1-id", "stopped")
+    assert outputs["public_ip"] is None, "a deallocated VM shows no address"
 
 
 def test_azure_instance_from_snapshot(monkeypatch):

@@ -32,6 +32,7 @@ INSTANCE_TYPES = {
         "azure-native:network:PublicIPAddress",
         "azure-native:network:NetworkInterface",
         "azure-native:compute:VirtualMachine",
+        "pulumi-python:dynamic/azure:VirtualMachinePowerState",  # the power state (docs/lifecycle.md)
     },
     "docker": {"docker:index/remoteImage:RemoteImage", "docker:index/container:Container"},
 }

@@ -19,6 +19,7 @@ import pytest
 from pulumi import automation as auto
 
 from tests.conftest import STANDIN_ROOT
+from tests.pulumi_standin import tamper
 
 PROJECT = "standin-test"
 
@@ -442,9 +443,53 @@ def test_refresh_rereads_the_simulated_cloud_and_reads_existing_resources(standi
     assert echo["id"] and echo["outputs"]["message"] == "hello"
 
     monkeypatch.setenv("PULUMI_STANDIN_PUBLIC_IP", "192.0.2.10")  # the cloud now reports another address
-    assert stack.refresh().summary.resource_changes.get("update") == 1
+    # Only an output changed: the refresh diffs against the desired state (the inputs), so it is a
+    # `same`, and the state takes the new outputs all the same (as the engine's RefreshStep).
+    changes = stack.refresh().summary.resource_changes
+    assert set(changes) == {"same"}
     [instance] = resources_by_type(stack)["aws:ec2/instance:Instance"]
     assert instance["outputs"]["publicIp"] == "192.0.2.10"
+
+
+def test_refresh_reports_what_was_changed_or_deleted_behind_the_stacks_back(standin_env, pulumi_command, capsys):
+    """`tamper` (tamper.py): the refresh's engine events are the engine's for RefreshSteps."""
+
+    def program() -> None:
+        vm = aws.ec2.Instance("vm", ami="ami-0abc", instance_type="t3.micro")
+        aws.ec2.SecurityGroup("vm", description="web")
+        aws.ec2transitgateway.InstanceState("vm", instance_id=vm.id, state="running")
+
+    stack = open_stack(pulumi_command, "tampered", program)
+    stack.up()
+    assert tamper.main(["--stack", "tampered", "--resource", "vm", "--delete"]) == 2
+    assert "pick one with --type" in capsys.readouterr().err
+    for change in (["--set", "instanceType=t3.large"], ["--stop"]):
+        assert tamper.main(["--stack", "tampered", "--resource", "vm", "--type", "aws:ec2/instance:Instance", *change]) == 0
+    assert tamper.main(["--stack", "tampered", "--resource", "vm", "--type", "aws:ec2/securityGroup:SecurityGroup", "--delete"]) == 0
+
+    events: list = []
+    result = stack.refresh(on_event=events.append)
+    assert result.summary.resource_changes == {"same": 2, "update": 2, "delete": 1}
+    pre = [e.resource_pre_event.metadata for e in events if e.resource_pre_event]
+    assert {meta.op.value for meta in pre} == {"refresh"}
+    outs = {e.res_outputs_event.metadata.type: e.res_outputs_event.metadata for e in events if e.res_outputs_event}
+    changed = outs["aws:ec2/instance:Instance"]
+    assert changed.op.value == "update" and changed.diffs == ["instanceType"]
+    assert changed.detailed_diff["instanceType"].diff_kind.value == "update"
+    assert (changed.old.inputs["instanceType"], changed.new.inputs["instanceType"]) == ("t3.micro", "t3.large")
+    # Powered off in the console: the machine reads stopped, and its power state resource differs.
+    assert (changed.new.outputs["instanceState"], changed.new.outputs["publicIp"]) == ("stopped", "")
+    power = outs["aws:ec2transitgateway/instanceState:InstanceState"]
+    assert power.op.value == "update" and power.diffs == ["state"] and power.new.inputs["state"] == "stopped"
+    deleted = outs["aws:ec2/securityGroup:SecurityGroup"]
+    assert deleted.op.value == "delete" and deleted.new is None
+    assert "aws:ec2/securityGroup:SecurityGroup" not in resources_by_type(stack)
+
+    # The state now differs from the program: an update puts the type back, starts the machine and
+    # creates the group again (and the cloud forgets the tampering).
+    assert stack.up().summary.resource_changes == {"same": 2, "update": 2, "create": 1}
+    [vm] = resources_by_type(stack)["aws:ec2/instance:Instance"]
+    assert vm["inputs"]["instanceType"] == "t3.micro"
 
 
 def test_program_exception_is_an_inline_source_runtime_error(standin_env, pulumi_command):

@@ -124,11 +124,13 @@ def seeded_store(sqlite_path: Path, count: int) -> str:
     for i in range(count):
         name = f"seeded-{i:05d}"
         labels = {"team": "bench", "note": XSS_LABEL}
-        rows.append(Instance(
+        row = Instance(
             name=name, owner="admin", claim=claim_key("admin", name), labels=labels,
             spec={"cloud": "docker", "region": "local", "machine_type": "small"}, cloud="docker", region="local",
             status="running", public_ip=f"10.{i // 65536}.{i // 256 % 256}.{i % 256}",
-        ).to_mongo().to_dict())
+        )
+        row.set_list_keys()  # as save() does
+        rows.append(row.to_mongo().to_dict())
     with MongoClient(SQLiteEngine(str(sqlite_path))) as client:
         collection = client[SEEDED_DB][Instance._get_collection_name()]
         # Indexes first, rows in batches: in mongoeco both an index built over existing rows and

@@ -15,5 +15,8 @@ export default defineConfig({
     environment: "jsdom",
     include: ["src/**/*.test.tsx", "src/**/*.test.ts"],
     setupFiles: ["src/test-setup.ts"],
+    // The suite runs beside other tests on a small CI machine: a form test that types a few
+    // fields can take several seconds there, so the 5 s default fails it for load, not for a bug.
+    testTimeout: 30_000,
   },
 });

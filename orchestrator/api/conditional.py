@@ -36,7 +36,8 @@ def matches(if_none_match: str, etag: str) -> bool:
     return _opaque(etag) in {_opaque(candidate) for candidate in if_none_match.split(",")}
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def scope_header(scope: Scope, name: bytes) -> str | None:
+    """The first header `name` (lower case) of an ASGI scope, as text."""
     for key, value in scope.get("headers", []):
         if key.lower() == name:
             return value.decode("latin-1")
@@ -57,7 +58,7 @@ class ConditionalGetMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        if_none_match = _header(scope, b"if-none-match")
+        if_none_match = scope_header(scope, b"if-none-match")
         start: Message | None = None
         chunks: list[bytes] = []
         size = 0

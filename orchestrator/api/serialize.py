@@ -17,6 +17,7 @@ from litestar.typing import FieldDefinition
 
 from orchestrator.ingest import health_state
 from orchestrator.models import INSTANCE_TRANSITIONS, OPERATION_KINDS, SNAPSHOT_TRANSITIONS, Instance, Operation, Snapshot
+from orchestrator.operations.preemption import SOURCES as PREEMPTION_SOURCES
 from stacks.catalog import CLOUDS
 from stacks.spec import InstanceSpec, Name
 
@@ -24,6 +25,7 @@ InstanceStatus = Literal[tuple(INSTANCE_TRANSITIONS)]  # type: ignore[valid-type
 SnapshotStatus = Literal[tuple(SNAPSHOT_TRANSITIONS)]  # type: ignore[valid-type]
 OperationKind = Literal[OPERATION_KINDS]  # type: ignore[valid-type]
 OperationStatus = Literal["queued", "running", "succeeded", "failed"]
+PreemptionSource = Literal[PREEMPTION_SOURCES]  # type: ignore[valid-type]
 StepStatus = Literal["running", "succeeded", "failed", "skipped"]
 CloudName = Literal[tuple(CLOUDS)]  # type: ignore[valid-type]
 
@@ -88,7 +90,7 @@ class SnapshotRequest(_Shape):
 
 
 # A powered-off instance sends no reports by design: its silence is not "unreachable".
-POWERED_OFF = ("stopping", "stopped", "starting")
+POWERED_OFF = ("stopping", "stopped", "starting", "preempted")
 
 
 def _health_state(status: str, last_at, report_interval_s: int) -> str:
@@ -105,6 +107,32 @@ class HealthView(_Shape):
     last_report: dict[str, Any]
 
 
+class AutostopView(_Shape):
+    """Idle autostop's findings (spec.autostop has the settings); null without autostop."""
+
+    idle_since: str | None
+    warned_at: str | None
+    warning: str | None
+    decided_at: str | None
+
+
+class AgentNotice(_Shape):
+    id: str
+    message: str
+
+
+class ReportAnswer(_Shape, omit_defaults=True):
+    accepted: int
+    # Messages for the instance's logged-in users (an autostop warning); the agent shows each id once.
+    # Left out when there are none: the answer is then `{"accepted": n}` as before.
+    notices: list[AgentNotice] = []
+
+
+def report_answer(accepted: int, notices: list[dict]) -> ReportAnswer:
+    """The answer to an agent's report: how many it accepted, and the pending notices ({id, message})."""
+    return ReportAnswer(accepted=accepted, notices=[AgentNotice(**notice) for notice in notices])
+
+
 class OperationSummary(_Shape):
     """An instance's running or last operation, as its row shows it (the whole one: GET /operations/{id})."""
 
@@ -112,6 +140,21 @@ class OperationSummary(_Shape):
     kind: OperationKind
     status: OperationStatus
     step: str | None  # the step running now; null once the operation is not running
+
+
+class DriftDifference(_Shape):
+    resource: str  # TYPE::NAME, as the tail of the resource's URN
+    property: str  # the property's name in the stack's state; `exists` for a resource deleted outside orch
+    expected: Any  # what orch applied
+    actual: Any  # what the cloud has
+
+
+class DriftView(_Shape):
+    """What the instance's last refresh found (orchestrator/operations/refresh.py)."""
+
+    checked_at: str | None
+    differences: list[DriftDifference]
+    lost: bool  # its machine is gone
 
 
 class InstanceView(_Shape):
@@ -135,6 +178,23 @@ class InstanceView(_Shape):
     stack_command: str
     operation: OperationSummary | None
     simulated: bool = False
+    autostop: AutostopView | None = None
+    # Zone failover (docs/lifecycle.md): the zone it is in (or being tried), and each zone its create tried.
+    zone: str | None = None
+    zone_attempts: list[ZoneAttemptView] = []
+    drift: DriftView | None = None
+    # [spot] A spot machine, and when the cloud last took it back and who said so (an agent's notice
+    # from the cloud's metadata, or a refresh).
+    spot: bool = False
+    preempted_at: str | None = None
+    preemption_source: PreemptionSource | None = None
+
+
+class ZoneAttemptView(_Shape):
+    zone: str | None  # None: a region failover's attempt in a region where the cloud chose the zone
+    outcome: Literal["landed", "no capacity", "quota", "auth", "error"]
+    error: str | None  # the cloud's error, shortened (the operation's step has more)
+    region: str | None = None  # the attempt's region (records from before region failover have none)
 
 
 class StepView(_Shape):
@@ -142,6 +202,7 @@ class StepView(_Shape):
     status: StepStatus
     started_at: str | None
     finished_at: str | None
+    detail: str | None = None  # what a finished step found, e.g. a failed zone attempt's error
 
 
 class OperationView(_Shape):
@@ -375,6 +436,16 @@ def operation_summary(op: Operation | None) -> OperationSummary | None:
     return OperationSummary(id=str(op.id), kind=op.kind, status=op.status, step=running[-1] if running else None)
 
 
+def drift_view(drift: dict | None) -> DriftView | None:
+    if not drift:
+        return None
+    return DriftView(
+        checked_at=_iso(drift.get("checked_at")),
+        differences=[DriftDifference(**difference) for difference in drift.get("differences") or []],
+        lost=bool(drift.get("lost")),
+    )
+
+
 def instance_json(
     instance: Instance,
     report_interval_s: int,
@@ -416,7 +487,24 @@ def instance_json(
         stack_command=stack_command,
         operation=operation_summary(operation),
         simulated=bool(instance.simulated),
+        drift=drift_view(instance.drift),
+        spot=bool((instance.spec or {}).get("spot")),
+        preempted_at=_iso(instance.preempted_at),
+        preemption_source=instance.preemption_source,
+        autostop=_autostop_view(instance),
+        zone=instance.zone or (instance.outputs or {}).get("zone") or (instance.spec or {}).get("zone"),
+        zone_attempts=[ZoneAttemptView(**attempt) for attempt in instance.zone_attempts or []],
     )
+
+
+def _autostop_view(instance: Instance) -> AutostopView | None:
+    if not (instance.spec or {}).get("autostop"):
+        return None
+    state = instance.autostop_state
+    if state is None:
+        return AutostopView(idle_since=None, warned_at=None, warning=None, decided_at=None)
+    return AutostopView(idle_since=_iso(state.idle_since), warned_at=_iso(state.warned_at), warning=state.warning,
+                        decided_at=_iso(state.decided_at))
 
 
 def snapshot_json(snapshot: Snapshot) -> SnapshotView:
@@ -449,7 +537,10 @@ def operation_json(op: Operation | None, log_offset: int = 0) -> OperationView |
         status=op.status,
         attempts=op.attempts,
         steps=[
-            StepView(name=s.name, status=s.status, started_at=_iso(s.started_at), finished_at=_iso(s.finished_at))
+            StepView(
+                name=s.name, status=s.status, started_at=_iso(s.started_at), finished_at=_iso(s.finished_at),
+                detail=s.detail,
+            )
             for s in op.steps
         ],
         logs=list(op.logs[log_offset:]),

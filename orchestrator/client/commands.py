@@ -23,7 +23,9 @@ from stacks.spec import json_schema
 POLL_INTERVAL_S = 0.5
 FINISHED = ("succeeded", "failed")
 # Instance states from which no operation will move it on by itself.
-SETTLED_INSTANCE = ("running", "failed", "deleted", "stopped")
+SETTLED_INSTANCE = ("running", "failed", "deleted", "stopped", "drifted", "lost")
+# Changed outside orch (a refresh found it): applying the unchanged spec reconciles it.
+RECONCILABLE = ("drifted", "lost")
 OUTPUT_FORMATS = ("table", "json", "yaml")
 DURATION = re.compile(r"^(\d+)([smhd])$")
 DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -229,6 +231,9 @@ class Applier:
         if not _exists(stored):
             result = self.api.post("/instances", _document_body(item))
             _started(item.ref, "created", result["operation"])
+        elif _stored_view(stored) == _wanted_view(item, stored) and stored.get("status") in RECONCILABLE:
+            result = self.api.post(f"/instances/{name}/reconcile", None)
+            _started(item.ref, f"{stored['status']}: reconciling to the spec", result["operation"])
         elif _stored_view(stored) == _wanted_view(item, stored):
             _unchanged(item.ref, stored)
             return
@@ -537,24 +542,40 @@ def metrics_command(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- stop, start
 
 
-def _power_command(args: argparse.Namespace, verb: str) -> int:
+def _instance_action(args: argparse.Namespace, verb: str, doing: str) -> int:
+    """POST /instances/NAME/VERB for each name: an operation each, followed with --wait."""
     with _api(args) as api:
         operations = Operations(api, show=args.wait)
         for name in args.names:
             result = api.post(f"/instances/{name}/{verb}", None)
-            _started(f"instance/{name}", "stopping" if verb == "stop" else "starting", result["operation"])
+            _started(f"instance/{name}", doing, result["operation"])
             operations.add(f"instance/{name}", result["operation"]["id"])
         return _followed(api, operations, args.wait)
 
 
 @_handles_errors
 def stop_command(args: argparse.Namespace) -> int:
-    return _power_command(args, "stop")
+    return _instance_action(args, "stop", "stopping")
 
 
 @_handles_errors
 def start_command(args: argparse.Namespace) -> int:
-    return _power_command(args, "start")
+    return _instance_action(args, "start", "starting")
+
+
+@_handles_errors
+def refresh_command(args: argparse.Namespace) -> int:
+    code = _instance_action(args, "refresh", "refreshing")
+    if args.wait:  # what the refresh found
+        with _api(args) as api:
+            for name in args.names:
+                _out(render.drift_text(f"instance/{name}", api.get(f"/instances/{name}")))
+    return code
+
+
+@_handles_errors
+def reconcile_command(args: argparse.Namespace) -> int:
+    return _instance_action(args, "reconcile", "reconciling")
 
 
 # ---------------------------------------------------------------- ssh, ssh-config
@@ -743,6 +764,11 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
          "the disk and the record stay. The public IP is given back. Same as `state: stopped` in the spec."),
         ("start", start_command, "Start stopped instances. The public IP may be a new one: the record, the list\n"
          "and `orch ssh` follow it. Same as `state: running` in the spec."),
+        ("refresh", refresh_command, "Refresh instances (a `pulumi refresh`): look for what was changed or deleted\n"
+         "outside orch. An instance changed is `drifted` (the differences are in `orch describe`), one whose\n"
+         "machine is gone is `lost`; otherwise it stays as it was. With --wait, prints what was found."),
+        ("reconcile", reconcile_command, "Put drifted or lost instances back to their spec (a `pulumi up`; a lost\n"
+         "machine is created again and configured). `orch apply` of the unchanged spec does the same."),
     ):
         power = command(verb, handler, f"{verb} instances", description, [connection])
         power.add_argument("names", nargs="+", metavar="NAME")

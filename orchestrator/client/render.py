@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 NONE = "<none>"
-INSTANCE_COLUMNS = ("NAME", "CLOUD", "REGION", "STATUS", "HEALTH", "PUBLIC-IP", "AGE")
+INSTANCE_COLUMNS = ("NAME", "CLOUD", "REGION", "STATUS", "HEALTH", "PUBLIC-IP", "AGE", "AUTOSTOP")
 SNAPSHOT_COLUMNS = ("NAME", "INSTANCE", "CLOUD", "REGION", "STATUS", "IMAGE-ID", "AGE")
 # Pulumi step ops as `pulumi preview` marks them; a replacement's halves read as the replacement.
 STEP_SYMBOLS = {
@@ -65,9 +65,10 @@ SIMULATED_NOTE = "yes: made by `orch serve --simulate`; no cloud resource exists
 
 
 def cloud_label(instance: dict) -> str | None:
-    """The cloud, marked when the instance was made by a simulated service."""
+    """The cloud, marked when the machine is a spot one and when a simulated service made the instance."""
     cloud = instance.get("cloud")
-    return f"{cloud} (simulated)" if instance.get("simulated") and cloud else cloud
+    marks = [mark for mark, on in (("spot", instance.get("spot")), ("simulated", instance.get("simulated"))) if on]
+    return f"{cloud} ({', '.join(marks)})" if marks and cloud else cloud
 
 
 def instances_table(items: list[dict], now: dt.datetime) -> str:
@@ -80,10 +81,33 @@ def instances_table(items: list[dict], now: dt.datetime) -> str:
             (i.get("health") or {}).get("state"),
             i.get("public_ip"),
             age(i.get("created_at"), now),
+            autostop_cell(i, now),
         )
         for i in items
     ]
     return table(INSTANCE_COLUMNS, rows)
+
+
+def autostop_settings(autostop: dict) -> str:
+    """spec.autostop in words: "stop when gpu below 5% for 60 min"."""
+    return (f"{autostop.get('action')} when {autostop.get('metric')} below {autostop.get('below_percent')}% "
+            f"for {autostop.get('idle_minutes')} min")
+
+
+def autostop_cell(instance: dict, now: dt.datetime) -> str | None:
+    """The list's AUTOSTOP column: the settings, how long idle, or the warning given."""
+    autostop = (instance.get("spec") or {}).get("autostop")
+    if not autostop:
+        return None
+    state = instance.get("autostop") or {}
+    short = f"{autostop.get('metric')}<{autostop.get('below_percent')}%/{autostop.get('idle_minutes')}m"
+    if state.get("warned_at") and instance.get("status") == "running":
+        return f"{short} WARNED {age(state['warned_at'], now)} ago"
+    if state.get("idle_since") and instance.get("status") == "running":
+        return f"{short} idle {age(state['idle_since'], now)}"
+    if state.get("warning") and instance.get("status") == "running":
+        return f"{short} unknown"
+    return short
 
 
 def snapshots_table(items: list[dict], now: dt.datetime) -> str:
@@ -140,6 +164,17 @@ def bytes_human(value: Any) -> str:
     return f"{value:.0f}B" if index == 0 else f"{value:.1f}{units[index]}"
 
 
+def _spot_fields(instance: dict) -> list[tuple[str, Any]]:
+    spec = instance.get("spec") or {}
+    price = spec.get("max_price_per_hour")
+    spot = f"yes, on preemption: {spec.get('on_preemption', 'keep')}" + (f", at most ${price}/h" if price else "")
+    preempted = instance.get("preempted_at")
+    return [
+        ("Spot", spot),
+        ("Preempted", f"{preempted} ({instance.get('preemption_source')})" if preempted else None),
+    ]
+
+
 def describe_instance(instance: dict, operation: dict | None, snapshots: list[dict], now: dt.datetime) -> str:
     labels = ", ".join(f"{k}={v}" for k, v in (instance.get("labels") or {}).items())
     sections = [
@@ -151,8 +186,10 @@ def describe_instance(instance: dict, operation: dict | None, snapshots: list[di
                 ("Cloud", cloud_label(instance)),
                 *([("Simulated", SIMULATED_NOTE)] if instance.get("simulated") else []),
                 ("Region", instance.get("region")),
+                ("Zone", instance.get("zone")),
                 ("Status", instance.get("status")),
                 ("Reason", instance.get("status_reason")),
+                *(_spot_fields(instance) if instance.get("spot") else []),
                 ("Public IP", instance.get("public_ip")),
                 ("Generation", instance.get("generation")),
                 ("Created", f"{instance.get('created_at')} ({age(instance.get('created_at'), now)} ago)"),
@@ -161,6 +198,16 @@ def describe_instance(instance: dict, operation: dict | None, snapshots: list[di
         ),
         "Spec:\n" + _indented(as_yaml(without_nulls(instance.get("spec") or {}))),
     ]
+    attempts = instance.get("zone_attempts") or []
+    if attempts:  # zone (and region) failover: each place its create tried, in order
+        regions = bool((instance.get("spec") or {}).get("regions"))
+        sections.append(
+            "Zone attempts:\n"
+            + "\n".join(
+                f"  {number}. {_attempt_place(a, regions)}: {a.get('outcome')}" + (f" ({a['error']})" if a.get("error") else "")
+                for number, a in enumerate(attempts, 1)
+            )
+        )
     outputs = instance.get("outputs") or {}
     sections.append("Outputs:\n" + (_indented(as_yaml(outputs)) if outputs else f"  {NONE}"))
     health = instance.get("health") or {}
@@ -176,6 +223,22 @@ def describe_instance(instance: dict, operation: dict | None, snapshots: list[di
             prefix="  ",
         )
     )
+    autostop = (instance.get("spec") or {}).get("autostop")
+    if autostop:
+        state = instance.get("autostop") or {}
+        sections.append(
+            "Autostop:\n"
+            + _fields(
+                [
+                    ("Settings", autostop_settings(autostop)),
+                    ("Idle since", state.get("idle_since")),
+                    ("Warning", state.get("warning")),
+                    ("Users warned", state.get("warned_at")),
+                    ("Acted", state.get("decided_at")),
+                ],
+                prefix="  ",
+            )
+        )
     if operation is None:
         sections.append(f"Last operation:\n  {NONE}")
     else:
@@ -194,11 +257,37 @@ def describe_instance(instance: dict, operation: dict | None, snapshots: list[di
                 prefix="  ",
             )
         )
+    if instance.get("drift") or instance.get("status") in ("drifted", "lost"):
+        sections.append("Drift:\n" + "\n".join(drift_lines(instance.get("drift"))))
     if snapshots:
         sections.append("Snapshots:\n" + _indented(snapshots_table(snapshots, now)))
     else:
         sections.append(f"Snapshots:\n  {NONE}")
     return "\n".join(sections)
+
+
+def _value_text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
+
+
+def drift_lines(drift: dict | None) -> list[str]:
+    """What the last refresh found: one line per difference (resource, property, expected -> actual)."""
+    if not drift:
+        return [f"  {NONE} (never refreshed: orch refresh NAME)"]
+    lines = [f"  Checked: {drift.get('checked_at')}" + ("  LOST: its machine is gone" if drift.get("lost") else "")]
+    differences = drift.get("differences") or []
+    if not differences:
+        lines.append("  no differences from the spec")
+    for difference in differences:
+        lines.append(
+            f"  {difference['resource']}: {difference['property']}: expected {_value_text(difference['expected'])}, "
+            f"actual {_value_text(difference['actual'])}"
+        )
+    return lines
+
+
+def drift_text(ref: str, instance: dict) -> str:
+    return f"{ref} is {instance.get('status')}\n" + "\n".join(drift_lines(instance.get("drift")))
 
 
 def without_nulls(data: Any) -> Any:
@@ -272,3 +361,10 @@ def metrics_table(samples: list[dict]) -> str:
             )
         )
     return table(("TIME", "CPU%", "LOAD", "MEMORY", "GPU-UTIL", "GPU-MEMORY"), rows)
+
+
+def _attempt_place(attempt: dict, regions: bool) -> str:
+    """Its zone; with a region list (region failover) `region / zone`, or the region where the cloud chose the zone."""
+    if regions and attempt.get("region"):
+        return f"{attempt['region']} / {attempt['zone']}" if attempt.get("zone") else attempt["region"]
+    return str(attempt.get("zone"))

@@ -35,6 +35,34 @@ MAX_CURSOR_CHARS = 512
 MAX_QUERY_CHARS = 100
 SORT_PATTERN = "^(" + "|".join(re.escape(key) for key in SORTS) + ")$"
 
+# One owner's instances in a sort order, as one indexed string per instance (Instance.list_keys):
+# "owner state value id", state "a" (not deleted) or "d" (deleted). A page is a range of that
+# string, which the embedded store serves from its single-field index (listing/key_range_engine.py)
+# as a MongoDB server does. The separator sorts below every character of owner names, instance
+# names and times, so the strings order as the tuples (owner, state, value, id) do.
+KEY_FIELDS = {"name": "list_key_name", "created_at": "list_key_created"}
+KEY_SEPARATOR = " "
+KEY_PAST_SEPARATOR = chr(ord(KEY_SEPARATOR) + 1)
+LISTED, DELETED = "a", "d"
+
+
+def key_text(value: object) -> str:
+    """A sort value as key text; times to the millisecond, as the store keeps them (fixed width: ordered)."""
+    if isinstance(value, dt.datetime):
+        return f"{value:%Y-%m-%dT%H:%M:%S}.{value.microsecond // 1000:03d}"
+    return str(value)
+
+
+def list_key(owner: str, deleted: bool, value: object, object_id: ObjectId) -> str:
+    state = DELETED if deleted else LISTED
+    return KEY_SEPARATOR.join((owner, state, key_text(value), str(object_id)))
+
+
+def incarnations_range(owner: str, name: str, deleted: bool) -> dict:
+    """The filter for the (deleted or not) incarnations of `owner`'s `name` on the name key, in their ids' order."""
+    prefix = KEY_SEPARATOR.join((owner, DELETED if deleted else LISTED, name)) + KEY_SEPARATOR
+    return {KEY_FIELDS["name"]: {"$gt": prefix, "$lt": prefix[:-1] + KEY_PAST_SEPARATOR}}
+
 
 class CursorError(ValueError):
     """A cursor that is malformed, not ours, or for another sort order."""
@@ -64,6 +92,24 @@ class Keyset:
         value, last_id = self.decode(cursor)
         beyond = "$gt" if self.direction > 0 else "$lt"
         return {"$or": [{self.field: {beyond: value}}, {self.field: value, "_id": {beyond: last_id}}]}
+
+    @property
+    def key_field(self) -> str:
+        return KEY_FIELDS[self.field]
+
+    def key_order(self) -> str:
+        """The sort on the key field (its id part breaks ties in the same direction)."""
+        return ("-" if self.direction < 0 else "") + self.key_field
+
+    def key_range(self, owner: str, deleted: bool, cursor: str | None = None) -> dict:
+        """The filter for one owner's (deleted or not) rows, after the cursor's row when one is given."""
+        state = DELETED if deleted else LISTED
+        prefix = KEY_SEPARATOR.join((owner, state)) + KEY_SEPARATOR
+        bounds = {"$gt": prefix, "$lt": prefix[:-1] + KEY_PAST_SEPARATOR}
+        if cursor:
+            value, last_id = self.decode(cursor)
+            bounds["$gt" if self.direction > 0 else "$lt"] = list_key(owner, deleted, value, last_id)
+        return {self.key_field: bounds}
 
     def encode(self, document) -> str:
         """The cursor for the rows after this document (a mongoengine document)."""

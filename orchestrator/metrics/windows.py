@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 
-WINDOWS: dict[str, dt.timedelta] = {"1h": dt.timedelta(hours=1), "24h": dt.timedelta(hours=24)}
+WINDOWS: dict[str, dt.timedelta] = {
+    "1h": dt.timedelta(hours=1),
+    "24h": dt.timedelta(hours=24),
+    "7d": dt.timedelta(days=7),
+    "30d": dt.timedelta(days=30),
+}
+# Windows longer than the raw samples' default retention read the rollups (min/avg/max per slot).
+ROLLUP_WINDOWS = frozenset({"7d", "30d"})
 
 
 def window_since(window: str | None, since: dt.datetime | None, now: dt.datetime) -> dt.datetime | None:

@@ -5,6 +5,11 @@ They use the worker's engine, settings and `_step`, and import nothing of the wo
 
 from __future__ import annotations
 
-from orchestrator.operations import power
+from orchestrator.operations import power, reconcile, refresh
 
-OPERATION_UNITS = {"stop": power.stop, "start": power.start}
+OPERATION_UNITS = {
+    "stop": power.stop,
+    "start": power.start,
+    "refresh": refresh.refresh,
+    "reconcile": reconcile.reconcile,
+}

@@ -4,7 +4,8 @@
 the address of the ResourceMonitor and Engine served here. Each RegisterResource becomes a step
 (create, update, same) against the stack's previous state; resources the program no longer
 registers are deleted afterwards, dependents first. `destroy` deletes everything, `refresh`
-re-reads every resource from the simulated cloud. Outside a preview the checkpoint is written
+re-reads every resource from the simulated cloud (steps `refresh`, each resulting in same, update or
+delete, as the engine's RefreshStep). Outside a preview the checkpoint is written
 after every step, so a failed step leaves the state of everything done before it.
 """
 
@@ -37,7 +38,7 @@ from pulumi.runtime.proto import (
     resource_pb2_grpc,
 )
 
-from . import properties, resource_types, sandboxes
+from . import capacity, properties, resource_types, sandboxes
 from .backend import FileBackend, manifest
 from .events import EventLog
 from .passphrase import Crypter
@@ -436,7 +437,7 @@ class Deployment:
     # --- steps -------------------------------------------------------------------------------
 
     def _simulate(
-        self, resource: dict, resource_id: str | None, additional_secret_outputs: list[str]
+        self, resource: dict, resource_id: str | None, additional_secret_outputs: list[str], reading: bool = False
     ) -> tuple[str, dict]:
         """The simulated cloud's id and outputs; outputs of secret inputs stay secret."""
         inputs = resource["inputs"]
@@ -449,6 +450,7 @@ class Deployment:
             properties.plain(inputs),
             resource_id,
             live=not self.preview,
+            reading=reading,
         )
         secret_keys = {key for key, value in inputs.items() if properties.contains_secret(value)}
         secret_keys.update(additional_secret_outputs)
@@ -460,13 +462,24 @@ class Deployment:
         """One create, update or delete in the simulated cloud (raises StepFailed when one is injected)."""
         with self._operation_slots:
             reason = injected_failure(op, resource["type"], _name_of(resource["urn"]), resource.get("inputs", {}))
+            if not reason and op in ("create", "update"):
+                reason = resource_types.invalid_inputs(resource["type"], properties.plain(resource.get("inputs", {})))
             _delay_resource_operation()
         if reason:
             failure = StepFailed.simulated(resource, op, reason)
             self._fail_step(metadata, failure)
             raise failure
+        # No capacity or quota where the machine is to be: the provider's own words (capacity.py).
+        inputs = properties.plain(resource.get("inputs", {}))
+        placement = capacity.placement_failure(resource["type"], inputs) if op == "create" else None
+        if placement:
+            failure = StepFailed(placement)
+            self._fail_step(metadata, failure)
+            raise failure
         if sandboxes.enabled() and op in ("create", "delete"):
             self._sandbox_operation(metadata, resource, op)
+        if not self.preview:  # the program's values are the cloud's again
+            resource_types.forget_tampering(resource["urn"])
 
     def _sandbox_operation(self, metadata: dict, resource: dict, op: str) -> None:
         """`orch serve --simulate`: a compute resource is a sandbox host (sandboxes.py)."""
@@ -627,32 +640,68 @@ class Deployment:
             self._save()
         self._end_step(metadata, started)
 
-    def refresh(self, resource: dict, op_when_changed: str = "update") -> dict:
-        """Re-reads one resource; in `refresh` the change counts as an update, before an update as a refresh."""
-        urn = resource["urn"]
+    def _read(self, resource: dict) -> dict | None:
+        """The resource as the provider's Read finds it now (None when it is gone); the cloud is not changed.
+
+        Components and providers are not read (they never change on a refresh). The read reports
+        inputs too, as TF-bridged providers do, so a property changed in the console differs in them.
+        """
         refreshed = copy.deepcopy(resource)
-        if resource.get("custom"):
-            refreshed["id"], refreshed["outputs"] = self._simulate(resource, resource.get("id"), [])
-        op = "same" if refreshed.get("outputs") == resource.get("outputs") else op_when_changed
-        metadata = self._step_metadata(op, urn, resource["type"], resource, refreshed, [])
-        self._begin_step(metadata)
+        if not resource.get("custom") or resource["type"].startswith(PROVIDER_TYPE_PREFIX):
+            return refreshed
+        if resource_types.gone(resource["urn"]):
+            return None
+        refreshed["id"], refreshed["outputs"] = self._simulate(resource, resource.get("id"), [], reading=True)
+        changed_inputs = resource_types.read_inputs(
+            resource["type"], resource["urn"], properties.plain(resource.get("inputs", {})),
+            properties.plain(refreshed["outputs"]),
+        )
+        refreshed.setdefault("inputs", {}).update(changed_inputs)
+        return refreshed
+
+    def refresh(self, resource: dict) -> dict | None:
+        """`pulumi refresh` of one resource, as the engine's RefreshStep.
+
+        The step's pre-event is a `refresh`; its outputs event carries the result: `delete` when the
+        resource is gone (it leaves the state), `update` when the inputs read differ from those in the
+        state (the diff against the desired state: `diffs`/`detailedDiff` name the properties), else
+        `same`, even when only outputs changed (they are stored all the same). An external resource
+        (`Resource.get`) is compared by its outputs, as the engine does.
+        """
+        urn = resource["urn"]
+        self._begin_step(self._step_metadata("refresh", urn, resource["type"], resource, resource, []))
         started = time.monotonic()
+        refreshed = self._read(resource)
+        if refreshed is None:
+            op, keys = "delete", []
+        elif resource.get("external"):
+            op, keys = ("same" if refreshed.get("outputs") == resource.get("outputs") else "update"), []
+        else:
+            keys = changed_keys(resource.get("inputs", {}), refreshed.get("inputs", {}), [])
+            op = "update" if keys else "same"
+        if refreshed is not None and refreshed != resource and not self.preview:
+            refreshed["modified"] = _now()
         with self._mutex:
-            self.new[urn] = refreshed
-            self.new_order.append(urn)
+            if refreshed is None:
+                self.deleted.add(urn)
+            else:
+                self.new[urn] = refreshed
+                self.new_order.append(urn)
             self._save()
-        self._end_step(metadata, started)
+        self._end_step(self._step_metadata(op, urn, resource["type"], resource, refreshed, keys), started)
         return refreshed
 
     def _refresh_first(self) -> None:
-        """--refresh: re-read the stack's resources before the operation, which starts from what was read."""
+        """--refresh: re-read the stack's resources before the operation, which starts from what was read
+        (a resource found gone is not in the state any more: an update creates it again)."""
         for resource in self.old_order:
             self._print(f" {OP_PREFIX['refresh']} {resource['type']} {_name_of(resource['urn'])} refreshing")
-            refreshed = copy.deepcopy(resource)
-            if resource.get("custom") and not resource["type"].startswith(PROVIDER_TYPE_PREFIX):
-                refreshed["id"], refreshed["outputs"] = self._simulate(resource, resource.get("id"), [])
-            self.old[resource["urn"]] = refreshed
-        self.old_order = [self.old[resource["urn"]] for resource in self.old_order]
+            refreshed = self._read(resource)
+            if refreshed is None:
+                del self.old[resource["urn"]]
+            else:
+                self.old[resource["urn"]] = refreshed
+        self.old_order = [self.old[resource["urn"]] for resource in self.old_order if resource["urn"] in self.old]
 
     # --- operations --------------------------------------------------------------------------
 

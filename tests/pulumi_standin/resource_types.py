@@ -16,6 +16,12 @@ Power state: the simulated cloud remembers which machines are stopped and how of
 again (PULUMI_HOME/standin-cloud/power.json): a stopped machine has no public address, and each start
 gives a new one (a new host port for docker), as clouds hand out ephemeral addresses. A sandbox
 host keeps its address (and runs on) while its machine is stopped.
+
+Changes behind a stack's back (PULUMI_HOME/standin-cloud/tampered.json, written by
+`python -m tests.pulumi_standin tamper`, tamper.py): per resource URN, properties someone changed in
+the console, or that it was deleted there. Only reads see them (a refresh, `up --refresh`), as a
+provider's Read would; a create, update or delete of the resource by the engine writes the program's
+values again and forgets them. A read never changes the simulated cloud (no power state is set).
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +53,8 @@ class SimulatedResource:
     inputs: dict
     # False in a preview: the simulated cloud is only looked at, never changed.
     live: bool = True
+    # A provider's Read (a refresh): what the cloud has now, changing nothing.
+    reading: bool = False
 
     def hex(self, length: int, salt: str = "") -> str:
         digest = hashlib.sha256(f"{self.urn}|{salt}".encode()).hexdigest()
@@ -87,6 +96,9 @@ class ResourceType:
 
     make_id: Callable[[SimulatedResource], str]
     extra_outputs: Callable[[SimulatedResource, str], dict] = lambda resource, resource_id: {}
+    # On a read: the inputs the provider reports from the cloud's state (a TF-bridged provider's Read
+    # returns them), given the inputs in the stack's state and the outputs just read.
+    read_inputs: Callable[[dict, dict], dict] = lambda inputs, outputs: {}
 
 
 def _power_file() -> Path:
@@ -111,23 +123,86 @@ def power_state(machine_id: str, wanted: str | None = None, *, live: bool = True
     return state, starts
 
 
+def _tamper_file() -> Path:
+    return _power_file().with_name("tampered.json")
+
+
+@contextmanager
+def _tampered_resources(write: bool) -> Iterator[dict]:
+    """The tamper records ({urn: {"set": {...}, "deleted": bool}}), under the simulated cloud's file lock."""
+    path = _tamper_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        records = json.loads(path.read_text()) if path.exists() else {}
+        yield records
+        if write:
+            temp = path.with_name(f".{path.name}.{os.getpid()}")
+            temp.write_text(json.dumps(records, sort_keys=True))
+            os.replace(temp, path)
+
+
+def tamper(urn: str, *, set_values: dict | None = None, delete: bool = False) -> None:
+    """Change properties of a resource, or delete it, in the simulated cloud only (the stack's state keeps what it had)."""
+    with _tampered_resources(write=True) as records:
+        record = records.setdefault(urn, {"set": {}, "deleted": False})
+        record["set"].update(set_values or {})
+        record["deleted"] = record["deleted"] or delete
+
+
+def tampering(urn: str) -> dict:
+    with _tampered_resources(write=False) as records:
+        return copy.deepcopy(records.get(urn) or {"set": {}, "deleted": False})
+
+
+def forget_tampering(urn: str) -> None:
+    """The engine created, updated or deleted the resource: the cloud holds the program's values again."""
+    if not _tamper_file().exists():
+        return
+    with _tampered_resources(write=True) as records:
+        records.pop(urn, None)
+
+
+def gone(urn: str) -> bool:
+    """Whether the resource was deleted behind the stack's back (a read finds nothing)."""
+    return _tamper_file().exists() and tampering(urn)["deleted"]
+
+
+def read_inputs(type_token: str, urn: str, inputs: dict, outputs: dict) -> dict:
+    """The inputs a read reports that differ from `inputs`: the tampered ones, and per type (power state)."""
+    changed = {key: value for key, value in tampering(urn)["set"].items() if key in inputs} if _tamper_file().exists() else {}
+    changed.update(RESOURCE_TYPES.get(type_token, GENERIC).read_inputs(inputs, outputs))
+    return {key: value for key, value in changed.items() if inputs.get(key) != value}
+
+
 def _address_salt(starts: int) -> str:
     return f"start-{starts}" if starts else ""
 
 
 def simulate(
-    type_token: str, name: str, urn: str, inputs: dict, resource_id: str | None = None, *, live: bool = True
+    type_token: str,
+    name: str,
+    urn: str,
+    inputs: dict,
+    resource_id: str | None = None,
+    *,
+    live: bool = True,
+    reading: bool = False,
 ) -> tuple[str, dict]:
     """The id and outputs the simulated cloud reports for a resource with these inputs.
 
     `resource_id` is given when the resource already exists (a read of an existing id); `live` is False
-    in a preview.
+    in a preview; `reading` is a refresh's read, which sees what was tampered with and changes nothing.
     """
-    resource = SimulatedResource(type=type_token, name=name, urn=urn, inputs=inputs, live=live)
+    resource = SimulatedResource(
+        type=type_token, name=name, urn=urn, inputs=inputs, live=live and not reading, reading=reading
+    )
     resource_type = RESOURCE_TYPES.get(type_token, GENERIC)
     resource_id = resource_id or resource_type.make_id(resource)
     outputs = copy.deepcopy(inputs)
     outputs.update(resource_type.extra_outputs(resource, resource_id))
+    if reading and _tamper_file().exists():
+        outputs.update(tampering(urn)["set"])
     return resource_id, outputs
 
 
@@ -139,6 +214,12 @@ def simulate_invoke(token: str, args: dict) -> dict:
     if handler is None:
         return copy.deepcopy(args)
     return handler(resource)
+
+
+def invalid_inputs(type_token: str, inputs: dict) -> str | None:
+    """Why the simulated cloud refuses a create or update with these inputs (as the real API would), or None."""
+    check = VALIDATORS.get(type_token)
+    return check(inputs) if check else None
 
 
 def _generic_id(resource: SimulatedResource) -> str:
@@ -272,13 +353,16 @@ def _gcp_instance_id(resource: SimulatedResource) -> str:
 
 def _aws_instance_state(resource: SimulatedResource, resource_id: str) -> dict:
     """aws_ec2_instance_state: powers the simulated machine off or on."""
-    power_state(str(resource.inputs.get("instanceId")), resource.inputs.get("state"), live=resource.live)
-    return {}
+    wanted = None if resource.reading else resource.inputs.get("state")
+    state, _ = power_state(str(resource.inputs.get("instanceId")), wanted, live=resource.live)
+    return {"state": state}
 
 
 def _gcp_instance(resource: SimulatedResource, resource_id: str) -> dict:
     project, zone, name = _gcp_project(resource), _gcp_zone(resource), resource.physical_name("name")
     wanted = {"TERMINATED": "stopped", "RUNNING": "running"}.get(resource.inputs.get("desiredStatus") or "RUNNING")
+    if resource.reading:
+        wanted = None
     state, starts = power_state(resource_id, wanted, live=resource.live)
     interfaces = copy.deepcopy(resource.inputs.get("networkInterfaces") or [{}])
     for index, interface in enumerate(interfaces):
@@ -429,12 +513,91 @@ def _azure_virtual_machine(resource: SimulatedResource, resource_id: str) -> dic
     return {"vmId": resource.uuid("vm-id"), "storageProfile": storage_profile}
 
 
+def _azure_power_state(resource: SimulatedResource, resource_id: str) -> dict:
+    """stacks/azure_power.py's dynamic resource: its provider deallocates or starts the VM, as simulated here.
+
+    The provider's own code (ARM calls) is not run, as for every dynamic resource; what it does to
+    the machine is: the state is the simulated machine's, read back by a refresh.
+    """
+    vm_id = str(resource.inputs.get("vm_id"))
+    wanted = None if resource.reading else resource.inputs.get("state")  # a refresh's read changes nothing
+    state, _ = power_state(vm_id, wanted, live=resource.live)
+    return {"vm_id": vm_id, "state": state}
+
+
 def _azure_public_ip(resource: SimulatedResource, resource_id: str) -> dict:
     return {"ipAddress": resource.public_ip()}
 
 
 def _azure_disk_copy(resource: SimulatedResource, resource_id: str) -> dict:
     return {"timeCreated": "2024-01-01T00:00:00.0000000+00:00", "uniqueId": resource.uuid("unique-id")}
+
+
+# --- Spot: what each cloud's API accepts (checked on create and update) ----------------------
+
+
+def _positive_decimal(value: object) -> bool:
+    try:
+        return float(str(value)) > 0
+    except ValueError:
+        return False
+
+
+def _aws_spot(inputs: dict) -> str | None:
+    market = inputs.get("instanceMarketOptions")
+    if not market:
+        return None
+    if market.get("marketType", "spot") not in ("spot", "capacity-block", "interruptible-capacity-reservation"):
+        return f"InvalidParameterValue: invalid market type {market.get('marketType')!r}"
+    options = market.get("spotOptions") or {}
+    behavior = options.get("instanceInterruptionBehavior", "terminate")
+    request = options.get("spotInstanceType", "one-time")
+    if behavior not in ("hibernate", "stop", "terminate"):
+        return f"InvalidParameterValue: invalid instance interruption behavior {behavior!r}"
+    if request not in ("one-time", "persistent"):
+        return f"InvalidParameterValue: invalid spot instance type {request!r}"
+    if behavior != "terminate" and request != "persistent":
+        return f"InvalidParameterCombination: the interruption behavior {behavior!r} needs a persistent spot request"
+    if "maxPrice" in options and not (isinstance(options["maxPrice"], str) and _positive_decimal(options["maxPrice"])):
+        return f"InvalidParameterValue: max price {options['maxPrice']!r} is not a positive decimal string"
+    return None
+
+
+def _gcp_spot(inputs: dict) -> str | None:
+    scheduling = inputs.get("scheduling") or {}
+    model = scheduling.get("provisioningModel", "STANDARD")
+    action = scheduling.get("instanceTerminationAction")
+    if model not in ("STANDARD", "SPOT"):
+        return f"Invalid value for field 'resource.scheduling.provisioningModel': {model!r}"
+    if model == "SPOT" and not (
+        scheduling.get("preemptible") is True
+        and scheduling.get("automaticRestart") is False
+        and scheduling.get("onHostMaintenance") == "TERMINATE"
+    ):
+        return "Invalid value for field 'resource.scheduling': Spot VMs must be preemptible, with automaticRestart false and onHostMaintenance TERMINATE"
+    if action is not None and (model != "SPOT" or action not in ("STOP", "DELETE")):
+        return f"Invalid value for field 'resource.scheduling.instanceTerminationAction': {action!r} (STOP or DELETE, for Spot VMs)"
+    return None
+
+
+def _azure_spot(inputs: dict) -> str | None:
+    priority = inputs.get("priority", "Regular")
+    if priority not in ("Regular", "Low", "Spot"):
+        return f"InvalidParameter: priority {priority!r} is not Regular, Low or Spot"
+    spot = priority in ("Low", "Spot")
+    if "evictionPolicy" in inputs and (not spot or inputs["evictionPolicy"] not in ("Deallocate", "Delete")):
+        return f"InvalidParameter: evictionPolicy {inputs['evictionPolicy']!r} is for Spot VMs, Deallocate or Delete"
+    max_price = (inputs.get("billingProfile") or {}).get("maxPrice")
+    if max_price is not None and (not spot or not (max_price == -1 or max_price > 0)):
+        return f"InvalidParameter: billingProfile.maxPrice {max_price!r} is for Spot VMs, -1 or more than 0"
+    return None
+
+
+VALIDATORS: dict[str, Callable[[dict], str | None]] = {
+    "aws:ec2/instance:Instance": _aws_spot,
+    "gcp:compute/instance:Instance": _gcp_spot,
+    "azure-native:compute:VirtualMachine": _azure_spot,
+}
 
 
 # --- Docker ----------------------------------------------------------------------------------
@@ -450,7 +613,8 @@ def _docker_remote_image(resource: SimulatedResource, resource_id: str) -> dict:
 
 def _docker_container(resource: SimulatedResource, resource_id: str) -> dict:
     running = resource.inputs.get("start", True) is not False
-    state, starts = power_state(resource_id, "running" if running else "stopped", live=resource.live)
+    wanted = None if resource.reading else "running" if running else "stopped"
+    state, starts = power_state(resource_id, wanted, live=resource.live)
     # A stopped container publishes nothing; a started one gets new host ports.
     ports = copy.deepcopy(resource.inputs.get("ports") or []) if state == "running" else []
     for port in ports:
@@ -474,14 +638,25 @@ def _docker_container(resource: SimulatedResource, resource_id: str) -> dict:
 RESOURCE_TYPES: dict[str, ResourceType] = {
     "aws:ec2/instance:Instance": ResourceType(lambda r: "i-" + r.hex(17), _aws_instance),
     "aws:ec2transitgateway/instanceState:InstanceState": ResourceType(
-        lambda r: str(r.inputs.get("instanceId")), _aws_instance_state
+        lambda r: str(r.inputs.get("instanceId")),
+        _aws_instance_state,
+        # The provider reads the instance's state: one stopped in the console shows as a change of `state`.
+        read_inputs=lambda inputs, outputs: {"state": outputs["state"]} if "state" in inputs else {},
     ),
     "aws:ec2/securityGroup:SecurityGroup": ResourceType(lambda r: "sg-" + r.hex(17), _aws_security_group),
     "aws:ec2/keyPair:KeyPair": ResourceType(lambda r: r.physical_name("keyName"), _aws_key_pair),
     "aws:ec2/amiFromInstance:AmiFromInstance": ResourceType(lambda r: "ami-" + r.hex(17), _aws_image),
     "aws:ec2/ami:Ami": ResourceType(lambda r: "ami-" + r.hex(17), _aws_image),
     "aws:ebs/snapshot:Snapshot": ResourceType(lambda r: "snap-" + r.hex(17), _aws_snapshot),
-    "gcp:compute/instance:Instance": ResourceType(_gcp_instance_id, _gcp_instance),
+    "gcp:compute/instance:Instance": ResourceType(
+        _gcp_instance_id,
+        _gcp_instance,
+        # The provider diffs desired_status against the status it reads (its CustomizeDiff): an instance
+        # stopped in the console shows as a change of `desiredStatus`.
+        read_inputs=lambda inputs, outputs: (
+            {"desiredStatus": outputs["currentStatus"]} if inputs.get("desiredStatus") else {}
+        ),
+    ),
     "gcp:compute/firewall:Firewall": ResourceType(_gcp_global_id("firewalls"), _gcp_global),
     "gcp:compute/image:Image": ResourceType(_gcp_global_id("images"), _gcp_image),
     "gcp:compute/disk:Disk": ResourceType(_gcp_zonal_id("disks"), _gcp_disk),
@@ -525,6 +700,9 @@ RESOURCE_TYPES: dict[str, ResourceType] = {
         lambda r: "sha256:" + r.hex(64) + r.inputs.get("name", r.name), _docker_remote_image
     ),
     "docker:index/container:Container": ResourceType(lambda r: r.hex(64), _docker_container),
+    "pulumi-python:dynamic/azure:VirtualMachinePowerState": ResourceType(
+        lambda r: f"{r.inputs.get('vm_id')}/powerState", _azure_power_state
+    ),
     # Dynamic providers: the stand-in does not run the provider's code; outputs are the inputs.
     "pulumi-python:dynamic:Resource": ResourceType(lambda r: r.hex(32)),
 }

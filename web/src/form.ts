@@ -8,6 +8,8 @@ export interface FormState {
   cloud: string;
   region: string;
   zone: string;
+  // Zone failover: the zones to try in order, separated by spaces or commas (instead of zone).
+  zones: string;
   machine_type: string;
   allow_unlisted_machine_type: boolean;
   gpu_type: string;
@@ -22,13 +24,17 @@ export interface FormState {
   configure: boolean;
   // Not on the form (a create as stopped is refused): kept so a YAML text's `state` survives the form.
   state: string;
+  // Not on the form either (the YAML tab has it): every zone of the region, tried in turn.
+  any_zone: boolean;
+  // Region failover: the regions to try in order, separated by spaces or commas (region may then be empty).
+  regions: string;
 }
 
 export function emptyForm(cloud = ""): FormState {
   return {
-    name: "", labels: [], cloud, region: "", zone: "", machine_type: "", allow_unlisted_machine_type: false, gpu_type: "", gpu_count: "1", image: "",
+    name: "", labels: [], cloud, region: "", zone: "", zones: "", machine_type: "", allow_unlisted_machine_type: false, gpu_type: "", gpu_count: "1", image: "",
     from_snapshot: "", disk_gb: "", ssh_users: [{ name: "", public_key: "", sudo: true }], allowed_ssh_cidrs: "",
-    mounts: [], bootstrap_script: "", configure: true, state: "",
+    mounts: [], bootstrap_script: "", configure: true, state: "", any_zone: false, regions: "",
   };
 }
 
@@ -36,11 +42,18 @@ const orNull = (text: string) => (text.trim() === "" ? undefined : text.trim());
 
 /** The document the form describes: empty optional fields are left out, as a hand-written spec would. */
 export function toDocument(form: FormState): Record<string, unknown> {
-  const spec: Record<string, unknown> = { cloud: form.cloud, region: form.region.trim() };
+  const spec: Record<string, unknown> = { cloud: form.cloud };
   const put = (key: string, value: unknown) => {
     if (value !== undefined) spec[key] = value;
   };
+  const regions = form.regions.split(/[\s,]+/).filter(Boolean);
+  // With a region list the region may be left out (the first of the list is tried first).
+  if (form.region.trim() || !regions.length) spec.region = form.region.trim();
+  if (regions.length) spec.regions = regions;
   put("zone", orNull(form.zone));
+  const zones = form.zones.split(/[\s,]+/).filter(Boolean);
+  if (zones.length) spec.zones = zones;
+  if (form.any_zone) spec.any_zone = true;
   put("machine_type", orNull(form.machine_type));
   if (form.allow_unlisted_machine_type) spec.allow_unlisted_machine_type = true;
   if (form.gpu_type.trim()) spec.gpu = { type: form.gpu_type.trim(), count: toNumber(form.gpu_count) ?? form.gpu_count };
@@ -83,6 +96,7 @@ export function fromDocument(doc: unknown): FormState {
     cloud: text(spec.cloud),
     region: text(spec.region),
     zone: text(spec.zone),
+    zones: list<unknown>(spec.zones, "spec.zones").map(text).join(", "),
     machine_type: text(spec.machine_type),
     allow_unlisted_machine_type: spec.allow_unlisted_machine_type === true,
     gpu_type: gpu ? text(gpu.type) : "",
@@ -98,6 +112,8 @@ export function fromDocument(doc: unknown): FormState {
     bootstrap_script: text(spec.bootstrap_script),
     configure: spec.configure !== false,
     state: text(spec.state),
+    any_zone: spec.any_zone === true,
+    regions: list<unknown>(spec.regions, "spec.regions").map(text).join(", "),
   };
 }
 
@@ -122,7 +138,7 @@ export function localErrors(form: FormState, enabledClouds: string[]): Record<st
     errors.name = "lowercase letters, digits and hyphens; starts with a letter, at most 63 characters";
   }
   if (!enabledClouds.includes(form.cloud)) errors["spec.cloud"] = `choose one of the enabled clouds: ${enabledClouds.join(", ")}`;
-  if (!form.region.trim()) errors["spec.region"] = "required";
+  if (!form.region.trim() && !form.regions.trim()) errors["spec.region"] = "required";
   if (form.disk_gb.trim() && toNumber(form.disk_gb) === undefined) errors["spec.disk_gb"] = "a whole number of GB";
   if (!form.ssh_users.length) errors["spec.ssh_users"] = "at least one SSH user";
   form.ssh_users.forEach((u, index) => {
@@ -135,9 +151,15 @@ export function localErrors(form: FormState, enabledClouds: string[]): Record<st
 /** The service's 422 detail ("spec.region: ...; spec.zone: ...") as messages per field. */
 export function fieldErrors(detail: string, field: string | null): Record<string, string> {
   const errors: Record<string, string> = {};
+  let last: string | null = null;
   for (const part of detail.split("; ")) {
     const match = /^([A-Za-z_][\w.[\]]*): (.*)$/s.exec(part);
-    if (match) errors[match[1]] = errors[match[1]] ? `${errors[match[1]]}; ${match[2]}` : match[2];
+    if (match) {
+      last = match[1];
+      errors[last] = errors[last] ? `${errors[last]}; ${match[2]}` : match[2];
+    } else if (last) {
+      errors[last] = `${errors[last]}; ${part}`;  // a message's own "; did you mean ...?"
+    }
   }
   if (field && !errors[field]) errors[field] = detail;
   return errors;

@@ -173,6 +173,40 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/instances/{name}/reconcile": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Put a drifted or lost instance back to its spec (a pulumi up) */
+        post: operations["ApiV1InstancesNameReconcileReconcile"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/instances/{name}/refresh": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** Refresh (a pulumi refresh: what changed outside orch) */
+        post: operations["ApiV1InstancesNameRefreshRefresh"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/instances/{name}/snapshots": {
         parameters: {
             query?: never;
@@ -331,6 +365,39 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** AgentNotice */
+        AgentNotice: {
+            id: string;
+            message: string;
+        };
+        /** Autostop */
+        Autostop: {
+            /**
+             * @default stop
+             * @enum {string}
+             */
+            action: "stop" | "delete";
+            /**
+             * @description idle means under this utilization
+             * @default 5
+             */
+            below_percent: number;
+            /** @description minutes every report must be idle for (the service takes at least ORCH_AUTOSTOP_MIN_IDLE_MINUTES, 5 by default) */
+            idle_minutes: number;
+            /**
+             * @description gpu: every GPU's utilization; cpu: the CPU's; any: both CPU and every GPU (idle only when all are)
+             * @default gpu
+             * @enum {string}
+             */
+            metric: "gpu" | "cpu" | "any";
+        };
+        /** AutostopView */
+        AutostopView: {
+            decided_at: string | null;
+            idle_since: string | null;
+            warned_at: string | null;
+            warning: string | null;
+        };
         /** CatalogCloud */
         CatalogCloud: {
             images: string[];
@@ -355,6 +422,19 @@ export interface components {
         /** CatalogView */
         CatalogView: {
             clouds: components["schemas"]["CatalogCloud"][];
+        };
+        /** DriftDifference */
+        DriftDifference: {
+            actual: unknown;
+            expected: unknown;
+            property: string;
+            resource: string;
+        };
+        /** DriftView */
+        DriftView: {
+            checked_at: string | null;
+            differences: components["schemas"]["DriftDifference"][];
+            lost: boolean;
         };
         /** ErrorBody */
         ErrorBody: {
@@ -459,6 +539,12 @@ export interface components {
              */
             allow_unlisted_machine_type: boolean;
             allowed_ssh_cidrs?: string[];
+            /**
+             * @description try every zone of the region the catalogue lists, in its order, until one has capacity
+             * @default false
+             */
+            any_zone: boolean;
+            autostop?: components["schemas"]["Autostop"] | null;
             bootstrap_script?: string | null;
             /** @enum {string} */
             cloud: "aws" | "gcp" | "azure" | "docker";
@@ -471,8 +557,24 @@ export interface components {
             /** @description defaults to ubuntu-22.04 unless from_snapshot is given */
             image?: string | null;
             machine_type?: string | null;
+            /** @description the most a spot machine may cost, USD per hour (AWS and Azure; GCP has none) */
+            max_price_per_hour?: number | null;
             mounts?: components["schemas"]["Mount"][];
-            region: string;
+            /**
+             * @description what orch does when the cloud takes the spot machine: start it again, delete the instance, or keep it preempted
+             * @default keep
+             * @enum {string}
+             */
+            on_preemption: "restart" | "delete" | "keep";
+            /** @description the region; required unless regions is given (then one of them, or left out) */
+            region?: string | null;
+            /** @description regions to try in order when one has no capacity (each in its default zone, or in the zones of it that zones lists, or in all its zones with any_zone) */
+            regions?: string[] | null;
+            /**
+             * @description a spot machine (AWS spot, GCP Spot VM, Azure Spot priority): cheaper, and the cloud may take it back
+             * @default false
+             */
+            spot: boolean;
             ssh_users: components["schemas"]["SshUser"][];
             /**
              * @description the power state apply converges to: stopped keeps the disk and stack, not the machine
@@ -481,12 +583,16 @@ export interface components {
              */
             state: "running" | "stopped";
             zone?: string | null;
+            /** @description zones of the region to try in order when one has no capacity (instead of zone) */
+            zones?: string[] | null;
         };
         /** InstanceView */
         InstanceView: {
+            autostop?: components["schemas"]["AutostopView"] | null;
             /** @enum {string} */
             cloud: "aws" | "gcp" | "azure" | "docker";
             created_at: string | null;
+            drift?: components["schemas"]["DriftView"] | null;
             generation: number;
             health: components["schemas"]["HealthView"];
             labels: {
@@ -499,17 +605,24 @@ export interface components {
                 [key: string]: unknown;
             };
             owner: string;
+            preempted_at?: string | null;
+            /** @enum {null|string} */
+            preemption_source?: "aws-imds" | "gcp-metadata" | "azure-scheduled-events" | "refresh" | null;
             public_ip: string | null;
             region: string;
             /** @default false */
             simulated: boolean;
             spec: components["schemas"]["InstanceSpec"];
+            /** @default false */
+            spot: boolean;
             stack_command: string;
             stack_name: string;
             /** @enum {string} */
-            status: "pending" | "provisioning" | "configuring" | "running" | "updating" | "failed" | "stopping" | "stopped" | "starting" | "deleting" | "deleted";
+            status: "pending" | "provisioning" | "configuring" | "running" | "updating" | "failed" | "stopping" | "stopped" | "starting" | "deleting" | "refreshing" | "drifted" | "lost" | "preempted" | "deleted";
             status_reason: string | null;
             updated_at: string | null;
+            zone?: string | null;
+            zone_attempts?: components["schemas"]["ZoneAttemptView"][];
         };
         /** MeView */
         MeView: {
@@ -540,7 +653,7 @@ export interface components {
         OperationSummary: {
             id: string;
             /** @enum {string} */
-            kind: "create" | "update" | "delete" | "snapshot_create" | "snapshot_delete" | "stop" | "start";
+            kind: "create" | "update" | "delete" | "snapshot_create" | "snapshot_delete" | "stop" | "start" | "refresh" | "reconcile";
             /** @enum {string} */
             status: "queued" | "running" | "succeeded" | "failed";
             step: string | null;
@@ -552,7 +665,7 @@ export interface components {
             error: string | null;
             id: string;
             /** @enum {string} */
-            kind: "create" | "update" | "delete" | "snapshot_create" | "snapshot_delete" | "stop" | "start";
+            kind: "create" | "update" | "delete" | "snapshot_create" | "snapshot_delete" | "stop" | "start" | "refresh" | "reconcile";
             log_count: number;
             log_offset: number;
             logs: string[];
@@ -578,6 +691,11 @@ export interface components {
             };
             stack: string;
             steps: components["schemas"]["PreviewStepView"][];
+        };
+        /** ReportAnswer */
+        ReportAnswer: {
+            accepted: number;
+            notices?: components["schemas"]["AgentNotice"][];
         };
         /** ServiceHealth */
         ServiceHealth: {
@@ -665,11 +783,20 @@ export interface components {
         };
         /** StepView */
         StepView: {
+            detail?: string | null;
             finished_at: string | null;
             name: string;
             started_at: string | null;
             /** @enum {string} */
             status: "running" | "succeeded" | "failed" | "skipped";
+        };
+        /** ZoneAttemptView */
+        ZoneAttemptView: {
+            error: string | null;
+            /** @enum {string} */
+            outcome: "landed" | "no capacity" | "quota" | "auth" | "error";
+            region?: string | null;
+            zone: string | null;
         };
     };
     responses: never;
@@ -695,9 +822,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": {
-                        [key: string]: number;
-                    };
+                    "application/json": components["schemas"]["ReportAnswer"];
                 };
             };
             /** @description Malformed request: a query parameter out of range, a body that is not a JSON object */
@@ -909,7 +1034,7 @@ export interface operations {
         parameters: {
             query?: {
                 cloud?: "aws" | "gcp" | "azure" | "docker" | null;
-                status?: "pending" | "provisioning" | "configuring" | "running" | "updating" | "failed" | "stopping" | "stopped" | "starting" | "deleting" | "deleted" | null;
+                status?: "pending" | "provisioning" | "configuring" | "running" | "updating" | "failed" | "stopping" | "stopped" | "starting" | "deleting" | "refreshing" | "drifted" | "lost" | "preempted" | "deleted" | null;
                 /** @description key=value: instances with this label (keys and values as in an Instance document) */
                 label?: string | null;
                 /** @description names containing this text (literal characters) */
@@ -922,6 +1047,8 @@ export interface operations {
                 cursor?: string | null;
                 /** @description admins: the owner whose instances and snapshots are addressed */
                 owner?: string | null;
+                /** @description instances in this region (with spec.regions: the one it landed in) */
+                region?: string | null;
             };
             header?: never;
             path?: never;
@@ -1292,8 +1419,8 @@ export interface operations {
                 limit?: number;
                 /** @description admins: the owner whose instances and snapshots are addressed */
                 owner?: string | null;
-                /** @description the most recent 1h or 24h (with since: the later start) */
-                window?: "1h" | "24h" | null;
+                /** @description the most recent 1h or 24h (raw samples) or 7d or 30d (rollups: min/avg/max per slot); with since: the later start */
+                window?: "1h" | "24h" | "7d" | "30d" | null;
             };
             header?: never;
             path: {
@@ -1495,6 +1622,146 @@ export interface operations {
             };
             /** @description The Pulumi engine failed; detail has its message */
             502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    ApiV1InstancesNameReconcileReconcile: {
+        parameters: {
+            query?: {
+                /** @description admins: the owner whose instances and snapshots are addressed */
+                owner?: string | null;
+            };
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request accepted, processing continues off-line */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InstanceOperation"];
+                };
+            };
+            /** @description Malformed request: a query parameter out of range, a body that is not a JSON object */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, malformed, expired or wrong-audience bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such resource for this user */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The resource's state does not allow this now (exists, busy, locked) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The document is invalid; detail and extra.field name the field */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    ApiV1InstancesNameRefreshRefresh: {
+        parameters: {
+            query?: {
+                /** @description admins: the owner whose instances and snapshots are addressed */
+                owner?: string | null;
+            };
+            header?: never;
+            path: {
+                name: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Request accepted, processing continues off-line */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InstanceOperation"];
+                };
+            };
+            /** @description Malformed request: a query parameter out of range, a body that is not a JSON object */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, malformed, expired or wrong-audience bearer token */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description No such resource for this user */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The resource's state does not allow this now (exists, busy, locked) */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The document is invalid; detail and extra.field name the field */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };

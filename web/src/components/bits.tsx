@@ -40,6 +40,15 @@ export function SimulatedTag({ instance }: { instance: Instance }) {
   return instance.simulated ? <span className="tag" data-testid="simulated" title="a sandbox host of the simulated mode, not a cloud machine">simulated</span> : null;
 }
 
+/** Marks a spot machine, and when the cloud took it back (the instance is then `preempted`). */
+export function SpotTag({ instance }: { instance: Instance }) {
+  if (!instance.spot) return null;
+  const title = instance.preempted_at
+    ? `a spot machine, preempted ${instance.preempted_at} (${instance.preemption_source ?? "?"})`
+    : "a spot machine: cheaper, and the cloud may take it back";
+  return <span className="tag tag-spot" data-testid="spot" title={title}>spot</span>;
+}
+
 export function CopyButton({ text, label }: { text: string; label: string }) {
   const [copied, setCopied] = useState<"" | "copied" | "failed">("");
   const copy = async () => {

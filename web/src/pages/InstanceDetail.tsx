@@ -3,8 +3,9 @@ import { stringify } from "yaml";
 import { ApiError, api, messageOf, query } from "../api/client";
 import type { Instance, Operation, Snapshot } from "../api/types";
 import { LineChart } from "../components/Charts";
-import { CopyButton, ErrorMessage, HealthBadge, Labels, SimulatedTag, StatusBadge } from "../components/bits";
+import { CopyButton, ErrorMessage, HealthBadge, Labels, SimulatedTag, SpotTag, StatusBadge } from "../components/bits";
 import { DeleteDialog } from "../components/DeleteDialog";
+import { ago, secondsSince } from "../format";
 import { usePolling, useNow } from "../hooks";
 import { cpuPoints, gpuPoints, loadSamples, memoryPoints, WINDOWS, type Window } from "../metrics";
 import type { MetricSample } from "../api/types";
@@ -17,7 +18,10 @@ const path = (name: string) => `/instances/${encodeURIComponent(name)}`;
 
 // The statuses each power action starts from (the service refuses the others with a 409).
 const STOPPABLE = ["running", "failed"];
-const STARTABLE = ["stopped", "failed"];
+const STARTABLE = ["stopped", "failed", "preempted"];
+// Drift (docs/lifecycle.md): what a refresh starts from, and what Reconcile puts back to the spec.
+const REFRESHABLE = ["running", "stopped", "failed", "drifted", "preempted"];
+const RECONCILABLE = ["drifted", "lost"];
 
 export function InstanceDetail({ name }: { name: string }) {
   const [instance, setInstance] = useState<Instance | null>(null);
@@ -64,6 +68,7 @@ export function InstanceDetail({ name }: { name: string }) {
         <h1 id="detail-title">{instance.name}</h1>
         <StatusBadge instance={instance} />
         <SimulatedTag instance={instance} />
+        <SpotTag instance={instance} />
         <HealthBadge instance={instance} now={now} />
         <PowerButtons instance={instance} onChange={() => load(new AbortController().signal)} />
         <button type="button" className="danger" onClick={() => setDeleting(true)}
@@ -75,7 +80,23 @@ export function InstanceDetail({ name }: { name: string }) {
       {instance.status_reason && <p className="muted">{instance.status_reason}</p>}
       <dl className="facts">
         <dt>Cloud</dt><dd>{instance.cloud}</dd>
-        <dt>Region</dt><dd>{instance.region}</dd>
+        <dt>Region</dt><dd data-testid="region">{instance.region}</dd>
+        <dt>Zone</dt><dd data-testid="zone">{instance.zone ?? "-"}</dd>
+        {instance.zone_attempts?.length ? (
+          <>
+            <dt>{instance.spec.regions ? "Places tried" : "Zones tried"}</dt>
+            <dd>
+              <ol className="zone-attempts" data-testid="zone-attempts">
+                {instance.zone_attempts.map((attempt, index) => (
+                  <li key={`${index}-${attempt.region}-${attempt.zone}`}>
+                    {`${attemptPlace(attempt, Boolean(instance.spec.regions))}: ${attempt.outcome}`}
+                    {attempt.error && <> <span className="muted">{attempt.error}</span></>}
+                  </li>
+                ))}
+              </ol>
+            </dd>
+          </>
+        ) : null}
         <dt>Public IP</dt>
         <dd>
           {instance.public_ip ? (
@@ -91,6 +112,8 @@ export function InstanceDetail({ name }: { name: string }) {
           ) : "-"}
         </dd>
       </dl>
+      <Autostop instance={instance} now={now} />
+      <Drift instance={instance} onChange={() => load(new AbortController().signal)} />
       <Metrics name={instance.name} reportAt={instance.health.last_report_at} now={now} />
       <Snapshots instance={instance} snapshots={snapshots} onChange={() => load(new AbortController().signal)} />
       <h2>Operations</h2>
@@ -120,12 +143,49 @@ export function InstanceDetail({ name }: { name: string }) {
   );
 }
 
-/** Stop and Start (POST .../stop|start); the service's refusal (409 busy or wrong status, 422 no
- * power state on this cloud) is shown next to them. */
-function PowerButtons({ instance, onChange }: { instance: Instance; onChange: () => void }) {
+/** Idle autostop: its settings (spec.autostop) and what the service found (instance.autostop). */
+type ZoneAttempt = NonNullable<Instance["zone_attempts"]>[number];
+
+/** Where a failover attempt was: its zone; with a region list (region failover) `region / zone`, or the region. */
+function attemptPlace(attempt: ZoneAttempt, regions: boolean): string {
+  if (regions && attempt.region) return attempt.zone ? `${attempt.region} / ${attempt.zone}` : attempt.region;
+  return attempt.zone ?? "-";
+}
+
+function Autostop({ instance, now }: { instance: Instance; now: number }) {
+  const settings = instance.spec.autostop;
+  if (!settings) return null;
+  const state = instance.autostop;
+  const running = instance.status === "running";
+  const since = (iso: string | null | undefined) => (iso ? `${ago(secondsSince(iso, now))} (${iso})` : "-");
+  return (
+    <section aria-labelledby="autostop-title">
+      <h2 id="autostop-title">Autostop</h2>
+      <p data-testid="autostop-settings">
+        {settings.action === "delete" ? "Deletes" : "Stops"} the instance when its {settings.metric} use stays
+        below {settings.below_percent}% for {settings.idle_minutes} min.
+      </p>
+      {running && state?.warned_at && (
+        <p role="status" className="warning" data-testid="autostop-warned">
+          Idle: its users were warned {ago(secondsSince(state.warned_at, now))}; it will be
+          {settings.action === "delete" ? " deleted" : " stopped"} unless it gets busy.
+        </p>
+      )}
+      {running && state?.warning && <p className="warning" data-testid="autostop-warning">{state.warning}</p>}
+      <dl className="facts">
+        <dt>Idle since</dt><dd data-testid="autostop-idle-since">{running ? since(state?.idle_since) : "-"}</dd>
+        <dt>Last acted</dt><dd>{since(state?.decided_at)}</dd>
+      </dl>
+    </section>
+  );
+}
+
+/** POST .../{action} of the instance (an operation), then onChange; the service's refusal (409 busy
+ * or wrong status, 422) is kept as `error` to be shown next to the buttons. */
+function useInstanceAction(instance: Instance, onChange: () => void) {
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
-  const act = async (action: "stop" | "start") => {
+  const act = async (action: "stop" | "start" | "refresh" | "reconcile") => {
     setBusy(true);
     setError(null);
     try {
@@ -137,6 +197,13 @@ function PowerButtons({ instance, onChange }: { instance: Instance; onChange: ()
       setBusy(false);
     }
   };
+  return { error, busy, act };
+}
+
+/** Stop and Start (POST .../stop|start); the service's refusal (409 busy or wrong status, 422 no
+ * power state on this cloud) is shown next to them. */
+function PowerButtons({ instance, onChange }: { instance: Instance; onChange: () => void }) {
+  const { error, busy, act } = useInstanceAction(instance, onChange);
   return (
     <div className="power" role="group" aria-label="Power">
       <button type="button" onClick={() => act("stop")} disabled={busy || !STOPPABLE.includes(instance.status)}
@@ -145,6 +212,51 @@ function PowerButtons({ instance, onChange }: { instance: Instance; onChange: ()
         aria-describedby={error ? "power-error" : undefined}>Start</button>
       <ErrorMessage error={error} id="power-error" />
     </div>
+  );
+}
+
+function valueText(value: unknown): string {
+  return typeof value === "string" ? value : JSON.stringify(value);
+}
+
+/** What the last refresh found (the differences from the spec, or that the machine is lost), with
+ * Refresh (POST .../refresh) and Reconcile (POST .../reconcile: back to the spec); the service's
+ * refusal is shown next to them. */
+function Drift({ instance, onChange }: { instance: Instance; onChange: () => void }) {
+  const { error, busy, act } = useInstanceAction(instance, onChange);
+  const drift = instance.drift;
+  return (
+    <section aria-labelledby="drift-title">
+      <h2 id="drift-title">Drift</h2>
+      <div className="power" role="group" aria-label="Drift">
+        <button type="button" onClick={() => act("refresh")} disabled={busy || !REFRESHABLE.includes(instance.status)}
+          aria-describedby={error ? "drift-error" : undefined}>Refresh</button>
+        <button type="button" onClick={() => act("reconcile")} disabled={busy || !RECONCILABLE.includes(instance.status)}
+          aria-describedby={error ? "drift-error" : undefined}>Reconcile</button>
+        <ErrorMessage error={error} id="drift-error" />
+      </div>
+      {!drift ? <p className="muted">Not refreshed since it was last applied.</p> : (
+        <>
+          <p className="muted" data-testid="drift-checked">
+            Checked {drift.checked_at ?? "-"}{drift.lost ? ": its machine was deleted outside orch (lost)" : ""}
+            {!drift.lost && drift.differences.length === 0 ? ": no differences from the spec" : ""}
+          </p>
+          {drift.differences.length > 0 && (
+            <table data-testid="drift-differences">
+              <thead><tr><th>Resource</th><th>Property</th><th>Expected (the spec)</th><th>Actual (the cloud)</th></tr></thead>
+              <tbody>
+                {drift.differences.map((d) => (
+                  <tr key={`${d.resource}/${d.property}`}>
+                    <td><code>{d.resource}</code></td><td><code>{d.property}</code></td>
+                    <td><code>{valueText(d.expected)}</code></td><td><code>{valueText(d.actual)}</code></td>
+                  </tr>
+                ))}
+              </tbody>
+            </table>
+          )}
+        </>
+      )}
+    </section>
   );
 }
 
@@ -262,8 +374,11 @@ function OperationItem({ operation, open }: { operation: Operation; open: boolea
         <div id={bodyId}>
           {operation.error && <p className="error">{operation.error}</p>}
           <ol className="steps">
-            {operation.steps.map((step) => (
-              <li key={step.name} className={`step-${step.status}`}>{`${step.name}: ${step.status}`}</li>
+            {operation.steps.map((step, index) => (
+              <li key={`${index}-${step.name}`} className={`step-${step.status}`}>
+                {`${step.name}: ${step.status}`}
+                {step.detail && <div className="muted step-detail">{step.detail}</div>}
+              </li>
             ))}
           </ol>
           <pre className="code log" tabIndex={0} aria-label={`Log of the ${operation.kind} operation`} data-testid="log">

@@ -2,7 +2,7 @@ import { useCallback, useEffect, useRef, useState, type FormEvent } from "react"
 import { api, messageOf, query } from "../api/client";
 import type { Instance, InstancePage } from "../api/types";
 import { Sparkline } from "../components/Charts";
-import { CopyButton, ErrorMessage, HealthBadge, Labels, SimulatedTag, StatusBadge } from "../components/bits";
+import { CopyButton, ErrorMessage, HealthBadge, Labels, SimulatedTag, SpotTag, StatusBadge } from "../components/bits";
 import { age, percent, secondsSince } from "../format";
 import { usePolling, useNow } from "../hooks";
 import { cpuPoints, gpuAverage, gpuPoints, loadSamples } from "../metrics";
@@ -228,9 +228,10 @@ function Row({ instance, now, from, spark, selected, onToggle }: RowProps) {
       <td>
         <Link href={`/instances/${encodeURIComponent(instance.name)}`}>{instance.name}</Link>
         <SimulatedTag instance={instance} />
+        <SpotTag instance={instance} />
       </td>
       <td>{instance.cloud}</td>
-      <td>{instance.region}{spec.zone ? ` / ${spec.zone}` : ""}</td>
+      <td>{instance.region}{(instance.zone ?? spec.zone) ? ` / ${instance.zone ?? spec.zone}` : ""}</td>
       <td>
         {spec.machine_type ?? "-"}
         {spec.gpu ? <span className="muted"> · {spec.gpu.count ?? 1}× {spec.gpu.type}</span> : null}

@@ -166,14 +166,14 @@ export function NewInstance({ search }: { search: string }) {
               <Field label="Cloud" {...f("spec.cloud")}>
                 {(p) => (
                   <select {...p} value={form.cloud}
-                    onChange={(e) => update({ cloud: e.target.value, region: "", zone: "", machine_type: "", allow_unlisted_machine_type: false, from_snapshot: "" })}>
+                    onChange={(e) => update({ cloud: e.target.value, region: "", regions: "", zone: "", zones: "", machine_type: "", allow_unlisted_machine_type: false, from_snapshot: "" })}>
                     {enabled.map((c) => <option key={c} value={c}>{c}</option>)}
                   </select>
                 )}
               </Field>
               <Field label="Region" {...f("spec.region")}>
                 {(p) => cloudCatalog ? (
-                  <select {...p} value={form.region} onChange={(e) => update({ region: e.target.value, zone: "" })}>
+                  <select {...p} value={form.region} onChange={(e) => update({ region: e.target.value, zone: "", zones: "" })}>
                     <option value="">choose a region</option>
                     {cloudCatalog.regions.map((r) => <option key={r.name} value={r.name}>{r.name}</option>)}
                   </select>
@@ -187,6 +187,18 @@ export function NewInstance({ search }: { search: string }) {
                   </select>
                 ) : <input {...p} value={form.zone} onChange={(e) => update({ zone: e.target.value })} />}
               </Field>
+              {form.cloud !== "docker" && (
+                <Field label="Zones to try (optional)" hint="e.g. us-east-1a, us-east-1b: tried in order when a zone has no capacity; instead of Zone"
+                  id={fieldId("spec.zones")} error={listError(errors, "zones")}>
+                  {(p) => <input {...p} value={form.zones} onChange={(e) => update({ zones: e.target.value })} />}
+                </Field>
+              )}
+              {form.cloud !== "docker" && (
+                <Field label="Regions to try (optional)" hint="e.g. us-east-1, us-west-2: tried in order when a region has no capacity; Region may then be empty"
+                  id={fieldId("spec.regions")} error={listError(errors, "regions")}>
+                  {(p) => <input {...p} value={form.regions} onChange={(e) => update({ regions: e.target.value })} />}
+                </Field>
+              )}
               <Field label="Machine type" {...f("spec.machine_type")}>
                 {(p) => cloudCatalog && !form.allow_unlisted_machine_type ? (
                   <select {...p} value={form.machine_type} onChange={(e) => update({ machine_type: e.target.value })}>
@@ -354,4 +366,12 @@ export function NewInstance({ search }: { search: string }) {
       )}
     </section>
   );
+}
+
+/** The errors of a list field and of its items (`spec.zones[1]: ...`), shown on its one field. */
+function listError(errors: Record<string, string>, name: "zones" | "regions"): string | undefined {
+  const found = Object.entries(errors)
+    .filter(([key]) => key === `spec.${name}` || key.startsWith(`spec.${name}[`))
+    .map(([key, message]) => (key === `spec.${name}` ? message : `${key.slice("spec.".length)}: ${message}`));
+  return found.length ? found.join("; ") : undefined;
 }
