@@ -48,6 +48,10 @@ INSTANCE_TRANSITIONS: dict[str, set[str]] = {
     "deleted": set(),
 }
 
+# The statuses whose move to running means the machine (and its agent) just came up; a refresh or
+# an update that ends running leaves the machine as it was.
+POWERED_ON_FROM = ("provisioning", "configuring", "starting")
+
 SNAPSHOT_TRANSITIONS: dict[str, set[str]] = {
     "pending": {"available", "failed", "pending"},
     "available": {"deleting"},
@@ -121,6 +125,8 @@ class Instance(me.Document):
     agent_token_expires_at = me.DateTimeField()
     created_at = me.DateTimeField(default=utcnow)
     updated_at = me.DateTimeField(default=utcnow)
+    # When the machine last came up (created or started): its agent's first report is due from then.
+    running_since = me.DateTimeField()
     # Made by `orch serve --simulate`: its cloud resources are simulated (a sandbox host at most).
     simulated = me.BooleanField(default=False)
     # Idle autostop's findings (spec.autostop): unset on an instance without it.
@@ -235,9 +241,12 @@ class Instance(me.Document):
 
     def move_to(self, status: str, reason: str | None = None) -> None:
         _check(INSTANCE_TRANSITIONS, "instance", self.name, self.status, status)
+        now = utcnow()
+        if status == "running" and self.status in POWERED_ON_FROM:
+            self.running_since = now
         self.status = status
         self.status_reason = reason
-        self.updated_at = utcnow()
+        self.updated_at = now
 
 
 class Snapshot(me.Document):

@@ -9,7 +9,7 @@ import threading
 import msgspec
 import pytest
 
-from orchestrator.autostop.checker import AutostopChecker, NoticeBoard
+from orchestrator.autostop.checker import GAP_INTERVALS, AutostopChecker, NoticeBoard
 from orchestrator.autostop.idle import assess
 from orchestrator.ingest import AgentIngest
 from orchestrator.models import AutostopState, Instance, MetricBatch, Operation
@@ -208,6 +208,35 @@ def test_no_reports_is_not_idle_and_is_shown(mongo_db):
     clock.now = T0 + dt.timedelta(hours=5)
     assert check.run_pass() == 0 and not sent
     assert fresh(instance).autostop_state.warning == "no report for over 60 min: not counted as idle"
+
+
+def test_no_report_is_missed_before_the_agents_first_one_is_due(mongo_db):
+    instance = make_instance()
+    up = T0 + dt.timedelta(hours=2)
+    Instance.objects(id=instance.id).update_one(set__running_since=up)  # as a create or start records it
+    clock, sent = Clock(up + dt.timedelta(seconds=GAP_INTERVALS * INTERVAL_S)), []
+    check = checker(clock, sent)
+    assert check.run_pass() == 0 and not sent
+    state = fresh(instance).autostop_state
+    assert state.warning is None and state.idle_since is None and state.checked_at == clock.now
+    clock.now = up + dt.timedelta(minutes=12)
+    assert check.run_pass() == 0 and not sent
+    assert fresh(instance).autostop_state.warning == "no report in the 12 min since it came up: not counted as idle"
+    clock.now = up + dt.timedelta(minutes=61)
+    assert check.run_pass() == 0 and not sent
+    assert fresh(instance).autostop_state.warning == "no report for over 60 min: not counted as idle"
+
+
+def test_running_since_is_when_the_machine_came_up_not_when_a_refresh_ended():
+    instance = Instance(name="m", owner="alice", spec={}, cloud="aws", region="us-east-1", status="provisioning")
+    instance.move_to("running")
+    assert instance.running_since is not None
+    instance.running_since = T0
+    for status in ("refreshing", "running", "updating", "running", "stopping", "stopped", "starting"):
+        instance.move_to(status)
+        assert instance.running_since == T0, status
+    instance.move_to("running")
+    assert instance.running_since > T0
 
 
 def test_an_instance_with_an_operation_queued_or_not_running_is_left_alone(mongo_db):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 
 import pymongo
@@ -61,12 +62,30 @@ def test_bad_autostop_settings_are_422s_naming_the_field(live):
             assert answer.json()["extra"]["field"] == field and words in answer.json()["detail"], answer.json()
 
 
+def wait_warning(client, expected: str) -> dict:
+    """The instance once the checker's finding is `expected` (it checks every second here)."""
+    deadline = time.monotonic() + 10
+    while (instance := client.get("/api/v1/instances/idle-box").json())["autostop"]["warning"] != expected:
+        assert time.monotonic() < deadline, f"the checker never found {expected!r}: {instance['autostop']!r}"
+        time.sleep(0.2)
+    return instance
+
+
 def test_autostop_in_the_api_spec_files_get_and_describe(live, tmp_path, capsys):
     path = tmp_path / "idle-box.yaml"
+    # As if the machine had come up an hour ago: its agent has been silent for the whole window.
+    store = pymongo.MongoClient(live.env["ORCH_MONGODB_URL"])
+    try:
+        came_up = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - dt.timedelta(hours=1)
+        store.get_default_database()["instances"].update_one(
+            {"name": "idle-box", "status": "running"}, {"$set": {"running_since": came_up}})
+    finally:
+        store.close()
     with live.client() as client:
-        instance = client.get("/api/v1/instances/idle-box").json()
+        instance = wait_warning(client, "no report for over 30 min: not counted as idle")
         assert instance["spec"]["autostop"] == AUTOSTOP
-        assert instance["autostop"] == {"idle_since": None, "warned_at": None, "warning": None, "decided_at": None}
+        assert {key: instance["autostop"][key] for key in ("idle_since", "warned_at", "decided_at")} == dict.fromkeys(
+            ("idle_since", "warned_at", "decided_at"))
         # Changing only autostop changes no stack: no operation, no new generation.
         path.write_text(yaml.safe_dump(instance_doc("idle-box", autostop={**AUTOSTOP, "idle_minutes": 45}),
                                        sort_keys=False))
@@ -75,13 +94,8 @@ def test_autostop_in_the_api_spec_files_get_and_describe(live, tmp_path, capsys)
         changed = client.get("/api/v1/instances/idle-box").json()
         assert changed["spec"]["autostop"]["idle_minutes"] == 45 and changed["generation"] == instance["generation"]
         assert changed["operation_id"] == instance["operation_id"]
-        # No agent reports: the checker says it cannot count the instance as idle.
-        # A check made under the old settings may land before the next one: wait for the new settings' finding.
-        expected = "no report for over 45 min: not counted as idle"
-        deadline = time.monotonic() + 10
-        while (warning := client.get("/api/v1/instances/idle-box").json()["autostop"]["warning"]) != expected:
-            assert time.monotonic() < deadline, f"the checker never looked under the new settings: {warning!r}"
-            time.sleep(0.2)
+        # No agent reports: the checker says it cannot count the instance as idle, under the new settings.
+        wait_warning(client, "no report for over 45 min: not counted as idle")
     code, out, _ = orch(live, capsys, "get", "instances")
     assert out.splitlines()[0].split()[-1] == "AUTOSTOP" and "cpu<10%/45m unknown" in out
     code, out, _ = orch(live, capsys, "describe", "instance", "idle-box")

@@ -180,7 +180,7 @@ class AutostopChecker:
                 continue  # stored reports were validated; one without a time cannot count either way
         reports.sort(key=lambda item: item[0])
         return assess(reports, metric=autostop["metric"], below_percent=autostop["below_percent"], now=now,
-                      window=window, max_gap=max_gap)
+                      window=window, max_gap=max_gap, running_since=instance.running_since)
 
     # -- changes -----------------------------------------------------------
 

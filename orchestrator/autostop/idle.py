@@ -59,9 +59,19 @@ def assess(
     now: dt.datetime,
     window: dt.timedelta,
     max_gap: dt.timedelta,
+    running_since: dt.datetime | None = None,
 ) -> Finding:
-    """The current idle run of `reports` (time, report), oldest first, read back to now - window - max_gap."""
+    """The current idle run of `reports` (time, report), oldest first, read back to now - window - max_gap.
+
+    `running_since` is when the machine last came up (None when not known): no report is missed
+    before its agent's first one is due.
+    """
     if not reports:
+        up_for = now - running_since if running_since is not None else None
+        if up_for is not None and up_for <= max_gap:
+            return Finding(None)  # just came up: its agent's first report is not due yet
+        if up_for is not None and up_for < window:
+            return Finding(None, f"no report in the {span(up_for)} since it came up: not counted as idle")
         return Finding(None, f"no report for over {span(window)}: not counted as idle")
     silent = now - reports[-1][0]
     if silent > max_gap:
