@@ -284,6 +284,16 @@ def test_the_embedded_store_serves_a_key_range_from_its_index(tmp_path):
                 found = [d["_id"] for d in (cursor.limit(limit) if limit else cursor)]
                 results.append(found if sort else sorted(found))  # without a sort, any order
                 results.append(collection.count_documents(query))
+                # The count command (a listing's total), with and without a limit.
+                results.append(client["db"].command({"count": "c", "query": query})["n"])
+                results.append(client["db"].command({"count": "c", "query": query, "limit": 2})["n"])
+                # Top-level fields left out (the list's projection), and one nested field.
+                for projection in ({"labels": 0, "claim": 0, "absent": 0}, {"labels.team": 0}):
+                    projected = collection.find(query, projection)
+                    if sort:
+                        projected = projected.sort(sort)
+                    rows = list(projected.limit(limit) if limit else projected)
+                    results.append(rows if sort else sorted(rows, key=lambda d: d["_id"]))
             # A page's operations, by id: read by primary key (a missing id and a string id find nothing).
             operations = client["db"]["ops"]
             ids = [ObjectId() for _ in range(6)]
@@ -307,7 +317,9 @@ def test_the_embedded_store_serves_a_key_range_from_its_index(tmp_path):
     assert answers[KeyRangeSQLiteEngine] == answers[SQLiteEngine]
     assert answers[SQLiteEngine][-2:] == [[1, 4], [("str", None)]]
     # Every query but the last finds rows.
-    assert [bool(answers[SQLiteEngine][i]) for i in range(0, len(queries) * 2, 2)] == [True] * (len(queries) - 1) + [False]
+    per_query = 6
+    assert [bool(answers[SQLiteEngine][i]) for i in range(0, len(queries) * per_query, per_query)] == (
+        [True] * (len(queries) - 1) + [False])
 
 
 def test_the_embedded_store_keeps_its_reader_connections_and_each_read_sees_the_latest_writes(tmp_path, monkeypatch):

@@ -20,6 +20,13 @@ And one more: `{_id: {$in: [...]}}` of ObjectIds or strings (a list page's opera
 buckets a maintenance pass appends to or a read looks up) is read by primary key; mongoeco scans the
 collection with one json_each subquery per value and row.
 
+A count of a range with no other condition (a user's listing's `total`) counts the index entries
+alone: mongoeco counts the rows of the find's query, which reads every document of the range.
+
+A find that leaves out some top-level fields (the list's projection: no keys, no listing keys)
+drops them from the document it has just decoded; mongoeco's own projection deep-copies each
+document and then walks it to estimate its size, which doubled a list page's time in the store.
+
 Each read of more than one document runs on a connection of its own (its own snapshot); mongoeco
 opens a new SQLite connection for each and closes it after. This engine keeps the closed ones (a
 few) and hands them to the next reads: opening one (the file, WAL mode, the index catalog read
@@ -40,7 +47,9 @@ from mongoeco.core.query_plan import (
     LessThanCondition,
     LessThanOrEqualCondition,
 )
+from mongoeco.core.codec import DocumentCodec
 from mongoeco.engines._sqlite_connection import SQLiteConnection
+from mongoeco.engines._sqlite_reader import _serialized_document_size_estimate
 from mongoeco.engines.sqlite import SQLiteEngine
 from mongoeco.engines.sqlite_planner import SQLiteReadExecutionPlan
 from mongoeco.types import ObjectId
@@ -65,6 +74,19 @@ def _conjuncts(plan) -> list:
     if isinstance(plan, AndCondition):
         return [leaf for clause in plan.clauses for leaf in _conjuncts(clause)]
     return [plan]
+
+
+def _top_level_exclusions(projection) -> frozenset[str] | None:
+    """The fields a projection leaves out when it only leaves out top-level fields (`{a: 0, b: 0}`), else None."""
+    if not isinstance(projection, dict) or not projection:
+        return None
+    if not all(
+        type(key) is str and key and "." not in key and not key.startswith("$")
+        and type(value) in (int, bool) and value in (0, False)
+        for key, value in projection.items()
+    ):
+        return None
+    return frozenset(projection)
 
 
 def _sql_plan(semantics, sql: str, params: list) -> SQLiteReadExecutionPlan:
@@ -124,6 +146,8 @@ class KeyRangeSQLiteEngine(SQLiteEngine):
         # Set between a reader's check for a dedicated connection and its opening of it (same thread,
         # under the engine's lock): only that opening takes a kept connection.
         self._opening_reader = threading.local()
+        # Set while this thread runs a count: a key range plan then need not read the documents.
+        self._counting = threading.local()
 
     def _can_use_dedicated_reader(self, context) -> bool:
         dedicated = super()._can_use_dedicated_reader(context)
@@ -146,6 +170,32 @@ class KeyRangeSQLiteEngine(SQLiteEngine):
         super()._disconnect_sync()
         if self._connection is None:
             self._idle_readers.close_all()
+
+    def _count_matching_documents_sync(self, db_name, coll_name, semantics, context):
+        self._counting.active = True
+        try:
+            return super()._count_matching_documents_sync(db_name, coll_name, semantics, context)
+        finally:
+            self._counting.active = False
+
+    def _project_sql_scan_rows(self, rows, semantics, reader):
+        excluded = _top_level_exclusions(semantics.projection)
+        if excluded is None or self._codec is not DocumentCodec:
+            return super()._project_sql_scan_rows(rows, semantics, reader)
+
+        def without_excluded(payload: str):
+            document = self._deserialize_document(payload)  # freshly decoded: this read's own to change
+            for field in excluded & document.keys():
+                del document[field]
+            return reader.attach_size_hint(document, _serialized_document_size_estimate(payload))
+
+        return (without_excluded(payload) for (payload,) in rows)
+
+    def _decode_codec_payload(self, payload, *, preserve_bson_wrappers: bool):
+        # mongoeco inspects the codec's signature for every document it decodes; DocumentCodec's is known.
+        if self._codec is DocumentCodec:
+            return DocumentCodec.decode(payload, preserve_bson_wrappers=preserve_bson_wrappers)
+        return super()._decode_codec_payload(payload, preserve_bson_wrappers=preserve_bson_wrappers)
 
     def _compile_read_execution_plan(self, db_name, coll_name, semantics, *, select_clause="document", hint=None):
         if select_clause == "document" and hint is None:
@@ -225,6 +275,10 @@ class KeyRangeSQLiteEngine(SQLiteEngine):
                 return None
             where.append(f"({rest_sql})")
             params.extend(rest_params)
+        if not residual and getattr(self._counting, "active", False):
+            # Each document has one entry in the range (a string, no array in the field): count them.
+            sql = f"SELECT 1 {self._index_entries(index)} WHERE {' AND '.join(where)}"
+            return _sql_plan(semantics, sql, params[2:])  # without the join's two parameters
         order = "DESC" if sort and sort[0][1] == -1 else "ASC"
         sql = (
             f"SELECT documents.document {self._index_join(index)} WHERE {' AND '.join(where)} "
@@ -267,10 +321,13 @@ class KeyRangeSQLiteEngine(SQLiteEngine):
                  "scalar_index_entries.type_score = ?"]
         return where, [db_name, coll_name, collection_id, index["name"], self._multikey_type_score("string")]
 
+    def _index_entries(self, index) -> str:
+        return f"FROM scalar_index_entries INDEXED BY {self._quote_identifier(str(index['scalar_physical_name']))}"
+
     def _index_join(self, index) -> str:
         """FROM an index's entries joined to their documents (the collection's names are its two parameters)."""
         return (
-            f"FROM scalar_index_entries INDEXED BY {self._quote_identifier(str(index['scalar_physical_name']))} "
+            f"{self._index_entries(index)} "
             "JOIN documents ON documents.db_name = ? AND documents.coll_name = ? "
             "AND documents.storage_key = scalar_index_entries.storage_key"
         )
