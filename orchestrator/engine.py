@@ -15,6 +15,7 @@ with the stack's passphrase.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -384,12 +385,17 @@ class StackEngine:
         finally:
             shutil.rmtree(directory, ignore_errors=True)
 
-    def export_command(self, stack_name: str) -> str:
-        """The shell command that shows the stack by hand, with the backend it is in."""
+    @functools.cached_property
+    def _export_command_start(self) -> str:
+        # The same for every stack (every row of a list page shows the command): worked out once.
         return shlex.join(
             [f"PULUMI_BACKEND_URL={redact_url(self.settings.pulumi_backend_url)}", "pulumi", "-C", str(self.project_dir),
-             "stack", "export", "--stack", stack_name]
+             "stack", "export", "--stack"]
         )
+
+    def export_command(self, stack_name: str) -> str:
+        """The shell command that shows the stack by hand, with the backend it is in."""
+        return f"{self._export_command_start} {shlex.quote(stack_name)}"
 
     def preview_instance(
         self, stack_name: str, instance: InstanceDoc, *, admin_public_key: str, base_image_id: str | None

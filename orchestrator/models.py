@@ -93,7 +93,68 @@ def claim_key(owner: str, name: str) -> str:
     return f"{owner}/{name}"
 
 
-class Instance(me.Document):
+class InstanceNames:
+    """The names an instance is known by, derived from its owner, name and id."""
+
+    @property
+    def stack_name(self) -> str:
+        return f"instance-{self.owner}.{self.name}"
+
+    @property
+    def lock_key(self) -> str:
+        # Per name, not per incarnation: operations on one stack never overlap.
+        return f"instance:{claim_key(self.owner, self.name)}"
+
+    @property
+    def agent_identity(self) -> str:
+        """The `sub` of its agent tokens and the `instance` of its agent's reports (unique per incarnation)."""
+        return str(self.id)
+
+
+class StoredRow:
+    """A stored document's fields as its mongoengine document gives them (the field's default where the
+    document has none, embedded documents as rows too), read straight from the stored dict: building
+    the document (validation, change tracking) cost a list page more than the rest of its work."""
+
+    __slots__ = ("_row", "_fields")
+    # Per document class: field name -> (stored key, default, embedded document class or None).
+    _field_specs: dict[type, dict[str, tuple[str, object, type | None]]] = {}
+
+    def __init__(self, row: dict, document_class: type[me.Document] | type[me.EmbeddedDocument]):
+        self._row = row
+        self._fields = self._field_specs.get(document_class) or self._specs_of(document_class)
+
+    @classmethod
+    def _specs_of(cls, document_class: type) -> dict[str, tuple[str, object, type | None]]:
+        specs = {
+            name: (field.db_field, field.default,
+                   field.document_type if isinstance(field, me.EmbeddedDocumentField) else None)
+            for name, field in document_class._fields.items()
+        }
+        cls._field_specs[document_class] = specs
+        return specs
+
+    def __getattr__(self, name: str):
+        try:
+            key, default, embedded = self._fields[name]
+        except KeyError:
+            raise AttributeError(name) from None
+        if key in self._row:
+            value = self._row[key]
+            return StoredRow(value, embedded) if embedded is not None and isinstance(value, dict) else value
+        return default() if callable(default) else default
+
+
+class StoredInstance(InstanceNames, StoredRow):
+    """An instance as stored, read-only (a list page's rows)."""
+
+    __slots__ = ()
+
+    def __init__(self, row: dict):
+        super().__init__(row, Instance)
+
+
+class Instance(InstanceNames, me.Document):
     # Names are unique per owner (docs/DESIGN.md, "Names and owners"). Each
     # incarnation of a name is its own document: a deleted one stays as history.
     name = me.StringField(required=True)
@@ -203,20 +264,6 @@ class Instance(me.Document):
             if found is not None:
                 return found
         return None
-
-    @property
-    def stack_name(self) -> str:
-        return f"instance-{self.owner}.{self.name}"
-
-    @property
-    def lock_key(self) -> str:
-        # Per name, not per incarnation: operations on one stack never overlap.
-        return f"instance:{claim_key(self.owner, self.name)}"
-
-    @property
-    def agent_identity(self) -> str:
-        """The `sub` of its agent tokens and the `instance` of its agent's reports (unique per incarnation)."""
-        return str(self.id)
 
     def document(self, *, placed: bool = True) -> dict:
         """The instance document as the user wrote it (kind, name, labels, spec).

@@ -22,7 +22,7 @@ from orchestrator.engine import EngineError, StackBusy, StackEngine, StackNotFou
 from orchestrator.listing.keyset import DEFAULT_SORT, MAX_QUERY_CHARS, SORTS, CursorError, Keyset, name_contains
 from orchestrator.metrics.store import read_rollups, read_samples
 from orchestrator.metrics.windows import ROLLUP_WINDOWS, WINDOWS, window_since
-from orchestrator.models import Instance, Operation, Snapshot, claim_key, utcnow
+from orchestrator.models import Instance, Operation, Snapshot, StoredInstance, claim_key, utcnow
 from orchestrator.settings import Settings
 from orchestrator.sshkeys import generate_keypair
 from stacks.spec import (
@@ -138,7 +138,16 @@ def _count(queryset) -> int:
     return int(collection.database.command("count", collection.name, query=queryset._query)["n"])
 
 
-def _keyset_page(queryset, keyset: Keyset, cursor: str | None, limit: int, excludes: tuple[str, ...] = ()) -> Page:
+def _page_rows(queryset, row_type) -> list:
+    """The documents of `queryset`, or with `row_type` (StoredInstance) its rows over the stored dicts."""
+    if row_type is None:
+        return list(queryset)
+    return [row_type(row) for row in queryset.as_pymongo()]
+
+
+def _keyset_page(
+    queryset, keyset: Keyset, cursor: str | None, limit: int, excludes: tuple[str, ...] = (), row_type=None
+) -> Page:
     """One page of `queryset` in the keyset's order, after `cursor` (a 422 naming it when it is not ours)."""
     total = _count(queryset)
     if cursor:
@@ -148,13 +157,14 @@ def _keyset_page(queryset, keyset: Keyset, cursor: str | None, limit: int, exclu
             raise Invalid(str(error), field="cursor") from None
         queryset = queryset.filter(__raw__=after)
     # One row more than the page says whether another page follows.
-    rows = list(queryset.exclude(*excludes).order_by(*keyset.order()).limit(limit + 1))
+    rows = _page_rows(queryset.exclude(*excludes).order_by(*keyset.order()).limit(limit + 1), row_type)
     next_cursor = keyset.encode(rows[limit - 1]) if len(rows) > limit else None
     return Page(items=rows[:limit], total=total, limit=limit, next_cursor=next_cursor)
 
 
 def _key_range_page(
-    queryset, keyset: Keyset, owner: str, deleted: bool, cursor: str | None, limit: int, excludes: tuple[str, ...]
+    queryset, keyset: Keyset, owner: str, deleted: bool, cursor: str | None, limit: int, excludes: tuple[str, ...],
+    row_type=None,
 ) -> Page:
     """_keyset_page for one owner's instances, as a range of their listing key (one index serves it)."""
     total = _count(queryset.filter(__raw__=keyset.key_range(owner, deleted)))
@@ -162,7 +172,9 @@ def _key_range_page(
         page_range = keyset.key_range(owner, deleted, cursor)
     except CursorError as error:
         raise Invalid(str(error), field="cursor") from None
-    rows = list(queryset.filter(__raw__=page_range).exclude(*excludes).order_by(keyset.key_order()).limit(limit + 1))
+    rows = _page_rows(
+        queryset.filter(__raw__=page_range).exclude(*excludes).order_by(keyset.key_order()).limit(limit + 1), row_type
+    )
     next_cursor = keyset.encode(rows[limit - 1]) if len(rows) > limit else None
     return Page(items=rows[:limit], total=total, limit=limit, next_cursor=next_cursor)
 
@@ -537,8 +549,8 @@ class Orchestrator:
             queryset = queryset.filter(__raw__=text)
         if keyed_owner:
             return _key_range_page(queryset, keyset, keyed_owner, status == "deleted", cursor, limit,
-                                   INSTANCE_LIST_EXCLUDES)
-        return _keyset_page(queryset, keyset, cursor, limit, INSTANCE_LIST_EXCLUDES)
+                                   INSTANCE_LIST_EXCLUDES, StoredInstance)
+        return _keyset_page(queryset, keyset, cursor, limit, INSTANCE_LIST_EXCLUDES, StoredInstance)
 
     def stack(self, principal: Principal, name: str, owner: str | None = None) -> dict:
         instance = self._instance(principal, name, owner)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import msgspec
 import pytest
 
 from orchestrator.auth import Principal
@@ -401,3 +402,45 @@ def test_kept_reader_connections_serve_concurrent_readers_and_a_writer(tmp_path)
         assert not errors, errors
         assert len(engine._idle_readers._idle) <= key_range_engine.MAX_IDLE_READERS
         assert sorted(d["n"] for d in collection.find({})) == list(range(210))
+
+
+def test_a_list_row_shows_what_the_stored_instance_shows(mongo_db):
+    """List pages read rows straight from the stored dicts (StoredInstance): each shows what the
+    instance's mongoengine document shows, defaults included, for a bare and a fully filled instance."""
+    from orchestrator.api.serialize import instance_json
+    from orchestrator.models import AutostopState, Health, StoredInstance
+
+    Instance.ensure_indexes()
+    bare = Instance(name="bare", owner="dee", spec={"cloud": "aws"}, cloud="aws", region="r", created_at=BASE)
+    full = Instance(
+        name="full", owner="dee", spec={"cloud": "aws", "autostop": {"idle_minutes": 30}, "spot": True},
+        cloud="aws", region="us-east-1", status="running", status_reason="ok", labels={"team": "ml"},
+        outputs={"instance_id": "i-1", "zone": "us-east-1a"}, public_ip="198.51.100.7", generation=3,
+        operation_id="65a000000000000000000001", simulated=True,
+        health=Health(last_report_at=BASE, last_report={"cpu_percent": 3.5}),
+        autostop_state=AutostopState(idle_since=BASE, warning="no report for 12 min"),
+        drift={"differences": [{"resource": "aws:ec2/instance:Instance::vm", "property": "instanceType", "expected": "a",
+                                "actual": "b"}], "checked_at": BASE},
+        preempted_at=BASE, preemption_source="refresh", zone="us-east-1a",
+        zone_attempts=[{"zone": "us-east-1b", "outcome": "no capacity", "error": "x", "region": "us-east-1"}],
+        created_at=BASE,
+    )
+    for instance in (bare, full):
+        instance.save()
+    # As a record stored before most fields existed: only what every version wrote (and the listing keys).
+    old = Instance(name="old", owner="dee", spec={"cloud": "aws"}, cloud="aws", region="r", created_at=BASE)
+    old.set_list_keys()
+    kept = ("_id", "name", "owner", "spec", "cloud", "region", "status", "created_at", "updated_at", "list_key_name",
+            "list_key_created")
+    Instance._get_collection().insert_one({key: value for key, value in old.to_mongo().items() if key in kept})
+    page = orch_of().list_instances(Principal("dee", "user"), limit=10)
+    assert [row.name for row in page.items] == ["bare", "full", "old"]
+    assert {type(row) for row in page.items} == {StoredInstance}
+    for row in page.items:
+        document = Instance.objects.get(id=row.id)
+        shown = [instance_json(item, 30, None, stack_command="pulumi", operation=None) for item in (row, document)]
+        assert msgspec.to_builtins(shown[0]) == msgspec.to_builtins(shown[1]), row.name
+        assert (row.stack_name, row.lock_key, row.agent_identity) == (
+            document.stack_name, document.lock_key, document.agent_identity)
+    with pytest.raises(AttributeError):
+        page.items[0].not_a_field

@@ -63,7 +63,7 @@ from orchestrator.auth import AGENT_AUDIENCE, Principal, TokenError, bearer_toke
 from orchestrator.ingest import MAX_REPORT_BYTES, ReportRejected, read_body
 from orchestrator.runtime import Runtime
 from orchestrator.listing.keyset import MAX_CURSOR_CHARS, MAX_QUERY_CHARS
-from orchestrator.models import Instance, Operation
+from orchestrator.models import Instance, Operation, StoredInstance
 from orchestrator.services import (
     DEFAULT_PAGE,
     MAX_OPERATIONS_PAGE,
@@ -133,7 +133,7 @@ def _time(parameter: str, value: str | None) -> dt.datetime | None:
     return parsed.astimezone(dt.UTC).replace(tzinfo=None)
 
 
-def _instance_json(request: Request, instance: Instance, operation: Operation | None = None) -> InstanceView:
+def _instance_json(request: Request, instance: Instance | StoredInstance, operation: Operation | None = None) -> InstanceView:
     """`operation`: the instance's operation when the caller has it (else read by its operation_id)."""
     runtime = _runtime(request)
     if operation is None and instance.operation_id:
@@ -145,7 +145,7 @@ def _instance_json(request: Request, instance: Instance, operation: Operation | 
     )
 
 
-def _instance_rows(request: Request, instances: list[Instance]) -> list[InstanceView]:
+def _instance_rows(request: Request, instances: list[StoredInstance]) -> list[InstanceView]:
     """A list page's rows, their operations read in one query for the whole page."""
     operations = Orchestrator.operations_by_id([instance.operation_id for instance in instances])
     return [_instance_json(request, instance, operations.get(instance.operation_id or "")) for instance in instances]

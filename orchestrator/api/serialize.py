@@ -16,7 +16,9 @@ from litestar.plugins import OpenAPISchemaPlugin
 from litestar.typing import FieldDefinition
 
 from orchestrator.ingest import health_state
-from orchestrator.models import INSTANCE_TRANSITIONS, OPERATION_KINDS, SNAPSHOT_TRANSITIONS, Instance, Operation, Snapshot
+from orchestrator.models import (
+    INSTANCE_TRANSITIONS, OPERATION_KINDS, SNAPSHOT_TRANSITIONS, Instance, Operation, Snapshot, StoredInstance,
+)
 from orchestrator.operations.preemption import SOURCES as PREEMPTION_SOURCES
 from stacks.catalog import CLOUDS
 from stacks.spec import InstanceSpec, Name
@@ -447,7 +449,7 @@ def drift_view(drift: dict | None) -> DriftView | None:
 
 
 def instance_json(
-    instance: Instance,
+    instance: Instance | StoredInstance,
     report_interval_s: int,
     latest: tuple[dt.datetime, dict] | None = None,
     *,
@@ -497,7 +499,7 @@ def instance_json(
     )
 
 
-def _autostop_view(instance: Instance) -> AutostopView | None:
+def _autostop_view(instance: Instance | StoredInstance) -> AutostopView | None:
     if not (instance.spec or {}).get("autostop"):
         return None
     state = instance.autostop_state
