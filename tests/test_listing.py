@@ -404,6 +404,65 @@ def test_kept_reader_connections_serve_concurrent_readers_and_a_writer(tmp_path)
         assert sorted(d["n"] for d in collection.find({})) == list(range(210))
 
 
+def test_range_counts_and_projected_finds_in_concurrent_threads_while_a_writer_inserts(tmp_path):
+    """A count of a key range (index entries only, the flag that picks that plan is per thread) and a
+    projected find of the range run in four threads at once while a fifth inserts into the range:
+    no read fails, each count is at least the one before, every projected row lacks the left-out
+    fields, and at the end the count, the find and mongoeco's own engine agree."""
+    import threading
+
+    from mongoeco import MongoClient
+    from mongoeco.engines.sqlite import SQLiteEngine
+
+    from orchestrator.listing.key_range_engine import KeyRangeSQLiteEngine
+
+    in_range = {"k": {"$gt": "o1 ", "$lt": "o1!"}}
+    docs = [{"_id": n, "k": f"o{n % 2} {n:04d}", "secret": "s", "labels": {"team": "t"}} for n in range(40)]
+    errors: list[BaseException] = []
+    with MongoClient(KeyRangeSQLiteEngine(str(tmp_path / "store.sqlite"))) as client:
+        collection = client["db"]["c"]
+        collection.create_index([("k", 1)])
+        collection.insert_many(docs)
+        writing = threading.Event()
+        writing.set()
+
+        def write() -> None:
+            for n in range(40, 240):
+                collection.insert_one({"_id": n, "k": f"o{n % 2} {n:04d}", "secret": "s"})
+            writing.clear()
+
+        def read(counting: bool) -> None:
+            seen = 0
+            try:
+                while writing.is_set():
+                    if counting:
+                        counted = client["db"].command({"count": "c", "query": in_range})["n"]
+                        assert counted >= seen
+                        seen = counted
+                    else:
+                        rows = list(collection.find(in_range, {"secret": 0, "labels": 0}).sort("k", 1).limit(500))
+                        assert rows and all(set(row) == {"_id", "k"} for row in rows)
+                        assert len(rows) >= seen
+                        seen = len(rows)
+            except BaseException as error:  # reported to the test's thread
+                errors.append(error)
+
+        threads = [threading.Thread(target=read, args=(n % 2 == 0,)) for n in range(4)]
+        threads.append(threading.Thread(target=write))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not errors, errors
+        final = (client["db"].command({"count": "c", "query": in_range})["n"],
+                 [d["_id"] for d in collection.find(in_range, {"secret": 0}).sort("k", 1)])
+    with MongoClient(SQLiteEngine(str(tmp_path / "store.sqlite"))) as client:
+        collection = client["db"]["c"]
+        assert final == (client["db"].command({"count": "c", "query": in_range})["n"],
+                         [d["_id"] for d in collection.find(in_range, {"secret": 0}).sort("k", 1)])
+    assert final[0] == 120
+
+
 def test_a_list_row_shows_what_the_stored_instance_shows(mongo_db):
     """List pages read rows straight from the stored dicts (StoredInstance): each shows what the
     instance's mongoengine document shows, defaults included, for a bare and a fully filled instance."""
