@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 
 import mongoengine as me
 from bson import ObjectId
@@ -111,28 +112,26 @@ class InstanceNames:
         return str(self.id)
 
 
+@functools.cache
+def _field_specs(document_class: type) -> dict[str, tuple[str, object, type | None]]:
+    """Field name -> (stored key, default, embedded document class or None), per document class."""
+    return {
+        name: (field.db_field, field.default,
+               field.document_type if isinstance(field, me.EmbeddedDocumentField) else None)
+        for name, field in document_class._fields.items()
+    }
+
+
 class StoredRow:
     """A stored document's fields as its mongoengine document gives them (the field's default where the
     document has none, embedded documents as rows too), read straight from the stored dict: building
     the document (validation, change tracking) cost a list page more than the rest of its work."""
 
     __slots__ = ("_row", "_fields")
-    # Per document class: field name -> (stored key, default, embedded document class or None).
-    _field_specs: dict[type, dict[str, tuple[str, object, type | None]]] = {}
 
     def __init__(self, row: dict, document_class: type[me.Document] | type[me.EmbeddedDocument]):
         self._row = row
-        self._fields = self._field_specs.get(document_class) or self._specs_of(document_class)
-
-    @classmethod
-    def _specs_of(cls, document_class: type) -> dict[str, tuple[str, object, type | None]]:
-        specs = {
-            name: (field.db_field, field.default,
-                   field.document_type if isinstance(field, me.EmbeddedDocumentField) else None)
-            for name, field in document_class._fields.items()
-        }
-        cls._field_specs[document_class] = specs
-        return specs
+        self._fields = _field_specs(document_class)
 
     def __getattr__(self, name: str):
         try:

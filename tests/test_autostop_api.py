@@ -43,6 +43,16 @@ def agent_token(live, name: str) -> str:
     return token
 
 
+def set_on_running(live, name: str, fields: dict) -> None:
+    """Set fields of the running instance straight in the store (as another process would)."""
+    store = pymongo.MongoClient(live.env["ORCH_MONGODB_URL"])
+    try:
+        instances = store.get_default_database()["instances"]
+        instances.update_one({"name": name, "status": "running"}, {"$set": fields})
+    finally:
+        store.close()
+
+
 def orch(live, capsys, *argv: str) -> tuple[int, str, str]:
     code = main([*argv, "--url", live.url, "--token", live.token_for("alice")])
     captured = capsys.readouterr()
@@ -74,13 +84,8 @@ def wait_warning(client, expected: str) -> dict:
 def test_autostop_in_the_api_spec_files_get_and_describe(live, tmp_path, capsys):
     path = tmp_path / "idle-box.yaml"
     # As if the machine had come up an hour ago: its agent has been silent for the whole window.
-    store = pymongo.MongoClient(live.env["ORCH_MONGODB_URL"])
-    try:
-        came_up = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - dt.timedelta(hours=1)
-        store.get_default_database()["instances"].update_one(
-            {"name": "idle-box", "status": "running"}, {"$set": {"running_since": came_up}})
-    finally:
-        store.close()
+    came_up = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(hours=1)
+    set_on_running(live, "idle-box", {"running_since": came_up})
     with live.client() as client:
         instance = wait_warning(client, "no report for over 30 min: not counted as idle")
         assert instance["spec"]["autostop"] == AUTOSTOP
@@ -108,13 +113,8 @@ def test_the_report_answer_carries_the_pending_notice(live):
     answer = post_report(live, token, report(agent_identity(token)))
     assert answer.status_code == 202 and answer.json() == {"accepted": 1}
     # As a checker (this service's or another's on the same store) records a warning.
-    store = pymongo.MongoClient(live.env["ORCH_MONGODB_URL"])
-    try:
-        store.get_default_database()["instances"].update_one(
-            {"name": "idle-box", "status": "running"},
-            {"$set": {"autostop_state.notice_id": "n-1", "autostop_state.notice_message": "stopping soon"}})
-    finally:
-        store.close()
+    set_on_running(live, "idle-box",
+                   {"autostop_state.notice_id": "n-1", "autostop_state.notice_message": "stopping soon"})
     deadline = time.monotonic() + 10
     while True:
         answer = post_report(live, token, report(agent_identity(token))).json()
