@@ -145,6 +145,11 @@ def _instance_json(request: Request, instance: Instance | StoredInstance, operat
     )
 
 
+def _instance_operation(request: Request, instance: Instance, op: Operation | None) -> InstanceOperation:
+    """The answer to a request that may start an operation on an instance: both, as they are now."""
+    return InstanceOperation(instance=_instance_json(request, instance, op), operation=operation_json(op))
+
+
 def _instance_rows(request: Request, instances: list[StoredInstance]) -> list[InstanceView]:
     """A list page's rows, their operations read in one query for the whole page."""
     operations = Orchestrator.operations_by_id([instance.operation_id for instance in instances])
@@ -225,7 +230,7 @@ class InstanceController(Controller):
             return Response(InstancePreview(instance=_instance_json(request, instance), preview=preview_view(preview)),
                             status_code=200)
         instance, op = orch.create_instance(principal, data, owner)
-        body = InstanceOperation(instance=_instance_json(request, instance, op), operation=operation_json(op))
+        body = _instance_operation(request, instance, op)
         return Response(body, status_code=202)
 
     @get("/", sync_to_thread=True, summary="List instances", responses=_errors(422))
@@ -293,7 +298,7 @@ class InstanceController(Controller):
     ) -> Response[InstanceOperation]:
         """200 with operation null when the document changes nothing; 202 with the update's operation otherwise."""
         instance, op = orch.update_instance(principal, name, data, owner)
-        body = InstanceOperation(instance=_instance_json(request, instance, op), operation=operation_json(op))
+        body = _instance_operation(request, instance, op)
         return Response(body, status_code=202 if op is not None else 200)
 
     @delete("/{name:str}", status_code=202, sync_to_thread=True, summary="Delete (a pulumi destroy)",
@@ -302,7 +307,7 @@ class InstanceController(Controller):
         self, request: Request, name: str, principal: Principal, orch: Orchestrator, owner: str | None = OWNER
     ) -> InstanceOperation:
         instance, op = orch.delete_instance(principal, name, owner)
-        return InstanceOperation(instance=_instance_json(request, instance, op), operation=operation_json(op))
+        return _instance_operation(request, instance, op)
 
     @get("/{name:str}/operations", sync_to_thread=True, summary="The instance's operations, newest first",
          responses=_errors(404, 422))
@@ -354,7 +359,7 @@ class InstanceController(Controller):
         self, request: Request, name: str, principal: Principal, orch: Orchestrator, owner: str | None = OWNER
     ) -> InstanceOperation:
         instance, op = orch.set_power_state(principal, name, "stopped", owner)
-        return InstanceOperation(instance=_instance_json(request, instance, op), operation=operation_json(op))
+        return _instance_operation(request, instance, op)
 
     @post("/{name:str}/start", status_code=202, sync_to_thread=True, summary="Start a stopped instance",
           responses=_errors(404, 409, 422))
@@ -362,7 +367,7 @@ class InstanceController(Controller):
         self, request: Request, name: str, principal: Principal, orch: Orchestrator, owner: str | None = OWNER
     ) -> InstanceOperation:
         instance, op = orch.set_power_state(principal, name, "running", owner)
-        return InstanceOperation(instance=_instance_json(request, instance, op), operation=operation_json(op))
+        return _instance_operation(request, instance, op)
 
     @post("/{name:str}/refresh", status_code=202, sync_to_thread=True,
           summary="Refresh (a pulumi refresh: what changed outside orch)", responses=_errors(404, 409, 422))
@@ -371,7 +376,7 @@ class InstanceController(Controller):
     ) -> InstanceOperation:
         """The instance ends drifted (with the differences in `drift`), lost, or back where it was."""
         instance, op = orch.refresh_instance(principal, name, owner)
-        return InstanceOperation(instance=_instance_json(request, instance, op), operation=operation_json(op))
+        return _instance_operation(request, instance, op)
 
     @post("/{name:str}/reconcile", status_code=202, sync_to_thread=True,
           summary="Put a drifted or lost instance back to its spec (a pulumi up)", responses=_errors(404, 409, 422))
@@ -380,7 +385,7 @@ class InstanceController(Controller):
     ) -> InstanceOperation:
         """409 when the instance is neither drifted nor lost (nothing to reconcile), or busy."""
         instance, op = orch.reconcile_instance(principal, name, owner)
-        return InstanceOperation(instance=_instance_json(request, instance, op), operation=operation_json(op))
+        return _instance_operation(request, instance, op)
 
     @post("/{name:str}/snapshots", status_code=202, sync_to_thread=True, summary="Take a snapshot",
           responses=_errors(404, 409, 413, 422))
