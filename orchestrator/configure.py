@@ -6,7 +6,8 @@ outlives the run. A host that is not reachable yet (sshd still starting on a new
 VM) is waited for first: its SSH port is probed for at most `reach_timeout_s`, and
 one that never answers fails with HostUnreachable ("cannot reach HOST:22 over SSH
 (timed out after N s)") instead of a long series of playbook attempts. A host whose
-port answers but whose SSH is not ready yet is retried a bounded number of times; a
+port answers but whose SSH is not ready yet, and a run whose result ansible-runner
+lost, are retried a bounded number of times; a
 task that fails ends the run with a ConfigureError naming the task, the host and the
 module's message.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import ansible_runner
+import pexpect
 import yaml
 
 from orchestrator.settings import DEFAULT_SSH_REACH_TIMEOUT_S
@@ -38,6 +40,7 @@ REACH_PROBE_TIMEOUT_S = 5.0
 REACH_PROBE_INTERVAL_S = 2.0
 # An SSH server's identification line is at most 255 bytes (RFC 4253, 4.2).
 SSH_BANNER_MAX_BYTES = 255
+RESULT_LOST = "ansible-runner lost the end of the playbook's output, so its result is unknown"
 
 
 class _Unsafe(str):
@@ -253,17 +256,23 @@ def configure_instance(
         write_extravars(private_data_dir / "env" / "extravars", extravars)
         for attempt in range(1, attempts + 1):
             events = _RunEvents(on_log)
-            runner = ansible_runner.run(
-                private_data_dir=str(private_data_dir),
-                project_dir=str(PLAYBOOKS_DIR),
-                playbook=PLAYBOOK,
-                inventory=inventory,
-                envvars=envvars,
-                event_handler=events,
-                quiet=True,
-            )
-            stats = runner.stats or {}
-            if runner.status == "successful" and runner.rc == 0:
+            try:
+                runner = ansible_runner.run(
+                    private_data_dir=str(private_data_dir),
+                    project_dir=str(PLAYBOOKS_DIR),
+                    playbook=PLAYBOOK,
+                    inventory=inventory,
+                    envvars=envvars,
+                    event_handler=events,
+                    quiet=True,
+                )
+            except pexpect.exceptions.TIMEOUT:
+                # After ansible-playbook exits, ansible-runner waits a fixed 5 s for the end of its output
+                # and raises when a loaded machine takes longer (ansible/ansible-runner#1343): the run's
+                # result is lost, and the play, being idempotent, is run again.
+                runner = None
+            if runner is not None and runner.status == "successful" and runner.rc == 0:
+                stats = runner.stats or {}
                 return ConfigureSummary(
                     ok=sum((stats.get("ok") or {}).values()),
                     changed=sum((stats.get("changed") or {}).values()),
@@ -272,11 +281,15 @@ def configure_instance(
                 )
             if events.failure:
                 raise ConfigureError(events.failure)
-            if events.unreachable is None:
+            if runner is None:
+                retry_reason = RESULT_LOST
+            elif events.unreachable is None:
                 raise ConfigureError(f"ansible-playbook ended {runner.status} (rc {runner.rc}) without a task failure")
+            else:
+                retry_reason = events.unreachable
             if attempt == attempts:
-                raise ConfigureError(f"{events.unreachable} (gave up after {attempts} attempts)")
-            on_log(f"{events.unreachable}; retrying in {retry_delay_s:g}s (attempt {attempt}/{attempts})")
+                raise ConfigureError(f"{retry_reason} (gave up after {attempts} attempts)")
+            on_log(f"{retry_reason}; retrying in {retry_delay_s:g}s (attempt {attempt}/{attempts})")
             time.sleep(retry_delay_s)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)

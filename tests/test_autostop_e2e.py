@@ -47,7 +47,7 @@ def test_an_idle_instance_warns_its_users_and_stops(ssh_host, tmp_path, mongo_ur
     terminal = subprocess.Popen(
         ["ssh", "-tt", "-i", str(ssh_host.key_file), "-p", str(ssh_host.port), "-o", "BatchMode=yes",
          "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={tmp_path / 'known_hosts'}",
-         f"{ssh_host.user}@{ssh_host.host}", "sleep 120"],
+         f"{ssh_host.user}@{ssh_host.host}", "sleep 600"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:
@@ -55,7 +55,7 @@ def test_an_idle_instance_warns_its_users_and_stops(ssh_host, tmp_path, mongo_ur
             created = client.post("/api/v1/instances", json=doc)
             assert created.status_code == 202, created.text
             _authorize_admin_key(live, ssh_host, "idle-1")
-            op = wait_operation(client, created.json()["operation"]["id"], timeout=120)
+            op = wait_operation(client, created.json()["operation"]["id"], timeout=300)
             assert op["status"] == "succeeded", (op["error"], op["logs"][-20:])
             deadline = time.monotonic() + 60
             seen_warned = False
