@@ -66,6 +66,11 @@ def rows_for(size: str) -> tuple[list[Row], dict]:
             f"{lst['clients']} clients; baseline: bare Litestar answering the page's bytes)", shape["p99_ms"], "ms",
             lst["bare"]["p99_ms"], "< 50 ms", shape["p99_ms"] < 50 and shape["errors"] == 0,
         ))
+    for label, alone in lst["store_alone"].items():
+        rows.append(Row(
+            f"the store alone: p99 of the same page's commands ({', '.join(alone['commands'])}) sent straight to it, "
+            f"{label} ({lst['clients']} clients; reported, not a target)", alone["p99_ms"], "ms", None, "reported", None,
+        ))
     ratio = ing["service_to_storage_rate"] / ing["bare_rate"]
     rows.append(Row(
         f"ingest reports/s counted to storage ({ing['reports']} reports, {ing['agents']} agents, "

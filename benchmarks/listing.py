@@ -3,7 +3,9 @@
 Seeds `records` instances (the measured user owns `user_share` of them, the rest spread
 over other users, a third of each user's deleted), then measures, with `clients`
 keep-alive connections at once: the user's first page of 50, the same with a label and a
-status filter, and the page after a cursor `deep` rows into the user's listing.
+status filter, and the page after a cursor `deep` rows into the user's listing. Then, with the
+service stopped, the same pages' store commands sent straight to the store from as many threads
+(the store's own share of a page), and a bare Litestar endpoint answering the first page's bytes.
 
     .venv/bin/python -m benchmarks.listing [--records 10000] [--clients 20] [--requests 400]
 """
@@ -24,6 +26,7 @@ import httpx
 
 from benchmarks.loadgen import LoadResult, build_request, run_load
 from benchmarks.store import start_store, stop_store
+from benchmarks.store_floor import record_page_commands, replay
 from orchestrator.db import url_with_database
 from orchestrator.models import Instance, claim_key
 from tests.live import free_port, start_service
@@ -129,6 +132,15 @@ def run(records: int = 10_000, clients: int = 20, requests: int = 400, deep: int
                     results[label] = run_load("127.0.0.1", port, [request] * requests, clients, ok={200})
             finally:
                 live.stop()
+            # The store's own share: each shape's page commands sent straight to it, the service stopped.
+            store_url = url_with_database(mongo_url, LIST_DB)
+            store_results: dict[str, LoadResult] = {}
+            store_commands: dict[str, list[str]] = {}
+            for label, params in shapes.items():
+                commands = record_page_commands(store_url, LIST_DB, USER, params)
+                store_commands[label] = [next(iter(command)) for _, command in commands]
+                replay(store_url, commands, clients, clients)  # warm-up
+                store_results[label] = replay(store_url, commands, clients, requests)
             # The floor on this machine: a bare Litestar endpoint answering the first page's bytes.
             (tmp / "page.json").write_bytes(first_page)
             bare_port = free_port()
@@ -154,6 +166,12 @@ def run(records: int = 10_000, clients: int = 20, requests: int = 400, deep: int
                     "rate": r.rate}
             for label, r in results.items()
         },
+        # The same pages' commands sent straight to the store (benchmarks/store_floor.py).
+        "store_alone": {
+            label: {"p50_ms": r.percentile(50), "p99_ms": r.percentile(99), "requests": r.requests, "errors": r.errors,
+                    "rate": r.rate, "commands": store_commands[label]}
+            for label, r in store_results.items()
+        },
     }
 
 
@@ -169,6 +187,10 @@ def main() -> None:
     for label, shape in figures["shapes"].items():
         print(f"GET /instances ({label}): p50 {shape['p50_ms']:.1f} ms, p99 {shape['p99_ms']:.1f} ms, "
               f"{shape['rate']:.0f}/s, {shape['errors']} errors over {shape['requests']} requests")
+    for label, shape in figures["store_alone"].items():
+        print(f"the store alone, the same page's commands ({', '.join(shape['commands'])}; {label}): "
+              f"p50 {shape['p50_ms']:.1f} ms, p99 {shape['p99_ms']:.1f} ms, {shape['rate']:.0f}/s, "
+              f"{shape['errors']} errors over {shape['requests']} pages")
     bare = figures["bare"]
     print(f"bare Litestar answering the same page ({bare['page_bytes']} bytes): p50 {bare['p50_ms']:.1f} ms, "
           f"p99 {bare['p99_ms']:.1f} ms, {bare['rate']:.0f}/s")

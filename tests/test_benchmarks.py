@@ -22,6 +22,10 @@ def test_every_benchmark_runs_and_gives_sane_figures(tmp_path, capsys):
     small = SIZES["small"]
     assert raw["listing"]["records"] == small["listing"]["records"]
     assert all(shape["errors"] == 0 and shape["requests"] > 0 for shape in raw["listing"]["shapes"].values())
+    alone = raw["listing"]["store_alone"]
+    assert alone.keys() == raw["listing"]["shapes"].keys()
+    assert all(shape["errors"] == 0 and shape["requests"] == small["listing"]["requests"] for shape in alone.values())
+    assert all("find" in shape["commands"] for shape in alone.values())
     assert raw["ingest"]["errors"] == 0 and raw["ingest"]["stored"] > 0
     assert raw["ingest"]["service_to_storage_rate"] > 0 and raw["ingest"]["bare_rate"] > 0
     assert 0 < raw["ingest"]["rss_mb"] < 10_000
