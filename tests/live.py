@@ -122,7 +122,13 @@ def wait_operation(client: httpx.Client, op_id: str, timeout: float = 120) -> di
         if op["status"] in ("succeeded", "failed"):
             return op
         time.sleep(0.2)
-    raise AssertionError(f"operation {op_id} did not finish in {timeout} s: {op}")
+    # What it was doing first, short: a CI report keeps only the head of a long message.
+    steps = ", ".join(f"{step['name']}: {step['status']}" for step in op.get("steps", []))
+    tail = "\n".join(op.get("logs", [])[-15:])
+    raise AssertionError(
+        f"operation {op_id} did not finish in {timeout} s: {op['status']}, attempts {op.get('attempts')}, "
+        f"steps [{steps}]; last log lines:\n{tail}"
+    )
 
 
 def instance_doc(name: str, cloud: str = "docker", **spec: object) -> dict:

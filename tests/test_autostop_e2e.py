@@ -75,6 +75,7 @@ def test_an_idle_instance_warns_its_users_and_stops(ssh_host, tmp_path, mongo_ur
     finally:
         terminal.terminate()
         live.stop()
+        print(live.logs()[-6000:])  # shown with a failure: what the service and its operations did
     shown = terminal.communicate(timeout=10)[0].decode(errors="replace")
     assert "notice shown to logged-in users: orch: instance idle-1 will be stopped" in agent_log, agent_log
     assert "Broadcast message from root@" in shown, (shown, agent_log)
