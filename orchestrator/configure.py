@@ -6,14 +6,19 @@ outlives the run. A host that is not reachable yet (sshd still starting on a new
 VM) is waited for first: its SSH port is probed for at most `reach_timeout_s`, and
 one that never answers fails with HostUnreachable ("cannot reach HOST:22 over SSH
 (timed out after N s)") instead of a long series of playbook attempts. A host whose
-port answers but whose SSH is not ready yet, and a run whose result ansible-runner
-lost, are retried a bounded number of times; a
+port answers but whose SSH is not ready yet is retried a bounded number of times; a run
+whose end of output ansible-runner lost takes its result from the run's event files, and
+is retried (within the same bound) only when they lack it; a
 task that fails ends the run with a ConfigureError naming the task, the host and the
-module's message.
+module's message. The playbook's runs, retries included, are bounded in time too
+(`timeout_s`): a task that hangs, or a bootstrap script that never ends, is killed with
+ansible-playbook and fails the run naming the task it was in.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import socket
@@ -28,7 +33,7 @@ import ansible_runner
 import pexpect
 import yaml
 
-from orchestrator.settings import DEFAULT_SSH_REACH_TIMEOUT_S
+from orchestrator.settings import DEFAULT_CONFIGURE_TIMEOUT_S, DEFAULT_SSH_REACH_TIMEOUT_S
 
 PLAYBOOKS_DIR = Path(__file__).resolve().parent.parent / "playbooks"
 PLAYBOOK = "site.yml"
@@ -150,6 +155,16 @@ class ConfigureSummary:
     skipped: int
     attempts: int
 
+    @classmethod
+    def from_stats(cls, stats: dict, attempts: int) -> ConfigureSummary:
+        """From the play's final stats (each count per host)."""
+        return cls(
+            ok=sum((stats.get("ok") or {}).values()),
+            changed=sum((stats.get("changed") or {}).values()),
+            skipped=sum((stats.get("skipped") or {}).values()),
+            attempts=attempts,
+        )
+
 
 def _path_with_ansible() -> str:
     """PATH with the ansible-playbook installed next to this interpreter first,
@@ -174,6 +189,26 @@ def _failure_message(event_data: dict) -> str:
     return f"task '{event_data.get('task', '?')}' failed on {event_data.get('host', '?')}: {detail}"
 
 
+def _events_on_disk(artifact_dir: Path) -> tuple[dict | None, str | None]:
+    """The final stats (None when the play did not end) and the first task failure of a run, from its event files.
+
+    ansible-runner's callback plugin writes every event to job_events/ as the play goes, before the
+    event's text reaches the output: a run whose end of output was lost still has them there.
+    """
+    stats, failure = None, None
+    for path in sorted((artifact_dir / "job_events").glob("*.json")):
+        try:
+            event = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # a file being written when the run was lost
+            continue
+        data = event.get("event_data") or {}
+        if event.get("event") == "playbook_on_stats":
+            stats = data
+        elif event.get("event") == "runner_on_failed" and not data.get("ignore_errors"):
+            failure = failure or _failure_message(data)
+    return stats, failure
+
+
 class _RunEvents:
     """Collects what one ansible-runner run says about failures, and streams its output."""
 
@@ -181,6 +216,7 @@ class _RunEvents:
         self.on_log = on_log
         self.failure: str | None = None
         self.unreachable: str | None = None
+        self.task: str | None = None  # the task running last, named when the run is stopped
 
     def __call__(self, event: dict) -> bool:
         stdout = event.get("stdout") or ""
@@ -188,7 +224,9 @@ class _RunEvents:
             if line.strip():
                 self.on_log(line)
         data = event.get("event_data") or {}
-        if event.get("event") == "runner_on_failed" and not data.get("ignore_errors"):
+        if event.get("event") == "playbook_on_task_start":
+            self.task = str(data.get("task") or "?")
+        elif event.get("event") == "runner_on_failed" and not data.get("ignore_errors"):
             self.failure = self.failure or _failure_message(data)
         elif event.get("event") == "runner_on_unreachable":
             message = str((data.get("res") or {}).get("msg") or "unreachable").strip()
@@ -208,10 +246,14 @@ def configure_instance(
     attempts: int = DEFAULT_ATTEMPTS,
     retry_delay_s: float = DEFAULT_RETRY_DELAY_S,
     reach_timeout_s: float = DEFAULT_SSH_REACH_TIMEOUT_S,
+    timeout_s: float = DEFAULT_CONFIGURE_TIMEOUT_S,
 ) -> ConfigureSummary:
     if attempts < 1:
         raise ValueError(f"attempts must be at least 1, got {attempts}")
+    if timeout_s < 1:
+        raise ValueError(f"timeout_s must be at least 1, got {timeout_s}")
     wait_for_ssh_port(host, int(port), reach_timeout_s, on_log)
+    deadline = time.monotonic() + timeout_s
     Path(workdir).mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="configure-", dir=workdir))
     # ssh's control socket path must stay under ~100 characters, which a deep workdir may not.
@@ -254,7 +296,11 @@ def configure_instance(
         # ansible-runner passes env/extravars as `-e @env/extravars`; given `extravars=` instead,
         # it would write them there as JSON, where every string is a template.
         write_extravars(private_data_dir / "env" / "extravars", extravars)
+        retry_reason = None
         for attempt in range(1, attempts + 1):
+            remaining_s = deadline - time.monotonic()
+            if remaining_s < 1:  # the retries used up the time
+                raise ConfigureError(f"{retry_reason} (gave up after {attempt - 1} attempts in {timeout_s:g} s)")
             events = _RunEvents(on_log)
             try:
                 runner = ansible_runner.run(
@@ -265,24 +311,29 @@ def configure_instance(
                     envvars=envvars,
                     event_handler=events,
                     quiet=True,
+                    ident=f"attempt-{attempt}",
+                    # ansible-runner kills ansible-playbook's process group once this has passed.
+                    timeout=math.ceil(remaining_s),
                 )
             except pexpect.exceptions.TIMEOUT:
                 # After ansible-playbook exits, ansible-runner waits a fixed 5 s for the end of its output
-                # and raises when a loaded machine takes longer (ansible/ansible-runner#1343): the run's
-                # result is lost, and the play, being idempotent, is run again.
+                # and raises when it does not come (ansible/ansible-runner#1343): the result is read from
+                # the run's event files instead, and the play, being idempotent, is run again if they lack it.
                 runner = None
+                stats, failure = _events_on_disk(private_data_dir / "artifacts" / f"attempt-{attempt}")
+                events.failure = events.failure or failure
+                if stats is not None and not events.failure and not stats.get("failures") and not stats.get("dark"):
+                    on_log(f"{RESULT_LOST}: it was read from the play's event files")
+                    return ConfigureSummary.from_stats(stats, attempt)
             if runner is not None and runner.status == "successful" and runner.rc == 0:
-                stats = runner.stats or {}
-                return ConfigureSummary(
-                    ok=sum((stats.get("ok") or {}).values()),
-                    changed=sum((stats.get("changed") or {}).values()),
-                    skipped=sum((stats.get("skipped") or {}).values()),
-                    attempts=attempt,
-                )
+                return ConfigureSummary.from_stats(runner.stats or {}, attempt)
+            if runner is not None and runner.status == "timeout":
+                stopped_in = f" and was stopped in task '{events.task}'" if events.task else ""
+                raise ConfigureError(f"the playbook did not finish within {timeout_s:g} s{stopped_in}")
             if events.failure:
                 raise ConfigureError(events.failure)
             if runner is None:
-                retry_reason = RESULT_LOST
+                retry_reason = events.unreachable or RESULT_LOST
             elif events.unreachable is None:
                 raise ConfigureError(f"ansible-playbook ended {runner.status} (rc {runner.rc}) without a task failure")
             else:
@@ -290,7 +341,7 @@ def configure_instance(
             if attempt == attempts:
                 raise ConfigureError(f"{retry_reason} (gave up after {attempts} attempts)")
             on_log(f"{retry_reason}; retrying in {retry_delay_s:g}s (attempt {attempt}/{attempts})")
-            time.sleep(retry_delay_s)
+            time.sleep(max(0.0, min(retry_delay_s, deadline - time.monotonic())))
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(control_dir, ignore_errors=True)

@@ -31,6 +31,9 @@ STORE_KEY_BYTES = 32  # a Fernet key: 16 bytes for HMAC-SHA256, 16 for AES-128
 DEFAULT_SIGNIN_CODE_TTL_S = 24 * 3600
 # ORCH_SSH_REACH_TIMEOUT_S's default: a new VM's sshd is up well within it.
 DEFAULT_SSH_REACH_TIMEOUT_S = 120
+# ORCH_CONFIGURE_TIMEOUT_S's default: the whole playbook, the user's bootstrap script included
+# (a script that installs GPU drivers takes tens of minutes; one that never ends is stopped).
+DEFAULT_CONFIGURE_TIMEOUT_S = 3600
 
 
 class SettingsError(Exception):
@@ -81,6 +84,9 @@ class Settings:
     # How long configuration waits for a new instance's SSH port before failing with
     # "cannot reach ADDRESS:22 over SSH (timed out after N s)".
     ssh_reach_timeout_s: int = DEFAULT_SSH_REACH_TIMEOUT_S
+    # How long configuration (the playbook's runs, retries included) may take in all before the
+    # operation fails with "configuration did not finish within N s ... (in task 'T')".
+    configure_timeout_s: int = DEFAULT_CONFIGURE_TIMEOUT_S
     # `orch serve --simulate` (set by the command, not from the environment): the stand-in is
     # the engine; with sandbox_hosts (root), instances are sandbox hosts, else they are not configured.
     simulated: bool = False
@@ -348,6 +354,7 @@ def load_settings(env: dict | None = None, *, service: bool = True) -> Settings:
         signin_code_ttl_s=_int_setting(env, "ORCH_SIGNIN_CODE_TTL_S", DEFAULT_SIGNIN_CODE_TTL_S, minimum=60),
         feature_sidebar=_flag_setting(env, "ORCH_FEATURE_SIDEBAR", False),
         ssh_reach_timeout_s=_int_setting(env, "ORCH_SSH_REACH_TIMEOUT_S", DEFAULT_SSH_REACH_TIMEOUT_S),
+        configure_timeout_s=_int_setting(env, "ORCH_CONFIGURE_TIMEOUT_S", DEFAULT_CONFIGURE_TIMEOUT_S),
         autostop_check_s=_int_setting(env, "ORCH_AUTOSTOP_CHECK_S", 60),
         autostop_warn_s=_int_setting(env, "ORCH_AUTOSTOP_WARN_S", 300, minimum=0),
         autostop_min_idle_minutes=_float_setting(

@@ -416,6 +416,7 @@ class Worker:
                     on_log=log_line,
                     workdir=self.settings.data_dir / "ansible",
                     reach_timeout_s=self.settings.ssh_reach_timeout_s,
+                    timeout_s=self.settings.configure_timeout_s,
                 )
             except HostUnreachable as error:  # its own words: where, and how long it was tried
                 raise OperationFailed(str(error)) from None

@@ -35,6 +35,8 @@ def test_an_idle_instance_warns_its_users_and_stops(ssh_host, tmp_path, mongo_ur
         PULUMI_STANDIN_SSH_PORT=str(ssh_host.port),
         ORCH_AGENT_INTERVAL_S="1",
         ORCH_AGENT_FIRST_REPORT_TIMEOUT_S="60",
+        # Within the wait below: a playbook that hangs fails the create, naming its task.
+        ORCH_CONFIGURE_TIMEOUT_S="200",
         ORCH_AUTOSTOP_CHECK_S="1",
         ORCH_AUTOSTOP_WARN_S=str(WARN_S),
         ORCH_AUTOSTOP_MIN_IDLE_MINUTES=str(IDLE_MINUTES),

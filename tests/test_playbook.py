@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pexpect
 import pytest
 
-from orchestrator.configure import ConfigureError, ConfigureSummary, HostUnreachable, configure_instance
+from orchestrator.configure import RESULT_LOST, ConfigureError, ConfigureSummary, HostUnreachable, configure_instance
 from orchestrator.sshkeys import generate_keypair
 from tests.sshhost import SshHost, free_port, ssh_host, systemd_ssh_host, write_private_key  # noqa: F401 (fixtures)
 from tests.tcpproxy import TcpProxy
@@ -155,6 +156,21 @@ def test_second_run_changes_nothing(configured):
     assert configured.second.changed == 0, "\n".join(configured.second_log)
     assert configured.second.ok > 0
 
+
+def test_a_run_whose_end_of_output_is_lost_takes_its_result_from_its_event_files(configured, tmp_path, monkeypatch):
+    """ansible-runner's last wait for the output, after ansible-playbook exited, times out (ansible-runner#1343)."""
+    real_expect = pexpect.spawn.expect
+
+    def end_of_output_never_comes(self, pattern, *args, **kwargs):
+        if pattern is pexpect.EOF:  # only that last wait asks for EOF alone
+            raise pexpect.exceptions.TIMEOUT("the end of the output did not come")
+        return real_expect(self, pattern, *args, **kwargs)
+
+    monkeypatch.setattr(pexpect.spawn, "expect", end_of_output_never_comes)
+    log: list[str] = []
+    summary = configure(configured.host, configured.extravars, tmp_path, log)
+    assert summary == ConfigureSummary(ok=configured.second.ok, changed=0, skipped=configured.second.skipped, attempts=1)
+    assert log[-1] == f"{RESULT_LOST}: it was read from the play's event files", log[-5:]
 
 def test_users_keys_and_sudo(configured):
     host = configured.host

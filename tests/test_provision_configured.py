@@ -7,6 +7,7 @@ playbook installs there reports back to the running service over loopback.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import shlex
 import time
@@ -131,6 +132,43 @@ def test_agent_that_never_reports_fails_the_provision_and_rolls_it_back(ssh_host
     finally:
         live.stop()
 
+
+def test_a_bootstrap_script_that_does_not_end_is_stopped_in_the_set_time_and_the_create_rolled_back(
+    ssh_host, tmp_path, mongo_url  # noqa: F811
+):
+    timeout_s = 45  # the play's tasks before the script take 10-25 s here, more on a loaded machine
+    live = start_service(
+        tmp_path, mongo_url, PULUMI_STANDIN_SSH_PORT=str(ssh_host.port), ORCH_CONFIGURE_TIMEOUT_S=str(timeout_s)
+    )
+    doc = instance_doc(
+        "endless-1", "docker", configure=True, bootstrap_script="#!/bin/sh\necho waiting forever\nexec sleep 300\n"
+    )
+    try:
+        with live.client("alice") as client:
+            created = client.post("/api/v1/instances", json=doc)
+            assert created.status_code == 202, created.text
+            _authorize_admin_key(live, ssh_host, "endless-1")
+            op = wait_operation(client, created.json()["operation"]["id"], timeout=300)
+            instance = client.get("/api/v1/instances/endless-1").json()
+    finally:
+        live.stop()
+    assert op["error"] == (
+        f"configuration failed: the playbook did not finish within {timeout_s} s"
+        " and was stopped in task 'Run the bootstrap script'"
+    ), op["error"]
+    assert [(step["name"], step["status"]) for step in op["steps"]] == [
+        ("pulumi up", "succeeded"),
+        ("configure: ansible", "failed"),
+        ("rollback: pulumi destroy", "succeeded"),
+    ]
+    configure_step = op["steps"][1]
+    took = dt.datetime.fromisoformat(configure_step["finished_at"]) - dt.datetime.fromisoformat(
+        configure_step["started_at"]
+    )
+    # ansible-runner looks at the time at least every 5 s, then kills ansible-playbook.
+    assert timeout_s <= took.total_seconds() < timeout_s + 20, took
+    assert "waiting forever" in (ssh_host.root / "var/log/orch-bootstrap.log").read_text()
+    assert instance["status"] == "failed" and instance["status_reason"].startswith(op["error"]), instance
 
 def test_an_instance_whose_address_never_answers_fails_in_the_set_time_and_says_so(tmp_path, mongo_url):
     """The stand-in's AWS address (203.0.113.x, a documentation network) is never reachable from here."""
