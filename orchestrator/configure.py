@@ -189,6 +189,14 @@ def _failure_message(event_data: dict) -> str:
     return f"task '{event_data.get('task', '?')}' failed on {event_data.get('host', '?')}: {detail}"
 
 
+def _task_failure(event: dict) -> str | None:
+    """The message of an event that fails the play (a task failure not ignored), else None."""
+    data = event.get("event_data") or {}
+    if event.get("event") == "runner_on_failed" and not data.get("ignore_errors"):
+        return _failure_message(data)
+    return None
+
+
 def _events_on_disk(artifact_dir: Path) -> tuple[dict | None, str | None]:
     """The final stats (None when the play did not end) and the first task failure of a run, from its event files.
 
@@ -201,11 +209,9 @@ def _events_on_disk(artifact_dir: Path) -> tuple[dict | None, str | None]:
             event = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):  # a file being written when the run was lost
             continue
-        data = event.get("event_data") or {}
         if event.get("event") == "playbook_on_stats":
-            stats = data
-        elif event.get("event") == "runner_on_failed" and not data.get("ignore_errors"):
-            failure = failure or _failure_message(data)
+            stats = event.get("event_data") or {}
+        failure = failure or _task_failure(event)
     return stats, failure
 
 
@@ -224,10 +230,9 @@ class _RunEvents:
             if line.strip():
                 self.on_log(line)
         data = event.get("event_data") or {}
+        self.failure = self.failure or _task_failure(event)
         if event.get("event") == "playbook_on_task_start":
             self.task = str(data.get("task") or "?")
-        elif event.get("event") == "runner_on_failed" and not data.get("ignore_errors"):
-            self.failure = self.failure or _failure_message(data)
         elif event.get("event") == "runner_on_unreachable":
             message = str((data.get("res") or {}).get("msg") or "unreachable").strip()
             self.unreachable = f"{data.get('host', '?')} unreachable: {message}"
@@ -299,7 +304,7 @@ def configure_instance(
         retry_reason = None
         for attempt in range(1, attempts + 1):
             remaining_s = deadline - time.monotonic()
-            if remaining_s < 1:  # the retries used up the time
+            if attempt > 1 and remaining_s < 1:  # the retries used up the time
                 raise ConfigureError(f"{retry_reason} (gave up after {attempt - 1} attempts in {timeout_s:g} s)")
             events = _RunEvents(on_log)
             try:
@@ -313,7 +318,7 @@ def configure_instance(
                     quiet=True,
                     ident=f"attempt-{attempt}",
                     # ansible-runner kills ansible-playbook's process group once this has passed.
-                    timeout=math.ceil(remaining_s),
+                    timeout=max(1, math.ceil(remaining_s)),
                 )
             except pexpect.exceptions.TIMEOUT:
                 # After ansible-playbook exits, ansible-runner waits a fixed 5 s for the end of its output

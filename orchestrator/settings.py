@@ -85,7 +85,7 @@ class Settings:
     # "cannot reach ADDRESS:22 over SSH (timed out after N s)".
     ssh_reach_timeout_s: int = DEFAULT_SSH_REACH_TIMEOUT_S
     # How long configuration (the playbook's runs, retries included) may take in all before the
-    # operation fails with "configuration did not finish within N s ... (in task 'T')".
+    # playbook is stopped: "the playbook did not finish within N s and was stopped in task 'T'".
     configure_timeout_s: int = DEFAULT_CONFIGURE_TIMEOUT_S
     # `orch serve --simulate` (set by the command, not from the environment): the stand-in is
     # the engine; with sandbox_hosts (root), instances are sandbox hosts, else they are not configured.

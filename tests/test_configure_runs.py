@@ -131,6 +131,7 @@ def test_a_run_stopped_at_the_timeout_fails_naming_the_time_and_the_task(monkeyp
     assert str(raised.value) == "the playbook did not finish within 90 s and was stopped in task 'Run the bootstrap script'"
     assert given == [90], "one run, given the whole time: a stopped run is not retried"
 
+
 def test_retries_end_when_the_time_is_up(monkeypatch, tmp_path):
     given: list[int] = []
 
@@ -149,3 +150,19 @@ def test_retries_end_when_the_time_is_up(monkeypatch, tmp_path):
     # 0.3 s of run and at most the 1.2 s left of waiting: under 1 s is left, too little for a second run.
     assert str(raised.value) == f"{configure.RESULT_LOST} (gave up after 1 attempts in 1.5 s)"
     assert given == [2]
+
+
+def test_the_shortest_timeout_still_runs_the_play_once(monkeypatch, tmp_path):
+    given: list[int] = []
+
+    def finished(**kwargs):
+        given.append(kwargs["timeout"])
+        return Finished()
+
+    monkeypatch.setattr(ansible_runner, "run", finished)
+    monkeypatch.setattr(configure, "wait_for_ssh_port", lambda *args: None)
+    summary = configure.configure_instance(
+        host="127.0.0.1", port=22, ssh_user="root", private_key_pem="not a key", extravars={},
+        on_log=lambda line: None, workdir=tmp_path / "runs", timeout_s=1,
+    )
+    assert summary.attempts == 1 and given == [1]

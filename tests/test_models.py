@@ -41,6 +41,8 @@ def test_snapshot_state_machine():
         ({"ORCH_AMQP_URL": "redis://x"}, "ORCH_AMQP_URL"),
         ({"ORCH_PULUMI_COMMAND": "/nonexistent"}, "ORCH_PULUMI_COMMAND"),
         ({"ORCH_MAX_PARALLEL_OPERATIONS": "many"}, "ORCH_MAX_PARALLEL_OPERATIONS"),
+        ({"ORCH_CONFIGURE_TIMEOUT_S": "1h"}, "ORCH_CONFIGURE_TIMEOUT_S='1h' is not an integer"),
+        ({"ORCH_CONFIGURE_TIMEOUT_S": "0"}, "ORCH_CONFIGURE_TIMEOUT_S=0 must be at least 1"),
         ({"ORCH_GOOFYS_URL": "/nonexistent/goofys"}, "ORCH_GOOFYS_URL"),
         ({"ORCH_GOOFYS_URL": "ftp://mirror/goofys"}, "ORCH_GOOFYS_URL"),
         ({"ORCH_JWT_SECRET": "short"}, "ORCH_JWT_SECRET is 5 bytes; it must be at least 32"),

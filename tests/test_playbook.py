@@ -172,6 +172,7 @@ def test_a_run_whose_end_of_output_is_lost_takes_its_result_from_its_event_files
     assert summary == ConfigureSummary(ok=configured.second.ok, changed=0, skipped=configured.second.skipped, attempts=1)
     assert log[-1] == f"{RESULT_LOST}: it was read from the play's event files", log[-5:]
 
+
 def test_users_keys_and_sudo(configured):
     host = configured.host
     alice = host.ssh("alice", configured.alice_key, "id -un && sudo -n true && echo SUDO_OK")

@@ -172,6 +172,7 @@ def test_a_bootstrap_script_that_does_not_end_is_stopped_in_the_set_time_and_the
     assert "waiting forever" in (ssh_host.root / "var/log/orch-bootstrap.log").read_text()
     assert instance["status"] == "failed" and instance["status_reason"].startswith(op["error"]), instance
 
+
 def test_an_instance_whose_address_never_answers_fails_in_the_set_time_and_says_so(tmp_path, mongo_url):
     """The stand-in's AWS address (203.0.113.x, a documentation network) is never reachable from here."""
     live = start_service(tmp_path, mongo_url, ORCH_SSH_REACH_TIMEOUT_S="2")
