@@ -137,6 +137,19 @@ def _flag_setting(env: dict, name: str, default: bool) -> bool:
     raise SettingsError(f"{name}={env[name]!r} is not a flag: use true or false")
 
 
+# Every integer setting is a count or seconds; beyond this (about 31 years of seconds) a value only
+# overflows the clock and date arithmetic it feeds (`time.monotonic() + 10**400` raises).
+MAX_INT_SETTING = 10**9
+
+
+# How much of a malformed value an error quotes: enough to recognise it, never a whole pasted file.
+SHOWN_VALUE_CHARS = 40
+
+
+def _shown(raw: str) -> str:
+    return repr(raw) if len(raw) <= SHOWN_VALUE_CHARS else f"{raw[:SHOWN_VALUE_CHARS]!r}... ({len(raw)} characters)"
+
+
 def _int_setting(env: dict, name: str, default: int, minimum: int = 1) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -144,9 +157,11 @@ def _int_setting(env: dict, name: str, default: int, minimum: int = 1) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+        raise SettingsError(f"{name}={_shown(raw)} is not an integer") from None
     if value < minimum:
         raise SettingsError(f"{name}={value} must be at least {minimum}")
+    if value > MAX_INT_SETTING:
+        raise SettingsError(f"{name} must be at most {MAX_INT_SETTING}")
     return value
 
 
@@ -157,7 +172,7 @@ def _float_setting(env: dict, name: str, default: float, minimum: float, maximum
     try:
         value = float(raw)
     except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not a number") from None
+        raise SettingsError(f"{name}={_shown(raw)} is not a number") from None
     if not minimum <= value <= maximum:
         raise SettingsError(f"{name}={raw} must be between {minimum:g} and {maximum:g}")
     return value
