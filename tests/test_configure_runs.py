@@ -7,12 +7,14 @@ handler and returns (or raises); the playbook itself runs for real in test_playb
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
 import ansible_runner
 import pexpect
 import pytest
+import yaml
 
 from orchestrator import configure
 
@@ -166,3 +168,31 @@ def test_the_shortest_timeout_still_runs_the_play_once(monkeypatch, tmp_path):
         on_log=lambda line: None, workdir=tmp_path / "runs", timeout_s=1,
     )
     assert summary.attempts == 1 and given == [1]
+
+
+def test_two_runs_at_once_in_one_workdir_each_read_their_own_event_files(monkeypatch, tmp_path):
+    both_running = threading.Barrier(2, timeout=10)
+
+    def lost_after_its_own_stats(**kwargs):
+        # Each run's extra vars say whose it is; its stats count that many ok tasks.
+        oks = yaml.safe_load((Path(kwargs["private_data_dir"]) / "env" / "extravars").read_text())["oks"]
+        both_running.wait()  # the two runs' files are there at the same time
+        lost_output_after({**STATS, "event_data": {**STATS["event_data"], "ok": {"h": oks}}})(**kwargs)
+
+    monkeypatch.setattr(ansible_runner, "run", lost_after_its_own_stats)
+    monkeypatch.setattr(configure, "wait_for_ssh_port", lambda *args: None)
+    oks_read: dict[int, int] = {}
+
+    def configure_one(oks: int) -> None:
+        oks_read[oks] = configure.configure_instance(
+            host="127.0.0.1", port=22, ssh_user="root", private_key_pem="not a key", extravars={"oks": oks},
+            on_log=lambda line: None, workdir=tmp_path / "runs", attempts=1,
+        ).ok
+
+    threads = [threading.Thread(target=configure_one, args=(oks,)) for oks in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert oks_read == {1: 1, 2: 2}
+    assert list((tmp_path / "runs").iterdir()) == [], "each run's private directory is removed"
