@@ -67,6 +67,41 @@ def _index_id_uniqueness_check(engine_class: type) -> None:
     engine_class._validate_document_against_unique_indexes = validate
 
 
+def _wire_encoding_by_type() -> None:
+    """Convert a reply's plain values for BSON by their exact type, before mongoeco's chain of checks.
+
+    mongoeco passes every value of every reply (each string and number of each document) through
+    `encode_wire_value`, which tries some twenty isinstance checks before it returns a plain value
+    unchanged: 2.9 ms of a list page of 51 instances, more than pymongo's C encoder then takes for
+    the whole page (0.5 ms). The values of the exact types it returns unchanged go straight through
+    here, dicts and lists are walked here, and every other value (ObjectId, SON, the numeric
+    wrappers, Binary, ...) is still converted by mongoeco's function, whose own recursion comes
+    back here.
+    """
+    import datetime as dt
+
+    from mongoeco.wire import bson_bridge, protocol
+
+    if hasattr(protocol.encode_wire_value, "mongoeco_encode_wire_value"):
+        return
+    convert = bson_bridge.encode_wire_value
+    unchanged = frozenset({str, int, float, bool, type(None), dt.datetime})
+
+    def encode_wire_value(value):
+        kind = type(value)
+        if kind in unchanged:
+            return value
+        if kind is dict:
+            return {key: encode_wire_value(item) for key, item in value.items()}
+        if kind is list:
+            return [encode_wire_value(item) for item in value]
+        return convert(value)
+
+    encode_wire_value.mongoeco_encode_wire_value = convert
+    bson_bridge.encode_wire_value = encode_wire_value
+    protocol.encode_wire_value = encode_wire_value
+
+
 class EmbeddedStore:
     """Runs mongoeco's wire server on its own event loop in a daemon thread."""
 
@@ -126,8 +161,10 @@ class EmbeddedStore:
 
         # mongoeco's SQLite engine, plus a read plan that serves a string key range (a listing
         # page) from the key's index (orchestrator/listing/key_range_engine.py), and inserts that
-        # check a string or ObjectId `_id` by its key alone (above).
+        # check a string or ObjectId `_id` by its key alone, and replies whose plain values are
+        # converted by their type (both above).
         _index_id_uniqueness_check(KeyRangeSQLiteEngine)
+        _wire_encoding_by_type()
         engine = KeyRangeSQLiteEngine(str(self.sqlite_path), executor_workers=1)
         user = WireAuthUser(
             STORE_USER, self._password, source=AUTH_SOURCE, mechanisms=(AUTH_MECHANISM,),
