@@ -24,6 +24,7 @@ from urllib.parse import urlencode
 
 import httpx
 
+from benchmarks.cpu import CpuMeter, cpu_figures, cpu_line
 from benchmarks.loadgen import LoadResult, build_request, run_load
 from benchmarks.store import start_store, stop_store
 from benchmarks.store_floor import record_page_commands, replay
@@ -125,11 +126,14 @@ def run(records: int = 10_000, clients: int = 20, requests: int = 400, deep: int
                 }
                 headers = {"Authorization": f"Bearer {token}"}
                 results: dict[str, LoadResult] = {}
+                cpu: dict[str, dict] = {}
                 for label, params in shapes.items():
                     path = f"/api/v1/instances?{urlencode(params)}"
                     request = build_request("GET", "127.0.0.1", port, path, b"", headers)
                     run_load("127.0.0.1", port, [request] * clients, clients, ok={200})  # warm-up
-                    results[label] = run_load("127.0.0.1", port, [request] * requests, clients, ok={200})
+                    with CpuMeter({"orch serve": live.process.pid, "store": store.pid}) as meter:
+                        results[label] = run_load("127.0.0.1", port, [request] * requests, clients, ok={200})
+                    cpu[label] = cpu_figures(meter, results[label].requests, clients)
             finally:
                 live.stop()
             # The store's own share: each shape's page commands sent straight to it, the service stopped.
@@ -162,8 +166,8 @@ def run(records: int = 10_000, clients: int = 20, requests: int = 400, deep: int
                  "requests": bare_result.requests, "errors": bare_result.errors, "rate": bare_result.rate,
                  "page_bytes": len(first_page)},
         "shapes": {
-            label: {"p50_ms": r.percentile(50), "p99_ms": r.percentile(99), "requests": r.requests, "errors": r.errors,
-                    "rate": r.rate}
+            label: {"p50_ms": r.percentile(50), "p99_ms": r.percentile(99), "mean_ms": r.mean, "requests": r.requests,
+                    "errors": r.errors, "rate": r.rate, **cpu[label]}
             for label, r in results.items()
         },
         # The same pages' commands sent straight to the store (benchmarks/store_floor.py).
@@ -187,6 +191,7 @@ def main() -> None:
     for label, shape in figures["shapes"].items():
         print(f"GET /instances ({label}): p50 {shape['p50_ms']:.1f} ms, p99 {shape['p99_ms']:.1f} ms, "
               f"{shape['rate']:.0f}/s, {shape['errors']} errors over {shape['requests']} requests")
+        print(f"  {cpu_line(shape)}")
     for label, shape in figures["store_alone"].items():
         print(f"the store alone, the same page's commands ({', '.join(shape['commands'])}; {label}): "
               f"p50 {shape['p50_ms']:.1f} ms, p99 {shape['p99_ms']:.1f} ms, {shape['rate']:.0f}/s, "

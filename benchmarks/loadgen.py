@@ -29,11 +29,15 @@ class LoadResult:
         ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.latencies_ms) if self.latencies_ms else float("nan")
+
     def line(self, label: str, unit: str = "requests") -> str:
         return (
             f"{label}: {self.requests} {unit} in {self.seconds:.2f} s = {self.rate:,.0f}/s; "
             f"p50 {self.percentile(50):.1f} ms, p99 {self.percentile(99):.1f} ms, "
-            f"mean {statistics.fmean(self.latencies_ms) if self.latencies_ms else float('nan'):.1f} ms; errors {self.errors}"
+            f"mean {self.mean:.1f} ms; errors {self.errors}"
         )
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from bson import ObjectId
 
+from benchmarks.cpu import CpuMeter, cpu_figures, cpu_line
 from benchmarks.loadgen import build_request, run_load
 from benchmarks.store import start_store, stop_store
 from orchestrator.db import url_with_database
@@ -148,7 +149,8 @@ def measure(instances: int, hours: int, interval_s: int, clients: int, requests:
                                           b"", headers) for _ in range(count)]
 
                 run_load("127.0.0.1", port, batch(max(clients, requests // 10)), clients)  # warm-up
-                result = run_load("127.0.0.1", port, batch(requests), clients)
+                with CpuMeter({"orch serve": live.process.pid, "store": store.pid}) as meter:
+                    result = run_load("127.0.0.1", port, batch(requests), clients)
                 import httpx
 
                 with httpx.Client(base_url=live.url, headers=headers, timeout=60) as client:
@@ -163,8 +165,8 @@ def measure(instances: int, hours: int, interval_s: int, clients: int, requests:
         "load_s": loaded["load_s"], "stored_bytes": size,
         "bytes_per_instance_day": size / (instances * hours / 24),
         "clients": clients, "requests": result.requests, "errors": result.errors,
-        "p50_ms": result.percentile(50), "p99_ms": result.percentile(99), "rate": result.rate,
-        "samples_per_answer": len(answered["samples"]),
+        "p50_ms": result.percentile(50), "p99_ms": result.percentile(99), "mean_ms": result.mean, "rate": result.rate,
+        "samples_per_answer": len(answered["samples"]), **cpu_figures(meter, result.requests, clients),
     }
 
 
@@ -194,6 +196,7 @@ def main() -> None:
               f"loaded in {r['load_s']:.0f} s): window={f['window']} p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms "
               f"({r['clients']} clients, {r['requests']} requests, {r['errors']} errors, {r['samples_per_answer']} "
               f"samples an answer); {r['bytes_per_instance_day']:,.0f} bytes per instance-day")
+        print(f"  {cpu_line(r)}")
     print(f"p99 ratio {f['p99_ratio']:.2f}")
 
 

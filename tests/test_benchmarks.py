@@ -26,6 +26,12 @@ def test_every_benchmark_runs_and_gives_sane_figures(tmp_path, capsys):
     assert alone.keys() == raw["listing"]["shapes"].keys()
     assert all(shape["errors"] == 0 and shape["requests"] == small["listing"]["requests"] for shape in alone.values())
     assert all("find" in shape["commands"] for shape in alone.values())
+    # Every measured load's CPU by process, the service and the store busy in each.
+    loads = [*raw["listing"]["shapes"].values(), raw["metrics_read"]["loaded"], raw["metrics_read"]["baseline"]]
+    for load in loads:
+        assert load["cpu_ms"].keys() == {"orch serve", "store", "load generator"}
+        assert load["cpu_ms"]["orch serve"] > 0 and load["cpu_ms"]["store"] > 0
+        assert load["mean_latency_floor_ms"] <= load["mean_ms"] * 1.5  # a floor, give or take the clock ticks
     assert raw["ingest"]["errors"] == 0 and raw["ingest"]["stored"] > 0
     assert raw["ingest"]["service_to_storage_rate"] > 0 and raw["ingest"]["bare_rate"] > 0
     assert 0 < raw["ingest"]["rss_mb"] < 10_000
@@ -39,3 +45,21 @@ def test_every_benchmark_runs_and_gives_sane_figures(tmp_path, capsys):
         assert run["instances"] == small["metrics_read"][size] and run["errors"] == 0
         assert run["samples"] == run["instances"] * small["metrics_read"]["hours"] * 3600 // run["interval_s"]
         assert run["samples_per_answer"] > 0 and run["bytes_per_instance_day"] > 0
+
+
+def test_a_process_cpu_time_is_read_and_the_latency_floor_follows_from_it():
+    import os
+    import time
+
+    from benchmarks.cpu import CpuMeter, cpu_figures, cpu_seconds, mean_latency_floor_ms
+
+    before = cpu_seconds(os.getpid())
+    with CpuMeter({}) as meter:
+        deadline = time.process_time() + 0.3
+        while time.process_time() < deadline:
+            pass
+    assert cpu_seconds(os.getpid()) - before >= 0.25
+    assert 0.25 <= meter.used_s["load generator"] <= 1.0
+    figures = cpu_figures(meter, requests=100, clients=10)
+    assert figures["cpu_ms"]["load generator"] == meter.used_s["load generator"] * 10
+    assert mean_latency_floor_ms({"a": 3.0, "b": 1.0}, clients=20, cores=2) == 40.0
