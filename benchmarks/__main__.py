@@ -90,10 +90,11 @@ def rows_for(size: str) -> tuple[list[Row], dict]:
                     ing["rss_mb"] < 500))
     for kind in ("create", "delete"):
         service_s, direct_s = prov["service"][f"{kind}_s"], prov["direct"][f"{kind}_s"]
+        cpu = ", ".join(f"{name} {seconds:.1f}" for name, seconds in prov["service"][f"{kind}_cpu_s"].items())
         rows.append(Row(
             f"{prov['instances']} concurrent {kind}s through the service (orch serve, RabbitMQ, orch worker) vs the same "
             f"stacks and config through the Automation API (concurrency {prov['concurrency']}, stand-in "
-            f"{prov['latency_ms']} ms per resource)", service_s, "s", direct_s,
+            f"{prov['latency_ms']} ms per resource; CPU s meanwhile: {cpu})", service_s, "s", direct_s,
             "<= 1.2x", service_s / direct_s <= 1.2 and prov["service"][f"{kind}_failed"] == 0,
         ))
     rows.append(Row(

@@ -54,23 +54,30 @@ def mean_latency_floor_ms(cpu_ms: dict[str, float], clients: int, cores: int) ->
     return clients * sum(cpu_ms.values()) / cores
 
 
-def cpu_figures(meter: CpuMeter, requests: int, clients: int) -> dict:
-    """A load's CPU per request by process, their sum and the mean latency floor they set on this machine."""
+def cpu_figures(meter: CpuMeter, requests: int, clients: int, seconds: float) -> dict:
+    """A load of `requests` over `seconds`: its CPU per request by process, their sum, the mean latency
+    floor they set on this machine, and how busy each process was (CPU seconds a second: 1.0 is one
+    core all the time, as much as a process whose Python holds one interpreter lock gets)."""
     per_request = meter.per_request_ms(requests)
     cores = len(os.sched_getaffinity(0))  # the cores this process (and the ones it started) may run on
     return {"cpu_ms": per_request, "cpu_ms_total": sum(per_request.values()), "cores": cores,
-            "mean_latency_floor_ms": mean_latency_floor_ms(per_request, clients, cores)}
+            "mean_latency_floor_ms": mean_latency_floor_ms(per_request, clients, cores),
+            "busy": {name: used / seconds for name, used in meter.used_s.items()}}
 
 
 def cpu_line(figures: dict) -> str:
     """`cpu_figures`' result (with the load's mean latency, `mean_ms`) as one line."""
     parts = " + ".join(f"{name} {ms:.2f}" for name, ms in figures["cpu_ms"].items())
+    busy = ", ".join(f"{name} {share:.2f}" for name, share in figures["busy"].items())
     return (f"CPU per request: {parts} = {figures['cpu_ms_total']:.2f} ms; on {figures['cores']} cores a mean latency "
-            f"of at least {figures['mean_latency_floor_ms']:.1f} ms (measured: {figures['mean_ms']:.1f} ms)")
+            f"of at least {figures['mean_latency_floor_ms']:.1f} ms (measured: {figures['mean_ms']:.1f} ms); "
+            f"cores busy: {busy}")
 
 
 def floor_row_text(figures: dict, clients: int, what: str) -> str:
     """The summary table's words for a load's CPU figures (its value: the mean latency floor)."""
     parts = " + ".join(f"{name} {ms:.1f}" for name, ms in figures["cpu_ms"].items())
+    busy = ", ".join(f"{name} {share:.2f}" for name, share in figures["busy"].items())
     return (f"the least mean latency the CPU it used allows ({parts} = {figures['cpu_ms_total']:.1f} ms a {what}, "
-            f"{clients} clients, {figures['cores']} cores; measured mean {figures['mean_ms']:.1f} ms; reported)")
+            f"{clients} clients, {figures['cores']} cores; measured mean {figures['mean_ms']:.1f} ms; cores busy: "
+            f"{busy}; reported)")

@@ -133,7 +133,7 @@ def run(records: int = 10_000, clients: int = 20, requests: int = 400, deep: int
                     run_load("127.0.0.1", port, [request] * clients, clients, ok={200})  # warm-up
                     with CpuMeter({"orch serve": live.process.pid, "store": store.pid}) as meter:
                         results[label] = run_load("127.0.0.1", port, [request] * requests, clients, ok={200})
-                    cpu[label] = cpu_figures(meter, results[label].requests, clients)
+                    cpu[label] = cpu_figures(meter, results[label].requests, clients, results[label].seconds)
             finally:
                 live.stop()
             # The store's own share: each shape's page commands sent straight to it, the service stopped.

@@ -166,7 +166,7 @@ def measure(instances: int, hours: int, interval_s: int, clients: int, requests:
         "bytes_per_instance_day": size / (instances * hours / 24),
         "clients": clients, "requests": result.requests, "errors": result.errors,
         "p50_ms": result.percentile(50), "p99_ms": result.percentile(99), "mean_ms": result.mean, "rate": result.rate,
-        "samples_per_answer": len(answered["samples"]), **cpu_figures(meter, result.requests, clients),
+        "samples_per_answer": len(answered["samples"]), **cpu_figures(meter, result.requests, clients, result.seconds),
     }
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from pulumi import automation as auto
 
 from benchmarks.broker import broker_vhost
+from benchmarks.cpu import CpuMeter
 from benchmarks.store import start_store, stop_store
 from orchestrator.engine import StackEngine
 from orchestrator.settings import load_settings
@@ -90,9 +91,12 @@ def _request_all(client, method: str, paths_and_bodies: list[tuple[str, dict | N
         return list(pool.map(send, paths_and_bodies))
 
 
-def orchestrated(tmp: Path, mongo_url: str, amqp_url: str, count: int, concurrency: int, latency_ms: int) -> dict:
+def orchestrated(
+    tmp: Path, mongo_url: str, store_pid: int, amqp_url: str, count: int, concurrency: int, latency_ms: int
+) -> dict:
     """Wall time until every create finished, then every delete, through the REST API, the broker and
-    an `orch worker`; failures counted."""
+    an `orch worker`; failures counted; the CPU time the service's own processes used meanwhile (the
+    worker's without the Pulumi CLI processes it starts, which the direct run starts too)."""
     live = start_service(
         tmp, mongo_url, ORCH_AMQP_URL=amqp_url, ORCH_MAX_PARALLEL_OPERATIONS=str(concurrency),
         PULUMI_STANDIN_LATENCY_MS=str(latency_ms),
@@ -101,18 +105,22 @@ def orchestrated(tmp: Path, mongo_url: str, amqp_url: str, count: int, concurren
     )
     names = [f"bench-{i:03d}" for i in range(count)]
     try:
-        live.start_worker()
+        worker = live.start_worker()
+        service_processes = {"orch serve": live.process.pid, "store": store_pid, "orch worker": worker.pid}
         with live.client("bench") as client:
             started = time.perf_counter()
-            ops = _request_all(client, "POST", [("/api/v1/instances", instance_doc(name, "aws")) for name in names])
-            create_failed, create_phases = _wait_all(client, ops)
+            with CpuMeter(service_processes) as create_cpu:
+                ops = _request_all(client, "POST", [("/api/v1/instances", instance_doc(name, "aws")) for name in names])
+                create_failed, create_phases = _wait_all(client, ops)
             create_s = time.perf_counter() - started
             started = time.perf_counter()
-            ops = _request_all(client, "DELETE", [(f"/api/v1/instances/{name}", None) for name in names])
-            delete_failed, delete_phases = _wait_all(client, ops)
+            with CpuMeter(service_processes) as delete_cpu:
+                ops = _request_all(client, "DELETE", [(f"/api/v1/instances/{name}", None) for name in names])
+                delete_failed, delete_phases = _wait_all(client, ops)
             delete_s = time.perf_counter() - started
         return {"create_s": create_s, "create_failed": create_failed, "create_phases_s": create_phases,
-                "delete_s": delete_s, "delete_failed": delete_failed, "delete_phases_s": delete_phases}
+                "create_cpu_s": create_cpu.used_s, "delete_s": delete_s, "delete_failed": delete_failed,
+                "delete_phases_s": delete_phases, "delete_cpu_s": delete_cpu.used_s}
     finally:
         live.stop()
 
@@ -164,7 +172,7 @@ def run(instances: int = 50, concurrency: int = 8, latency_ms: int = 200) -> dic
         store, mongo_url = start_store(Path(tmp) / "store.sqlite")
         try:
             (tmp / "orchestrated").mkdir()
-            service = orchestrated(tmp / "orchestrated", mongo_url, amqp_url, instances, concurrency, latency_ms)
+            service = orchestrated(tmp / "orchestrated", mongo_url, store.pid, amqp_url, instances, concurrency, latency_ms)
             baseline = direct(tmp, instances, concurrency, latency_ms)
         finally:
             stop_store(store)
@@ -188,6 +196,8 @@ def main() -> None:
               f"{direct_s:.1f} s; ratio {service / direct_s:.2f}")
         phases = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in f["service"][f"{kind}_phases_s"].items())
         print(f"  mean per {kind} operation: {phases}")
+        cpu = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in f["service"][f"{kind}_cpu_s"].items())
+        print(f"  CPU time meanwhile: {cpu}")
 
 
 if __name__ == "__main__":

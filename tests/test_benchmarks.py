@@ -32,6 +32,7 @@ def test_every_benchmark_runs_and_gives_sane_figures(tmp_path, capsys):
         assert load["cpu_ms"].keys() == {"orch serve", "store", "load generator"}
         assert load["cpu_ms"]["orch serve"] > 0 and load["cpu_ms"]["store"] > 0
         assert load["mean_latency_floor_ms"] <= load["mean_ms"] * 1.5  # a floor, give or take the clock ticks
+        assert load["busy"].keys() == load["cpu_ms"].keys() and 0 < load["busy"]["store"] <= load["cores"]
     assert raw["ingest"]["errors"] == 0 and raw["ingest"]["stored"] > 0
     assert raw["ingest"]["service_to_storage_rate"] > 0 and raw["ingest"]["bare_rate"] > 0
     assert 0 < raw["ingest"]["rss_mb"] < 10_000
@@ -40,6 +41,8 @@ def test_every_benchmark_runs_and_gives_sane_figures(tmp_path, capsys):
     for kind in ("create", "delete"):
         assert raw["provision"]["service"][f"{kind}_failed"] == 0
         assert raw["provision"]["service"][f"{kind}_s"] > 0 and raw["provision"]["direct"][f"{kind}_s"] > 0
+        cpu = raw["provision"]["service"][f"{kind}_cpu_s"]
+        assert cpu.keys() == {"orch serve", "store", "orch worker", "load generator"} and cpu["orch worker"] > 0
     metrics = raw["metrics_read"]
     for run, size in ((metrics["loaded"], "instances"), (metrics["baseline"], "baseline_instances")):
         assert run["instances"] == small["metrics_read"][size] and run["errors"] == 0
@@ -60,6 +63,7 @@ def test_a_process_cpu_time_is_read_and_the_latency_floor_follows_from_it():
             pass
     assert cpu_seconds(os.getpid()) - before >= 0.25
     assert 0.25 <= meter.used_s["load generator"] <= 1.0
-    figures = cpu_figures(meter, requests=100, clients=10)
+    figures = cpu_figures(meter, requests=100, clients=10, seconds=0.5)
     assert figures["cpu_ms"]["load generator"] == meter.used_s["load generator"] * 10
+    assert figures["busy"]["load generator"] == meter.used_s["load generator"] / 0.5
     assert mean_latency_floor_ms({"a": 3.0, "b": 1.0}, clients=20, cores=2) == 40.0
