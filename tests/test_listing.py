@@ -323,6 +323,58 @@ def test_the_embedded_store_serves_a_key_range_from_its_index(tmp_path):
         [True] * (len(queries) - 1) + [False])
 
 
+def test_the_embedded_store_reads_a_filter_naming_an_id_by_primary_key_and_answers_as_mongoeco(tmp_path, monkeypatch):
+    """update_one / find_one_and_update / delete_one on `{_id: x, <more>}` (claiming an operation, appending to
+    its log under a bound): the document read by its key and checked, as mongoeco's own plan answers, with no
+    read of the other documents."""
+    from bson import ObjectId
+    from mongoeco import MongoClient
+    from mongoeco.engines.sqlite import SQLiteEngine
+
+    from orchestrator.listing.key_range_engine import KeyRangeSQLiteEngine
+
+    ids = [ObjectId() for _ in range(40)]
+    docs = [{"_id": i, "status": ("queued", "running")[n % 2], "logs": ["x"] * (n % 5), "worker": f"w{n % 3}"}
+            for n, i in enumerate(ids)] + [{"_id": "op-text", "status": "queued"}, {"_id": 7, "status": "queued"}]
+    filters = [
+        {"_id": ids[0], "status": "queued"},  # matches
+        {"_id": ids[1], "status": "queued"},  # its status is another
+        {"_id": ids[2], "logs.3": {"$exists": False}},  # 2 lines: room under the bound
+        {"_id": ids[4], "logs.3": {"$exists": False}},  # 4 lines: none
+        {"_id": ObjectId(), "status": "queued"},  # no such id
+        {"_id": "op-text", "status": "queued"},  # a string id
+        {"_id": str(ids[0]), "status": "queued"},  # the string of an ObjectId is another id
+        {"_id": 7, "status": "queued"},  # a number: mongoeco's plan
+        {"$and": [{"_id": ids[3]}, {"worker": {"$in": ["w0", "w1"]}}]},
+    ]
+    answers = {}
+    for engine_class in (SQLiteEngine, KeyRangeSQLiteEngine):
+        with MongoClient(engine_class(str(tmp_path / f"{engine_class.__name__}.sqlite"))) as client:
+            collection = client["db"]["ops"]
+            collection.insert_many(docs)
+            if engine_class is KeyRangeSQLiteEngine:
+                # A plan over the collection would read the others: only the number id may take one.
+                planned = []
+                compile_plan = KeyRangeSQLiteEngine._compile_read_execution_plan
+                monkeypatch.setattr(KeyRangeSQLiteEngine, "_compile_read_execution_plan",
+                                    lambda self, *a, **k: planned.append(a[2].query_plan) or compile_plan(self, *a, **k))
+            results = []
+            for query in filters:
+                results.append(collection.update_one(query, {"$inc": {"n": 1}}).matched_count)
+                results.append(collection.find_one_and_update(query, {"$set": {"seen": True}}, projection={"_id": 1}))
+            results.append(collection.delete_one(filters[0]).deleted_count)
+            results.append(collection.delete_one(filters[1]).deleted_count)
+            if engine_class is KeyRangeSQLiteEngine:
+                monkeypatch.undo()
+                # (mongoeco reads a changed document back by its `_id` alone: its own plan, by key.)
+                conjunctions = [plan for plan in planned if hasattr(plan, "clauses")]
+                assert [plan for plan in conjunctions if 7 not in (getattr(c, "value", None) for c in plan.clauses)] == []
+            results.append(sorted(collection.find({}), key=str))
+            answers[engine_class] = results
+    assert answers[KeyRangeSQLiteEngine] == answers[SQLiteEngine]
+    assert answers[SQLiteEngine][:6:2] == [1, 0, 1] and answers[SQLiteEngine][-3:-1] == [1, 0]
+
+
 def test_the_embedded_store_keeps_its_reader_connections_and_each_read_sees_the_latest_writes(tmp_path, monkeypatch):
     import sqlite3
 

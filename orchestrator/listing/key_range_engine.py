@@ -48,6 +48,7 @@ from mongoeco.core.query_plan import (
     LessThanOrEqualCondition,
 )
 from mongoeco.core.codec import DocumentCodec
+from mongoeco.core.filtering import QueryEngine
 from mongoeco.engines._sqlite_connection import SQLiteConnection
 from mongoeco.engines._sqlite_reader import _serialized_document_size_estimate
 from mongoeco.engines.sqlite import SQLiteEngine
@@ -74,6 +75,16 @@ def _conjuncts(plan) -> list:
     if isinstance(plan, AndCondition):
         return [leaf for clause in plan.clauses for leaf in _conjuncts(clause)]
     return [plan]
+
+
+def _id_equality(plan) -> EqualsCondition | None:
+    """The `_id` equality a conjunction requires, where that value's storage key is exact (an ObjectId or
+    a string, as for `_id_set_plan`); None otherwise."""
+    for clause in _conjuncts(plan):
+        if (isinstance(clause, EqualsCondition) and clause.field == "_id"
+                and type(clause.value) in (ObjectId, str)):
+            return clause
+    return None
 
 
 def _top_level_exclusions(projection) -> frozenset[str] | None:
@@ -287,11 +298,19 @@ class KeyRangeSQLiteEngine(SQLiteEngine):
         return _sql_plan(semantics, sql, params)
 
     def _select_first_document_for_plan(self, db_name: str, coll_name: str, plan, *, hint=None, context=None):
-        """The first document meeting one top-level equality: for a string, from the field's index.
+        """The first document meeting one top-level equality: for a string, from the field's index; and
+        the document meeting a conjunction that names its `_id`: read by primary key, then checked.
 
-        mongoeco's own lookup (a find with limit 1, update_one, delete_one on one equality) skips a
-        sparse index, so a value no document has (a free name's claim) costs a scan of the collection.
+        mongoeco's own lookup (a find with limit 1, update_one, delete_one, find_one_and_update) skips a
+        sparse index, so a value no document has (a free name's claim) costs a scan of the collection;
+        and it reads by `_id` only when the filter is the `_id` alone, so `{_id: x, status: "queued"}`
+        (claiming an operation) or `{_id: x, "logs.999": {$exists: false}}` (appending to its log)
+        decoded every operation in turn: 47 and 75 ms among 1,000 operations, 4.7 ms by `_id`.
         """
+        if hint is None and (by_id := _id_equality(plan)) is not None and by_id is not plan:
+            selected = super()._select_first_document_for_plan(db_name, coll_name, by_id, context=context)
+            # `_id` is unique: the one document with it is the first meeting the conjunction, or none is.
+            return selected if selected is not None and QueryEngine.match_plan(selected[1], plan) else None
         if not (isinstance(plan, EqualsCondition) and type(plan.value) is str and "." not in plan.field and hint is None):
             return super()._select_first_document_for_plan(db_name, coll_name, plan, hint=hint, context=context)
         connection = self._require_connection(context)
