@@ -375,6 +375,48 @@ def test_the_embedded_store_reads_a_filter_naming_an_id_by_primary_key_and_answe
     assert answers[SQLiteEngine][:6:2] == [1, 0, 1] and answers[SQLiteEngine][-3:-1] == [1, 0]
 
 
+def test_concurrent_claims_and_bounded_appends_by_id_stay_atomic_over_the_wire(mongo_url):
+    """Eight clients at once claim the same operations (`{_id, status: "queued"}`) and append to their logs
+    under a bound (`{_id, "logs.N": {$exists: false}}`): each operation is claimed once, and no log passes
+    its bound (the by-key read runs inside the store's write, as mongoeco's own lookup did)."""
+    import threading
+    import uuid as uuid_module
+
+    from bson import ObjectId
+    from pymongo import MongoClient
+
+    operations, clients, bound = 20, 8, 5
+    with MongoClient(mongo_url) as client:
+        collection = client[f"orch_test_{uuid_module.uuid4().hex[:10]}"]["ops"]
+        ids = [ObjectId() for _ in range(operations)]
+        collection.insert_many([{"_id": i, "status": "queued", "logs": []} for i in ids])
+        claims: list[tuple[ObjectId, int]] = []
+        appended: list[int] = []
+        start = threading.Barrier(clients)
+
+        def contend(worker: int) -> None:
+            start.wait()
+            for op_id in ids:
+                if collection.find_one_and_update({"_id": op_id, "status": "queued"},
+                                                  {"$set": {"status": "running", "worker": worker}}):
+                    claims.append((op_id, worker))
+                for _ in range(2):
+                    result = collection.update_one({"_id": op_id, f"logs.{bound - 1}": {"$exists": False}},
+                                                   {"$push": {"logs": worker}})
+                    appended.append(result.modified_count)
+
+        threads = [threading.Thread(target=contend, args=(worker,)) for worker in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        stored = {doc["_id"]: doc for doc in collection.find({})}
+    assert sorted(op_id for op_id, _ in claims) == sorted(ids), "each operation claimed exactly once"
+    assert all(stored[op_id]["worker"] == worker and stored[op_id]["status"] == "running" for op_id, worker in claims)
+    assert all(len(doc["logs"]) == bound for doc in stored.values())
+    assert sum(appended) == operations * bound and len(appended) == operations * clients * 2
+
+
 def test_the_embedded_store_keeps_its_reader_connections_and_each_read_sees_the_latest_writes(tmp_path, monkeypatch):
     import sqlite3
 
