@@ -65,10 +65,16 @@ def cpu_figures(meter: CpuMeter, requests: int, clients: int, seconds: float) ->
             "busy": {name: used / seconds for name, used in meter.used_s.items()}}
 
 
+def _by_process(figures: dict, digits: int) -> tuple[str, str]:
+    """`cpu_figures`' CPU per request ("a 1.0 + b 2.0") and busy shares ("a 0.10, b 0.20") as text."""
+    parts = " + ".join(f"{name} {ms:.{digits}f}" for name, ms in figures["cpu_ms"].items())
+    busy = ", ".join(f"{name} {share:.2f}" for name, share in figures["busy"].items())
+    return parts, busy
+
+
 def cpu_line(figures: dict) -> str:
     """`cpu_figures`' result (with the load's mean latency, `mean_ms`) as one line."""
-    parts = " + ".join(f"{name} {ms:.2f}" for name, ms in figures["cpu_ms"].items())
-    busy = ", ".join(f"{name} {share:.2f}" for name, share in figures["busy"].items())
+    parts, busy = _by_process(figures, 2)
     return (f"CPU per request: {parts} = {figures['cpu_ms_total']:.2f} ms; on {figures['cores']} cores a mean latency "
             f"of at least {figures['mean_latency_floor_ms']:.1f} ms (measured: {figures['mean_ms']:.1f} ms); "
             f"cores busy: {busy}")
@@ -76,8 +82,7 @@ def cpu_line(figures: dict) -> str:
 
 def floor_row_text(figures: dict, clients: int, what: str) -> str:
     """The summary table's words for a load's CPU figures (its value: the mean latency floor)."""
-    parts = " + ".join(f"{name} {ms:.1f}" for name, ms in figures["cpu_ms"].items())
-    busy = ", ".join(f"{name} {share:.2f}" for name, share in figures["busy"].items())
+    parts, busy = _by_process(figures, 1)
     return (f"the least mean latency the CPU it used allows ({parts} = {figures['cpu_ms_total']:.1f} ms a {what}, "
             f"{clients} clients, {figures['cores']} cores; measured mean {figures['mean_ms']:.1f} ms; cores busy: "
             f"{busy}; reported)")

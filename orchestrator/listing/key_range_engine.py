@@ -60,6 +60,9 @@ from mongoeco.types import ObjectId
 MAX_IDLE_READERS = 8
 # Ids per primary-key read (SQLite binds at most 32,766 parameters); more go to mongoeco's plan.
 MAX_IDS_BY_KEY = 1000
+# `_id` types whose storage key is exact (the value with its type): read by primary key, nothing else can
+# equal them. The engine's own ObjectId class, as it decodes them from the wire and from its clients.
+EXACT_KEY_TYPES = (ObjectId, str)
 
 _BOUND_OPERATORS = {
     EqualsCondition: "=",
@@ -78,11 +81,9 @@ def _conjuncts(plan) -> list:
 
 
 def _id_equality(plan) -> EqualsCondition | None:
-    """The `_id` equality a conjunction requires, where that value's storage key is exact (an ObjectId or
-    a string, as for `_id_set_plan`); None otherwise."""
+    """The `_id` equality a conjunction requires, where that value's storage key is exact; None otherwise."""
     for clause in _conjuncts(plan):
-        if (isinstance(clause, EqualsCondition) and clause.field == "_id"
-                and type(clause.value) in (ObjectId, str)):
+        if isinstance(clause, EqualsCondition) and clause.field == "_id" and type(clause.value) in EXACT_KEY_TYPES:
             return clause
     return None
 
@@ -227,9 +228,7 @@ class KeyRangeSQLiteEngine(SQLiteEngine):
             not isinstance(query, InCondition)
             or query.field != "_id"
             or not 0 < len(query.values) <= MAX_IDS_BY_KEY
-            # The engine's own ObjectId class (as it decodes them from the wire and from its clients),
-            # whose storage key is the one its documents were stored under.
-            or not all(type(value) in (ObjectId, str) for value in query.values)
+            or not all(type(value) in EXACT_KEY_TYPES for value in query.values)
             or semantics.sort
             or semantics.skip
             or semantics.collation is not None
