@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.configure import ConfigureSummary, configure_instance
 from orchestrator.sandbox.host import (
     SandboxError,
     SshHost,
@@ -21,7 +22,7 @@ from orchestrator.sandbox.host import (
     write_private_key,
 )
 
-__all__ = ["SshHost", "free_port", "ssh_host", "start_ssh_host", "stop_ssh_host", "systemd_ssh_host", "write_private_key"]
+__all__ = ["SshHost", "configure", "free_port", "ssh_host", "start_ssh_host", "stop_ssh_host", "systemd_ssh_host", "write_private_key"]
 
 
 def start_ssh_host(work: Path, init: str = "shell") -> SshHost:
@@ -35,6 +36,15 @@ def start_ssh_host(work: Path, init: str = "shell") -> SshHost:
 
 
 stop_ssh_host = stop_host
+
+
+def configure(host: SshHost, extravars: dict, workdir: Path, log: list[str], **overrides) -> ConfigureSummary:
+    """The playbook run against `host` as its root, its log lines into `log` (two attempts, 1 s apart)."""
+    arguments = dict(
+        host=host.host, port=host.port, ssh_user=host.user, private_key_pem=host.private_key_pem,
+        extravars=extravars, on_log=log.append, workdir=workdir, attempts=2, retry_delay_s=1,
+    )
+    return configure_instance(**{**arguments, **overrides})
 
 
 @pytest.fixture(scope="module")

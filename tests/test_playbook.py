@@ -23,7 +23,7 @@ import pytest
 
 from orchestrator.configure import RESULT_LOST, ConfigureError, ConfigureSummary, HostUnreachable, configure_instance
 from orchestrator.sshkeys import generate_keypair
-from tests.sshhost import SshHost, free_port, ssh_host, systemd_ssh_host, write_private_key  # noqa: F401 (fixtures)
+from tests.sshhost import SshHost, configure, free_port, ssh_host, systemd_ssh_host, write_private_key  # noqa: F401 (fixtures)
 from tests.tcpproxy import TcpProxy
 from tests.test_agent import ReportServer, valid_token
 
@@ -90,14 +90,6 @@ class Configured:
     auth_methods_before: str
     alice_key: Path
     bob_key: Path
-
-
-def configure(host: SshHost, extravars: dict, workdir: Path, log: list[str], **overrides) -> ConfigureSummary:
-    arguments = dict(
-        host=host.host, port=host.port, ssh_user=host.user, private_key_pem=host.private_key_pem,
-        extravars=extravars, on_log=log.append, workdir=workdir, attempts=2, retry_delay_s=1,
-    )
-    return configure_instance(**{**arguments, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,9 @@ import time
 
 import pymongo
 
-from orchestrator.configure import configure_instance
 from orchestrator.sshkeys import generate_keypair
 from tests.live import free_port, instance_doc, start_service, wait_operation
-from tests.sshhost import ssh_host, write_private_key  # noqa: F401 (fixture)
+from tests.sshhost import configure, ssh_host, write_private_key  # noqa: F401 (fixture)
 
 BOOTSTRAP = "#!/bin/bash\necho bootstrapped-$(hostname) >> /root/bootstrap-runs\n"
 
@@ -142,10 +141,7 @@ def _play_seconds_without_a_script(host, tmp_path) -> float:
         "orch_agent_instance": "calibration",
     }
     started = time.monotonic()
-    configure_instance(
-        host=host.host, port=host.port, ssh_user=host.user, private_key_pem=host.private_key_pem,
-        extravars=extravars, on_log=lambda line: None, workdir=tmp_path / "calibration",
-    )
+    configure(host, extravars, tmp_path / "calibration", [])
     return time.monotonic() - started
 
 
