@@ -165,9 +165,10 @@ class KeyRangeSQLiteEngine(SQLiteEngine):
 
     # No change delivery. The wire server answers `$changeStream` with "Unsupported aggregation stage", so
     # no client of the store can watch; yet mongoeco delivered every write's change to its in-process change
-    # hub: a lease, a heartbeat thread started and joined, a checkpoint transaction, about a third of an
-    # update's time in the store (5.5-5.9 ms -> 3.8-4.1 ms). With no consumer registered, the change outbox
-    # a write appends to is emptied by that same write, as once every change was delivered.
+    # hub: a lease, a heartbeat thread started and joined, a checkpoint transaction per write (store CPU per
+    # bounded `$push`, interleaved A/B: 5.85-6.51 ms with it, 2.84-4.75 ms without; docs/DESIGN.md). With no
+    # consumer registered, the change outbox a write appends to is emptied by that same write, as once
+    # every change was delivered.
     def register_change_consumer(self, consumer_id: str, *, initial_checkpoint=None, durable: bool = False) -> int:
         return 0
 
