@@ -43,10 +43,7 @@ def connect(settings: Settings) -> EmbeddedStore | None:
         except RuntimeError as error:
             raise SettingsError(f"embedded store (ORCH_MONGODB_URL unset) failed: {error}") from None
         url = store.url_for(DEFAULT_DB)
-    mongoengine.disconnect_all()
-    mongoengine.connect(
-        db=_database_name(url), host=url, uuidRepresentation="standard", serverSelectionTimeoutMS=5000, tz_aware=False
-    )
+    connect_url(url)
     try:
         mongoengine.get_db().command("ping")
         for document in (Instance, Snapshot, Operation, Lock, MetricBatch, MetricBucket, MetricRollup, UserToken, SigninCode):
@@ -59,6 +56,14 @@ def connect(settings: Settings) -> EmbeddedStore | None:
             f"MongoDB at ORCH_MONGODB_URL={redact_url(url)} is unreachable: {error.__class__.__name__}"
         ) from None
     return store
+
+
+def connect_url(url: str) -> None:
+    """mongoengine's default alias on url (its path names the database); connects on first use."""
+    mongoengine.disconnect_all()
+    mongoengine.connect(
+        db=_database_name(url), host=url, uuidRepresentation="standard", serverSelectionTimeoutMS=5000, tz_aware=False
+    )
 
 
 def encrypt_plaintext_secrets() -> int:

@@ -11,7 +11,7 @@ from orchestrator.dispatch import AmqpPublisher, InProcessDispatcher
 from orchestrator.engine import StackEngine
 from orchestrator.ingest import AgentIngest
 from orchestrator.operations.periodic_refresh import PeriodicRefresh
-from orchestrator.metrics.store import MetricsMaintenance
+from orchestrator.metrics.maintenance_process import MaintenanceProcess
 from orchestrator.services import Orchestrator
 from orchestrator.settings import Settings, SettingsError
 from orchestrator.tokens import RevokedTokens
@@ -70,8 +70,9 @@ class Runtime:
             self.dispatcher = InProcessDispatcher(self.worker, settings.max_parallel_operations)
         self.orchestrator = Orchestrator(settings, self.engine, self.dispatcher.dispatch)
         self.ingest = AgentIngest(settings, dispatch=self.dispatcher.dispatch)
-        self.metrics_maintenance = MetricsMaintenance(
-            settings.metrics_raw_retention_s, settings.metrics_rollup_retention_s, settings.metrics_rollup_s
+        store_url = self.store.url_for(db.DEFAULT_DB) if self.store is not None else settings.mongodb_url
+        self.metrics_maintenance = MaintenanceProcess(
+            store_url, settings.metrics_raw_retention_s, settings.metrics_rollup_retention_s, settings.metrics_rollup_s
         )
         self.revoked_tokens = RevokedTokens()
         self.sweeper = Sweeper(self.dispatcher.dispatch, redispatch_after_s=settings.redispatch_after_s)

@@ -252,10 +252,12 @@ def rollup_points(rows: list[list], width_s: int) -> dict[int, dict]:
 class MetricsMaintenance:
     """The periodic pass: move flushed batches into buckets, roll up closed buckets, expire old data."""
 
-    def __init__(self, raw_retention_s: int, rollup_retention_s: int, rollup_s: int, *, start: bool = True):
+    def __init__(self, raw_retention_s: int, rollup_retention_s: int, rollup_s: int, *, start: bool = True,
+                 interval_s: float = MAINTENANCE_INTERVAL_S):
         self.raw_retention_s = raw_retention_s
         self.rollup_retention_s = rollup_retention_s
         self.rollup_s = rollup_s
+        self.interval_s = interval_s
         self.holder = f"metrics-{os.getpid()}-{id(self)}"
         self._next_full_sweep: dt.datetime | None = None
         self._written: set[str] = set()  # buckets this holder appended to, not rolled up since
@@ -265,7 +267,7 @@ class MetricsMaintenance:
             self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stop.wait(MAINTENANCE_INTERVAL_S):
+        while not self._stop.wait(self.interval_s):
             try:
                 self.run_pass()
             except Exception:  # retried next pass; samples stay where they are until then
