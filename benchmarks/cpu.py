@@ -20,30 +20,49 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 LOAD_GENERATOR = "load generator"
 
 
-def cpu_seconds(pid: int) -> float:
-    """The CPU time process `pid` has used so far (utime + stime: fields 14 and 15 of /proc/<pid>/stat)."""
+def child_pids(pid: int) -> list[int]:
+    """The processes pid started (from any of its threads) that are still running."""
+    return [int(child) for task in os.scandir(f"/proc/{pid}/task")
+            for child in open(f"{task.path}/children").read().split()]
+
+
+def cpu_seconds(pid: int, *, with_children: bool = False) -> float:
+    """The CPU time process `pid` has used so far (utime + stime: fields 14 and 15 of /proc/<pid>/stat);
+    with_children, that of its running child processes too (orch serve's metrics maintenance process)."""
     with open(f"/proc/{pid}/stat") as stat:
         # The command name (field 2) is in parentheses and may hold spaces: split after it.
         fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    used = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    if with_children:
+        used += sum(cpu_seconds(child, with_children=True) for child in child_pids(pid))
+    return used
 
 
 @dataclass
 class CpuMeter:
-    """CPU time per process over a `with` block; this process counts as the load generator."""
+    """CPU time per process over a `with` block; this process counts as the load generator.
+
+    The processes named in `with_children` count with their running child processes.
+    """
 
     processes: dict[str, int]
+    with_children: frozenset[str] = frozenset({"orch serve"})
     used_s: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.processes = {**self.processes, LOAD_GENERATOR: os.getpid()}
 
     def __enter__(self) -> CpuMeter:
-        self._started = {name: cpu_seconds(pid) for name, pid in self.processes.items()}
+        self._started = self._read()
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self.used_s = {name: cpu_seconds(pid) - self._started[name] for name, pid in self.processes.items()}
+        ended = self._read()
+        self.used_s = {name: ended[name] - self._started[name] for name in self.processes}
+
+    def _read(self) -> dict[str, float]:
+        return {name: cpu_seconds(pid, with_children=name in self.with_children)
+                for name, pid in self.processes.items()}
 
     def per_request_ms(self, requests: int) -> dict[str, float]:
         return {name: used / requests * 1000 for name, used in self.used_s.items()}

@@ -24,6 +24,7 @@ import httpx
 import mongoengine
 from bson import ObjectId
 
+from benchmarks.cpu import child_pids
 from benchmarks.loadgen import build_request, run_at_rate, run_load
 from benchmarks.store import start_store, stop_store
 from orchestrator.auth import mint_agent_token, token_hash
@@ -132,6 +133,7 @@ def run(agents: int = 1000, reports: int = 20000, concurrency: int = 64, batch: 
             expected += len(at_rate_requests) * batch
             stored, _ = wait_stored(expected, store_timeout_s)
             rss = rss_mb(live.process.pid)
+            children_rss = [rss_mb(pid) for pid in child_pids(live.process.pid)]
         finally:
             bare.terminate()
             live.stop()
@@ -143,7 +145,8 @@ def run(agents: int = 1000, reports: int = 20000, concurrency: int = 64, batch: 
         "bare_rate": baseline.rate * batch, "errors": service.errors + service_at_rate.errors,
         "at_rate_p50_ms": service_at_rate.percentile(50), "at_rate_p99_ms": service_at_rate.percentile(99),
         "at_rate_achieved": service_at_rate.rate * batch,
-        "expected_stored": expected, "stored": stored, "lost": expected - stored, "rss_mb": rss,
+        "expected_stored": expected, "stored": stored, "lost": expected - stored,
+        "serve_rss_mb": rss, "children_rss_mb": children_rss, "rss_mb": rss + sum(children_rss),
     }
 
 
@@ -161,7 +164,8 @@ def main() -> None:
           f"bare Litestar {f['bare_rate']:,.0f}; ratio stored/bare {f['service_to_storage_rate'] / f['bare_rate']:.2f}")
     print(f"at {f['rate']:,.0f} reports/s (achieved {f['at_rate_achieved']:,.0f}): p50 {f['at_rate_p50_ms']:.1f} ms, "
           f"p99 {f['at_rate_p99_ms']:.1f} ms")
-    print(f"stored {f['stored']} of {f['expected_stored']} (lost {f['lost']}); orch serve RSS {f['rss_mb']:.0f} MB")
+    print(f"stored {f['stored']} of {f['expected_stored']} (lost {f['lost']}); orch serve RSS {f['serve_rss_mb']:.0f} MB, "
+          f"its child processes {' + '.join(f'{mb:.0f}' for mb in f['children_rss_mb']) or 'none'} MB")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,9 @@ def test_every_benchmark_runs_and_gives_sane_figures(tmp_path, capsys):
     assert raw["ingest"]["errors"] == 0 and raw["ingest"]["stored"] > 0
     assert raw["ingest"]["service_to_storage_rate"] > 0 and raw["ingest"]["bare_rate"] > 0
     assert 0 < raw["ingest"]["rss_mb"] < 10_000
+    # orch serve's metrics maintenance process counts in its memory.
+    assert len(raw["ingest"]["children_rss_mb"]) == 1
+    assert raw["ingest"]["rss_mb"] == raw["ingest"]["serve_rss_mb"] + raw["ingest"]["children_rss_mb"][0]
     multi = raw["multiprocess"]
     assert multi["stored"] > 0 and multi["operations"] == 2 * small["multiprocess"]["operations"]
     for kind in ("create", "delete"):
@@ -67,3 +70,28 @@ def test_a_process_cpu_time_is_read_and_the_latency_floor_follows_from_it():
     assert figures["cpu_ms"]["load generator"] == meter.used_s["load generator"] * 10
     assert figures["busy"]["load generator"] == meter.used_s["load generator"] / 0.5
     assert mean_latency_floor_ms({"a": 3.0, "b": 1.0}, clients=20, cores=2) == 40.0
+
+
+def test_a_process_cpu_time_counts_its_running_children_when_asked():
+    """orch serve's CPU in the benchmarks includes its metrics maintenance process's."""
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks.cpu import CpuMeter, child_pids, cpu_seconds
+
+    # The child burns 0.4 s of CPU when told, says so, and waits for its end of input.
+    burn = "import sys, time\nsys.stdin.readline()\nend = time.process_time() + 0.4\n" \
+           "while time.process_time() < end: pass\nprint(flush=True)\nsys.stdin.read()"
+    child = subprocess.Popen([sys.executable, "-c", burn], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.pid in child_pids(os.getpid())
+        with CpuMeter({"parent": os.getpid()}, with_children=frozenset({"parent"})) as meter:
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            child.stdout.readline()
+            alone, with_child = cpu_seconds(os.getpid()), cpu_seconds(os.getpid(), with_children=True)
+    finally:
+        child.communicate("")
+    assert with_child - alone >= 0.35
+    assert meter.used_s["parent"] >= 0.35 and meter.used_s["load generator"] < 0.35

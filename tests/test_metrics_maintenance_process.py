@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 from orchestrator.db import url_with_database
 from orchestrator.metrics.maintenance_process import MaintenanceProcess
-from orchestrator.models import MetricBatch, MetricBucket
+from orchestrator.models import MetricBatch, MetricBucket, utcnow
 from tests.test_metrics_store import flush, sample
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,6 +32,11 @@ def wait_for(condition, timeout: float = 30.0, what: str = "condition"):
     raise AssertionError(f"{what}: not within {timeout} s")
 
 
+def this_hour() -> dt.datetime:
+    """Samples of the current hour: a pass neither rolls up nor expires their bucket."""
+    return utcnow().replace(minute=0, second=0, microsecond=0)
+
+
 def running(pid: int) -> bool:
     """pid is a live process (a zombie that nobody reaped yet has ended)."""
     try:
@@ -42,7 +47,7 @@ def running(pid: int) -> bool:
 
 
 def test_the_pass_runs_in_a_child_that_moves_the_batches_and_stops_when_closed(mongo_db, mongo_url):
-    hour = dt.datetime(2026, 1, 2, 10)
+    hour = this_hour()
     flush([(name, hour, sample(name, hour, 1.0)) for name in ("a1", "a2")])
     maintenance = MaintenanceProcess(url_with_database(mongo_url, mongo_db), **RETENTION, interval_s=0.2)
     try:
@@ -72,7 +77,7 @@ def test_a_child_that_exits_on_its_own_is_started_again(mongo_db, mongo_url):
         second = wait_for(lambda: maintenance.process if maintenance.process is not first else None,
                           what="a new child")
         assert running(second.pid)
-        hour = dt.datetime(2026, 1, 2, 11)
+        hour = this_hour()
         flush([("b1", hour, sample("b1", hour, 2.0))])
         wait_for(lambda: MetricBatch.objects.count() == 0, what="the new child's pass moved the batch")
     finally:
