@@ -22,11 +22,12 @@ import sys
 import threading
 from pathlib import Path
 
+from orchestrator import db
 from orchestrator.metrics.store import MAINTENANCE_INTERVAL_S, MetricsMaintenance
 
 log = logging.getLogger("orch.metrics")
 
-# A child that exited on its own is started again after this long (it exits at once on a bad store URL).
+# A child that exited on its own is started again after this long (one that cannot start would exit again at once).
 RESTART_AFTER_S = 30.0
 # close(): the child finishes the store call it is in, then exits; past this it is killed.
 STOP_WAIT_S = 15.0
@@ -96,8 +97,6 @@ def main() -> int:
     if not line:
         return 0  # the parent went before it wrote the settings
     config = json.loads(line)
-    from orchestrator import db
-
     db.connect_url(config["url"])
     maintenance = MetricsMaintenance(config["raw_retention_s"], config["rollup_retention_s"], config["rollup_s"],
                                      interval_s=config["interval_s"])
