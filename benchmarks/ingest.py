@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,9 @@ from benchmarks.cpu import child_pids
 from benchmarks.loadgen import build_request, run_at_rate, run_load
 from benchmarks.store import start_store, stop_store
 from orchestrator.auth import mint_agent_token, token_hash
-from orchestrator.models import Instance, MetricBatch
+from orchestrator import locks
+from orchestrator.metrics import store as metrics_store
+from orchestrator.models import Instance, MetricBatch, MetricBucket
 from tests.live import JWT_SECRET, free_port, start_service
 from tests.test_agent_api import report as agent_report
 
@@ -81,8 +84,24 @@ def start_bare_app() -> tuple[subprocess.Popen, int]:
     raise RuntimeError("bare app did not start")
 
 
+# A pass holds the lease for at most its own length; counting waits for it this long.
+COUNT_LEASE_WAIT_S = 120
+
+
 def stored_count() -> int:
-    return MetricBatch.objects.sum("count")
+    """Reports the store holds: in flush batches, and in buckets once orch serve's maintenance pass has
+    moved them. Counted under the pass's lease, so no pass is between its two moves (rows appended to
+    buckets, batches not yet deleted) while the two sums are read."""
+    holder = f"benchmark-count-{os.getpid()}"
+    deadline = time.monotonic() + COUNT_LEASE_WAIT_S
+    while not locks.acquire(metrics_store.LEASE_KEY, holder, metrics_store.LEASE_S):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the metrics maintenance lease stayed held for {COUNT_LEASE_WAIT_S} s")
+        time.sleep(0.05)
+    try:
+        return MetricBatch.objects.sum("count") + MetricBucket.objects.sum("count")
+    finally:
+        locks.release(metrics_store.LEASE_KEY, holder)
 
 
 def wait_stored(expected: int, timeout_s: float) -> tuple[int, float]:

@@ -95,3 +95,17 @@ def test_a_process_cpu_time_counts_its_running_children_when_asked():
         child.communicate("")
     assert with_child - alone >= 0.35
     assert meter.used_s["parent"] >= 0.35 and meter.used_s["load generator"] < 0.35
+
+
+def test_the_ingest_count_includes_the_reports_a_maintenance_pass_moved(mongo_db):
+    """A pass moves flushed batches into buckets: the benchmarks' count of stored reports must not drop."""
+    from benchmarks.ingest import stored_count
+    from orchestrator.models import MetricBatch, utcnow
+    from tests.test_metrics_store import flush, maintenance, sample
+
+    hour = utcnow().replace(minute=0, second=0, microsecond=0)
+    flush([(name, hour, sample(name, hour, 1.0)) for name in ("c1", "c2", "c3")])
+    assert stored_count() == 3
+    assert maintenance().run_pass()["moved_batches"] == 1
+    assert MetricBatch.objects.count() == 0
+    assert stored_count() == 3
