@@ -35,14 +35,13 @@ def connect(settings: Settings) -> EmbeddedStore | None:
     """
     install_store_key(settings.store_key)
     store = None
-    url = settings.mongodb_url
-    if url is None:
+    if settings.mongodb_url is None:
         store = EmbeddedStore(settings.data_dir / "store.sqlite3")
         try:
             store.start()
         except RuntimeError as error:
             raise SettingsError(f"embedded store (ORCH_MONGODB_URL unset) failed: {error}") from None
-        url = store.url_for(DEFAULT_DB)
+    url = store_url(settings, store)
     connect_url(url)
     try:
         mongoengine.get_db().command("ping")
@@ -56,6 +55,11 @@ def connect(settings: Settings) -> EmbeddedStore | None:
             f"MongoDB at ORCH_MONGODB_URL={redact_url(url)} is unreachable: {error.__class__.__name__}"
         ) from None
     return store
+
+
+def store_url(settings: Settings, store: EmbeddedStore | None) -> str:
+    """The URL connect() connects to: ORCH_MONGODB_URL, else the embedded store's (its credential included)."""
+    return settings.mongodb_url if store is None else store.url_for(DEFAULT_DB)
 
 
 def connect_url(url: str) -> None:

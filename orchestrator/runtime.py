@@ -70,9 +70,8 @@ class Runtime:
             self.dispatcher = InProcessDispatcher(self.worker, settings.max_parallel_operations)
         self.orchestrator = Orchestrator(settings, self.engine, self.dispatcher.dispatch)
         self.ingest = AgentIngest(settings, dispatch=self.dispatcher.dispatch)
-        store_url = self.store.url_for(db.DEFAULT_DB) if self.store is not None else settings.mongodb_url
         self.metrics_maintenance = MaintenanceProcess(
-            store_url, settings.metrics_raw_retention_s, settings.metrics_rollup_retention_s, settings.metrics_rollup_s
+            db.store_url(settings, self.store), settings.metrics_raw_retention_s, settings.metrics_rollup_retention_s, settings.metrics_rollup_s
         )
         self.revoked_tokens = RevokedTokens()
         self.sweeper = Sweeper(self.dispatcher.dispatch, redispatch_after_s=settings.redispatch_after_s)
