@@ -154,9 +154,12 @@ class Worker:
             if op is None:  # another worker claimed it between our read and now
                 return Outcome.DONE
             with self._heartbeat(op):
-                self._execute(op)
+                status, error = self._execute(op)
         finally:
             locks.release(lock_key, op_id)
+        # Written once the lock is free, so a client that sees the operation ended finds its target
+        # free too; while the operation still reads as running, a later one on its target waits.
+        self._finish(op, status, error)
         return Outcome.DONE
 
     def _older_pending(self, op: Operation) -> bool:
@@ -180,7 +183,8 @@ class Worker:
 
     # -- execution --------------------------------------------------------
 
-    def _execute(self, op: Operation) -> None:
+    def _execute(self, op: Operation) -> tuple[str, str | None]:
+        """Run op's handler (its failure path when it raises); the status and error it ended with."""
         log_line = OperationLog(op.id)
         # Kinds in orchestrator/operations are units of their own; the first ones are methods here.
         unit = OPERATION_UNITS.get(op.kind)
@@ -210,10 +214,9 @@ class Worker:
                 reason += f"; recording the failure failed: {fail_error}"
                 log_line(f"error: recording the failure failed: {fail_error}")
             log_line.flush()  # the whole log is there when the operation shows as ended
-            self._finish(op, "failed", reason)
-        else:
-            log_line.flush()
-            self._finish(op, "succeeded", None)
+            return "failed", reason
+        log_line.flush()
+        return "succeeded", None
 
     def _finish(self, op: Operation, status: str, error: str | None) -> None:
         Operation.objects(id=op.id).update_one(

@@ -3,7 +3,8 @@
 - an operation whose state change is illegal ends (failed, with the reason) at once, never retried;
 - a rollback destroys only a stack that its own operation created;
 - an instance whose configuration never succeeded is configured by its next update, even a labels-only one;
-- an operation's log in MongoDB is bounded.
+- an operation's log in MongoDB is bounded;
+- an operation reads as ended only once its target's lock is free, so the next request on it is not refused as busy.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pytest
 
 from orchestrator.auth import Principal
 from orchestrator.engine import EngineError
-from orchestrator.models import Instance, Operation
+from orchestrator.models import Instance, Lock, Operation
 from orchestrator.services import Orchestrator
 from orchestrator.settings import load_settings
 from orchestrator.worker import MAX_LOG_LINES, OperationLog, Worker
@@ -118,6 +119,24 @@ def test_a_rolled_back_create_shows_no_public_ip_or_outputs(setup, monkeypatch):
     failed = Instance.objects.get(id=instance.id)
     assert failed.status == "failed" and OUTPUTS["public_ip"] in failed.status_reason
     assert (failed.public_ip, failed.outputs) == (None, {}), "the destroyed resources' address is not shown"
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["succeeded", "failed"])
+def test_an_operation_reads_as_ended_only_once_its_lock_is_free(setup, monkeypatch, fails):
+    orch, worker, engine, _ = setup
+    engine.fail_up = fails
+    locked_when_ended: list[bool] = []
+    finish = Worker._finish
+
+    def observed_finish(self, op, status, error) -> None:
+        locked_when_ended.append(Lock.objects(key=op.lock_key).first() is not None)
+        finish(self, op, status, error)
+
+    monkeypatch.setattr(Worker, "_finish", observed_finish)
+    instance, op = orch.create_instance(ALICE, instance_doc(f"ends-{'failed' if fails else 'ok'}"))
+    worker.run(str(op.id))
+    assert Operation.objects.get(id=op.id).status == ("failed" if fails else "succeeded")
+    assert locked_when_ended == [False], "a preview or update right after the end would be refused as busy"
 
 
 def test_an_update_configures_an_instance_whose_create_failed(setup):
