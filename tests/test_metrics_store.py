@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import msgspec
 import pytest
@@ -199,6 +200,23 @@ def test_one_process_holds_the_maintenance_lease(mongo_db):
     assert second.run_pass() is None
     store.locks.release(store.LEASE_KEY, first.holder)
     assert second.run_pass() == {"moved_batches": 0, "rolled_buckets": 0, "deleted": 0}
+
+
+def test_a_pass_longer_than_the_lease_keeps_it(mongo_db, monkeypatch):
+    """A pass slowed by a loaded store renews its lease: another process's pass cannot start meanwhile."""
+    monkeypatch.setattr(store, "LEASE_S", 2)  # renewed every second
+    first, second = maintenance(), maintenance()
+    taken_meanwhile: list[dict | None] = []
+
+    def slow_move(limit: int = store.MAX_BATCHES_PER_PASS) -> int:
+        time.sleep(3.5)  # past the 2 s lease
+        taken_meanwhile.append(second.run_pass())
+        return 0
+
+    monkeypatch.setattr(first, "move_batches", slow_move)
+    assert first.run_pass() is not None
+    assert taken_meanwhile == [None], "the second pass ran while the first still moved batches"
+    assert second.run_pass() == {"moved_batches": 0, "rolled_buckets": 0, "deleted": 0}, "released at the end"
 
 
 def test_the_service_reads_a_window_by_id_and_never_a_deleted_namesakes(mongo_db):

@@ -285,14 +285,19 @@ class MetricsMaintenance:
             # Another process wrote buckets meanwhile: look for work by query once this one holds the lease again.
             self._next_full_sweep = None
             return None
+        # Renewed while the pass runs: a store loaded by ingest can make one pass outlast LEASE_S (seen in
+        # the ingest benchmark: over 120 s for 5,000 agents' buckets), and another process's pass must not
+        # start moving the same batches meanwhile.
+        renewal = locks.renewed(lambda: locks.acquire(LEASE_KEY, self.holder, LEASE_S), LEASE_S, "metrics-lease")
         try:
-            done = {"moved_batches": self.move_batches(), "rolled_buckets": 0, "deleted": 0}
-            if self._next_full_sweep is None or now >= self._next_full_sweep:
-                self._next_full_sweep = now + dt.timedelta(seconds=FULL_SWEEP_S)
-                done["rolled_buckets"] = self.roll_up(now)
-                done["deleted"] = self.expire(now)
-            else:
-                done["rolled_buckets"] = self.roll_up(now, written_only=True)
+            with renewal:
+                done = {"moved_batches": self.move_batches(), "rolled_buckets": 0, "deleted": 0}
+                if self._next_full_sweep is None or now >= self._next_full_sweep:
+                    self._next_full_sweep = now + dt.timedelta(seconds=FULL_SWEEP_S)
+                    done["rolled_buckets"] = self.roll_up(now)
+                    done["deleted"] = self.expire(now)
+                else:
+                    done["rolled_buckets"] = self.roll_up(now, written_only=True)
             return done
         finally:
             locks.release(LEASE_KEY, self.holder)
