@@ -19,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -84,14 +86,16 @@ def start_bare_app() -> tuple[subprocess.Popen, int]:
     raise RuntimeError("bare app did not start")
 
 
-# A pass holds the lease for at most its own length; counting waits for it this long.
-COUNT_LEASE_WAIT_S = 120
+# A pass holds (and renews) the lease for its whole length: one that started while the store was loaded by
+# the benchmark's ingest can last minutes (measured: a pass that moved 381 buckets took 38 s under load).
+COUNT_LEASE_WAIT_S = 300
 
 
-def stored_count() -> int:
-    """Reports the store holds: in flush batches, and in buckets once orch serve's maintenance pass has
-    moved them. Counted under the pass's lease, so no pass is between its two moves (rows appended to
-    buckets, batches not yet deleted) while the two sums are read."""
+@contextmanager
+def maintenance_held() -> Iterator[None]:
+    """Hold the metrics maintenance pass's lease (waiting for a pass in progress to end): no pass moves
+    batches into buckets meanwhile, so the stored reports are the buckets' count as first read plus the
+    batches'."""
     holder = f"benchmark-count-{os.getpid()}"
     deadline = time.monotonic() + COUNT_LEASE_WAIT_S
     while not locks.acquire(metrics_store.LEASE_KEY, holder, metrics_store.LEASE_S):
@@ -99,19 +103,32 @@ def stored_count() -> int:
             raise RuntimeError(f"the metrics maintenance lease stayed held for {COUNT_LEASE_WAIT_S} s")
         time.sleep(0.05)
     try:
-        return MetricBatch.objects.sum("count") + MetricBucket.objects.sum("count")
+        yield
     finally:
         locks.release(metrics_store.LEASE_KEY, holder)
 
 
+def stored_count() -> int:
+    """Reports the store holds: in flush batches, and in buckets once orch serve's maintenance pass has
+    moved them (counted with the pass held off, so none is between its two moves)."""
+    with maintenance_held():
+        return MetricBatch.objects.sum("count") + MetricBucket.objects.sum("count")
+
+
 def wait_stored(expected: int, timeout_s: float) -> tuple[int, float]:
-    """(reports stored, when: perf_counter) once the store holds `expected`, or what it holds at the timeout."""
+    """(reports stored, when: perf_counter) once the store holds `expected`, or what it holds at the timeout.
+
+    The pass is held off while it waits, so the buckets are summed once and each poll sums only the
+    batches: summing thousands of buckets every poll cost the store more than the flushes being waited for.
+    """
     deadline = time.perf_counter() + timeout_s
-    while True:
-        stored = stored_count()
-        if stored >= expected or time.perf_counter() > deadline:
-            return stored, time.perf_counter()
-        time.sleep(0.05)
+    with maintenance_held():
+        in_buckets = MetricBucket.objects.sum("count")
+        while True:
+            stored = in_buckets + MetricBatch.objects.sum("count")
+            if stored >= expected or time.perf_counter() > deadline:
+                return stored, time.perf_counter()
+            time.sleep(0.05)
 
 
 def rss_mb(pid: int) -> float:
