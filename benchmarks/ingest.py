@@ -118,8 +118,8 @@ def stored_count() -> int:
 def wait_stored(expected: int, timeout_s: float) -> tuple[int, float]:
     """(reports stored, when: perf_counter) once the store holds `expected`, or what it holds at the timeout.
 
-    The pass is held off while it waits, so the buckets are summed once and each poll sums only the
-    batches: summing thousands of buckets every poll cost the store more than the flushes being waited for.
+    The pass is held off while it waits (a pass in progress ends first), so the buckets are summed once
+    and each poll sums only the batches.
     """
     deadline = time.perf_counter() + timeout_s
     with maintenance_held():
