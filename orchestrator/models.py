@@ -251,16 +251,15 @@ class Instance(InstanceNames, me.Document):
         return super().save(*args, **kwargs)
 
     @classmethod
-    def newest_incarnation(cls, owner: str, name: str, *, only: tuple[str, ...] = ()) -> Instance | None:
+    def newest_incarnation(cls, owner: str, name: str) -> Instance | None:
         """The instance `owner` calls `name`: the live one, else the newest deleted one, else None.
 
         Each is a range of the name key ("owner state name id", newest id last), which one index
         serves here and on a MongoDB server (the embedded store answers an (owner, name) query
-        sorted by created_at with a scan of the collection). `only`: just these fields are read.
+        sorted by created_at with a scan of the collection).
         """
         for deleted in (False, True):
-            incarnations = cls.objects(__raw__=incarnations_range(owner, name, deleted)).order_by("-list_key_name")
-            found = (incarnations.only(*only) if only else incarnations).first()
+            found = cls.objects(__raw__=incarnations_range(owner, name, deleted)).order_by("-list_key_name").first()
             if found is not None:
                 return found
         return None

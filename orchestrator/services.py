@@ -222,12 +222,10 @@ class Orchestrator:
             return {"owner": owner} if owner else {}
         return {"owner": principal.name} if owner in (None, principal.name) else None
 
-    def _instance(self, principal: Principal, name: str, owner: str | None = None, *,
-                  only: tuple[str, ...] = ()) -> Instance:
-        """The newest incarnation of `name` in the addressed namespace (a deleted one while none is newer);
-        `only`: just these fields are read."""
+    def _instance(self, principal: Principal, name: str, owner: str | None = None) -> Instance:
+        """The newest incarnation of `name` in the addressed namespace (a deleted one while none is newer)."""
         namespace = self._namespace(principal, owner, "instance", name)
-        instance = Instance.newest_incarnation(namespace, name, only=only)
+        instance = Instance.newest_incarnation(namespace, name)
         if instance is None:
             raise NotFound(f"instance {name!r} not found")
         return instance
@@ -679,8 +677,7 @@ class Orchestrator:
         """
         if window is not None and window not in WINDOWS:
             raise Invalid(f"window: {window!r} is not one of {', '.join(WINDOWS)}", field="window")
-        # Its id is all a read needs: the whole record (spec, outputs, keys) would be read and built for nothing.
-        instance = self._instance(principal, name, owner, only=("id",))
+        instance = self._instance(principal, name, owner)
         since = window_since(window, since, utcnow())
         limit = max(1, min(limit, 10000))
         if window in ROLLUP_WINDOWS:
